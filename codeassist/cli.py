@@ -1,0 +1,151 @@
+"""`codeassist` command line: complete, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from . import __version__
+
+logger = logging.getLogger("codeassist")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from completion.embedded import DEFAULT_MODEL
+
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"embedded name, .gguf file, local model directory or hub id (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto|bf16|fp16|fp32 (default: auto)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codeassist", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"codeassist {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    complete = commands.add_parser(
+        "complete", help="print the FIM completion at FILE:LINE:COL (1-based)"
+    )
+    complete.add_argument("location", help="FILE:LINE:COL, 1-based like compiler messages")
+    _add_model_options(complete)
+    complete.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
+    complete.add_argument("--time-budget-ms", type=float, default=10_000, help="stop decoding after this")
+    complete.add_argument("--context-tokens", type=int, default=1024, help="prompt token budget")
+    complete.add_argument("--language", help="override the language detected from the extension")
+    complete.add_argument("--json", action="store_true", help="print text, tokens, timings, model")
+    complete.set_defaults(run=_run_complete)
+
+    models = commands.add_parser("models", help="list embedded models and their install/cache state")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=_run_models)
+    return parser
+
+
+def _run_complete(args: argparse.Namespace) -> int:
+    from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+    from completion.syntax import language_for
+
+    from .sources import offset_of, parse_location, read_source, repository_of
+
+    path, line, column = parse_location(args.location)
+    text = read_source(path)
+    cursor = offset_of(text, line, column)
+    settings = EngineSettings(
+        max_new_tokens=args.max_tokens,
+        time_budget_ms=args.time_budget_ms,
+        max_prompt_tokens=args.context_tokens,
+    )
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    engine = CompletionEngine(loaded, settings)
+    repo_name, relative = repository_of(path)
+    request = CompletionRequest(
+        text, cursor, language_for(str(path), args.language), path=relative, repo_name=repo_name
+    )
+    result = engine.complete(request)
+    if args.json:
+        print(json.dumps({
+            "text": result.text,
+            "tokens": result.tokens,
+            "prompt_tokens": result.prompt_tokens,
+            "stop_reason": result.stop_reason,
+            "multiline": result.multiline,
+            "model": result.model,
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "timings": {
+                "load_ms": round(loaded.load_ms, 1),
+                "prompt_ms": round(result.prompt_ms, 1),
+                "decode_ms": round(result.decode_ms, 1),
+            },
+        }, indent=2))
+    else:
+        print(result.text)
+    return 0
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from completion.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, cached_dtypes, is_installed
+
+    rows = [
+        {
+            "name": m.name,
+            "default": m.name == DEFAULT_MODEL,
+            "installed": is_installed(m),
+            "cached": cached_dtypes(m),
+            "size_mb": round(m.size / 1e6),
+            "cache_dir": str(cache_dir(m).parent),
+            "description": m.description,
+            "install": m.install_hint,
+        }
+        for m in EMBEDDED_MODELS.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<22} {'installed':<10} {'cached':<18} {'GGUF MB':>8}  description")
+    for row in rows:
+        mark = " *" if row["default"] else ""
+        print(
+            f"{row['name'] + mark:<22} {'yes' if row['installed'] else 'no':<10} "
+            f"{','.join(row['cached']) or 'no':<18} {row['size_mb']:>8}  {row['description']}"
+        )
+    print("* default")
+    for row in rows:
+        if not row["installed"]:
+            print(f"to install {row['name']}: {row['install']}")
+    return 0
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    if not verbose:
+        transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from completion.embedded import ModelUnavailableError
+
+    args = _build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.run(args)
+    except (ValueError, ModelUnavailableError, OSError) as error:
+        logger.debug("command failed", exc_info=True)
+        print(f"codeassist: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

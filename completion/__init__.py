@@ -1,0 +1,7 @@
+"""FIM completion: model loading, prompts, greedy decoding with stop rules."""
+
+from .engine import CompletionEngine
+from .models import load_model
+from .types import Completion, CompletionRequest, EngineSettings
+
+__all__ = ["CompletionEngine", "CompletionRequest", "Completion", "EngineSettings", "load_model"]

@@ -1,0 +1,104 @@
+"""Load a causal LM and its tokenizer: embedded name, GGUF file, local directory or hub id."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ModelUnavailableError, ensure_cached
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any  # a transformers tokenizer
+    device: torch.device
+    dtype: torch.dtype
+    load_ms: float
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _cpu_has_bf16() -> bool:
+    """bf16 beats fp32 only where the CPU computes it natively (avx512_bf16 / AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _source(spec: str, dtype: torch.dtype) -> tuple[Path | str, dict]:
+    """Map a model spec to a from_pretrained location and its extra keyword arguments."""
+    if spec in EMBEDDED_MODELS:
+        return ensure_cached(EMBEDDED_MODELS[spec], str(dtype).removeprefix("torch.")), {}
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelUnavailableError(f"GGUF file not found: {path}")
+        return path.parent, {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(f"{path} is not a model directory (no config.json)")
+        return path, {}
+    if spec.count("/") == 1 and not path.exists():
+        return spec, {}  # a hub id: served from the local HF cache when offline
+    raise ModelUnavailableError(
+        f"unknown model {spec!r}: give an embedded name ({', '.join(EMBEDDED_MODELS)}), "
+        "a .gguf file, a local model directory or a hub id (owner/name)"
+    )
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load `spec` for inference. Never runs remote code, never unpickles weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    location, extra = _source(spec, torch_dtype)
+    # safetensors only, except that a GGUF file is its own (non-pickle) format.
+    common = dict(trust_remote_code=False, **extra)
+    weights = {} if "gguf_file" in extra else {"use_safetensors": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **common, **weights)
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(f"cannot load model {spec!r}: {error}") from error
+    model.to(torch_device).eval()
+    load_ms = (time.perf_counter() - start) * 1000
+    logger.info("loaded %s on %s as %s in %.0f ms", spec, torch_device, torch_dtype, load_ms)
+    return LoadedModel(spec, model, tokenizer, torch_device, torch_dtype, load_ms)

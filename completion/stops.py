@@ -1,0 +1,158 @@
+"""When a suggestion ends, and what of it to keep.
+
+Mid-line, a suggestion finishes the line. On a blank line inside a block (or right after a
+line that opens one) it is a block: it ends at the first line that dedents below the
+block's indentation, at a line that repeats the code below the cursor, or at `max_lines`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .syntax import enclosing_block_indent
+
+_BLOCK_OPENERS = (":", "{", "(", "[", "=>")
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    multiline: bool
+    min_indent: int  # a generated line indented less than this ends a block suggestion
+    line_suffix: str  # the rest of the cursor line, after the cursor
+    next_code_line: str  # the first non-blank line below the cursor line, stripped
+    max_lines: int = 16
+    block_closed_below: bool = False  # code below the cursor already dedents out of the block
+
+
+_CLOSERS = frozenset(")]};,")
+
+
+def _indent_of(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
+def decide_policy(text: str, cursor: int, language: str | None, max_lines: int = 16) -> StopPolicy:
+    line_start = text.rfind("\n", 0, cursor) + 1
+    line_end = text.find("\n", cursor)
+    line_end = len(text) if line_end < 0 else line_end
+    before = text[line_start:cursor]
+    after = text[cursor:line_end].rstrip("\r")
+    below = text[line_end + 1 :].split("\n") if line_end < len(text) else []
+    next_code = next((line.strip() for line in below if line.strip()), "")
+
+    def policy(multiline: bool, min_indent: int = 0) -> StopPolicy:
+        closed = any(line.strip() and _indent_of(line) < min_indent for line in below)
+        return StopPolicy(multiline, min_indent, after, next_code, max_lines, closed)
+
+    if after.strip():
+        return policy(False)  # code right of the cursor: complete within the line
+    if before.strip():
+        if before.rstrip().endswith(_BLOCK_OPENERS):
+            return policy(True, _indent_of(before) + 1)  # the body of what this line opens
+        return policy(False)
+    column = len(before.expandtabs(4))
+    if column > 0:
+        return policy(True, column)
+    block = enclosing_block_indent(text, cursor, language)
+    if block is not None:
+        return policy(True, block)
+    previous = next((ln for ln in reversed(text[:line_start].split("\n")) if ln.strip()), "")
+    indent = _indent_of(previous)
+    if previous.rstrip().endswith(_BLOCK_OPENERS):
+        indent += 1
+    return policy(True, indent)
+
+
+@dataclass(frozen=True)
+class StopCheck:
+    stop: bool
+    text: str  # the suggestion to keep so far
+    reason: str = ""
+
+
+def check_text(generated: str, policy: StopPolicy) -> StopCheck:
+    """Apply the policy to the text generated so far (called after every token)."""
+    if not policy.multiline:
+        line = generated.split("\n", 1)[0]
+        cut = cut_at_line_suffix(line, policy.line_suffix)
+        if cut is not None:
+            return StopCheck(True, cut, "reached_suffix")
+        if "\n" in generated:
+            return StopCheck(True, line, "end_of_line")
+        return StopCheck(False, generated)
+    lines = generated.split("\n")
+    complete = lines[:-1]  # the last line may still grow
+    seen_blank = False
+    for index, line in enumerate(complete):
+        if index == 0:
+            continue  # the cursor line: its indentation is the user's
+        stripped = line.strip()
+        if not stripped:
+            seen_blank = True
+            continue
+        kept = "\n".join(lines[:index])
+        if _indent_of(line) < policy.min_indent:
+            if set(stripped) <= _CLOSERS and not policy.block_closed_below:
+                kept = "\n".join(lines[: index + 1])  # the closing bracket the block needs
+            return StopCheck(True, kept, "dedent")
+        if policy.next_code_line and stripped == policy.next_code_line:
+            return StopCheck(True, kept, "reached_suffix")
+        if policy.min_indent == 0 and seen_blank:
+            return StopCheck(True, kept, "next_statement")  # top level: one statement
+    if len(complete) >= policy.max_lines:
+        return StopCheck(True, "\n".join(lines[: policy.max_lines]), "max_lines")
+    return StopCheck(False, generated)
+
+
+def finalize(text: str, policy: StopPolicy) -> str:
+    """Trim trailing blank lines and whatever repeats the text right of the cursor."""
+    if policy.multiline:
+        text = text.rstrip()
+    else:
+        text = text.rstrip("\r")
+        if not policy.line_suffix.strip():
+            text = text.rstrip()
+    return trim_suffix_overlap(text, policy.line_suffix)
+
+
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+
+
+def _balanced(text: str) -> bool:
+    depth = {opener: 0 for opener in _PAIRS.values()}
+    for char in text:
+        if char in depth:
+            depth[char] += 1
+        elif char in _PAIRS:
+            depth[_PAIRS[char]] -= 1
+    return all(d == 0 for d in depth.values())
+
+
+def cut_at_line_suffix(text: str, line_suffix: str) -> str | None:
+    """Where the model starts retyping the rest of the cursor line, keep what comes before.
+
+    Only at a point where what was inserted has balanced brackets, so `f(x))` before `)`
+    keeps `f(x)`. None when the rest of the line does not occur that way.
+    """
+    suffix = line_suffix.strip()
+    if not suffix:
+        return None
+    start = text.find(suffix)
+    while start >= 0:
+        if _balanced(text[:start]):
+            return text[:start]
+        start = text.find(suffix, start + 1)
+    return None
+
+
+def trim_suffix_overlap(text: str, line_suffix: str) -> str:
+    """Drop the longest end of `text` that the cursor line's suffix already starts with
+    (the model typed the `)` or `:` that is already there)."""
+    suffix = line_suffix.rstrip()
+    if not suffix:
+        return text
+    for size in range(min(len(text), len(suffix)), 0, -1):
+        if text.endswith(suffix[:size]):
+            return text[:-size]
+    return text

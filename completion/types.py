@@ -1,0 +1,47 @@
+"""Requests and results of the completion engine (frozen; converted to LSP/JSON at the edges)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    text: str  # the whole document
+    cursor: int  # offset into `text`, in characters (code points)
+    language: str | None = None  # our language name (see syntax.language_for)
+    path: str | None = None  # path relative to the repository root, shown to the model
+    repo_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.cursor <= len(self.text):
+            raise ValueError(f"cursor {self.cursor} is outside the document (0..{len(self.text)})")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_new_tokens: int = 64
+    time_budget_ms: float = 10_000.0  # from request start; at least one token is always produced
+    max_prompt_tokens: int = 1024
+    suffix_share: float = 0.25
+    max_lines: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.time_budget_ms < 0:
+            raise ValueError(f"time_budget_ms must be >= 0, got {self.time_budget_ms}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int  # tokens generated (including any the stop rules cut off)
+    prompt_tokens: int
+    prompt_ms: float
+    decode_ms: float
+    stop_reason: str  # eos | end_of_line | dedent | reached_suffix | next_statement | max_lines
+    #                   | max_tokens | time_budget | cancelled
+    model: str
+    multiline: bool
+    extra: dict = field(default_factory=dict, compare=False)

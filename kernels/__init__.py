@@ -1,0 +1,11 @@
+"""Numeric kernels (RoPE re-rotation of cached keys, tree/verify attention).
+
+Each kernel has a torch reference used on CPU; Triton versions are imported lazily.
+
+Note: transformers probes for an unrelated hub library that is also imported as `kernels`.
+It reads the version of the distribution that owns this name (codeassist, far below the
+range it accepts), so it never takes this package for that library; tests/test_layout.py
+proves it. Keep this module free of heavy imports: the probe may import it.
+"""
+
+__all__: list[str] = []

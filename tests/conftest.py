@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import FAMILIES, build_tiny_model
+
+TINY_ARCH_FAMILIES = ["qwen2.5-coder", "deepseek-coder", "starcoder"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """family -> directory of a saved tiny model (built once per session)."""
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(family.replace(".", "_")))
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_of():
+    from tests.tiny_models import tiny_tokenizer
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            special, eos, _ = FAMILIES[family]
+            cache[family] = tiny_tokenizer(special, eos)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def embedded_loaded():
+    """The real embedded default model, loaded once (converted on first use)."""
+    from completion import load_model
+
+    return load_model("qwen2.5-coder-0.5b")
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,106 @@
+"""The engine end to end on tiny real models of three architectures."""
+
+import pytest
+
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from tests.conftest import TINY_ARCH_FAMILIES
+from tests.tiny_models import force_next_token
+
+DOCUMENT = "def add(a, b):\n    return a + \n\nprint(add(1, 2))\n"
+MID_LINE = DOCUMENT.index("a + ") + len("a + ")
+BLOCK = "def add(a, b):\n    \n"
+
+
+def _engine(directory, **settings):
+    loaded = load_model(str(directory), device="cpu", dtype="fp32")
+    return CompletionEngine(loaded, EngineSettings(**settings))
+
+
+@pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
+def test_completes_within_max_tokens(family, tiny_model_dir):
+    engine = _engine(tiny_model_dir(family), max_new_tokens=5)
+    assert engine.fim.template.family == family
+    result = engine.complete(CompletionRequest(BLOCK, len(BLOCK) - 1, "python", "m.py", "repo"))
+    assert 1 <= result.tokens <= 5
+    assert result.prompt_tokens > 3
+    assert result.prompt_ms > 0 and result.decode_ms >= 0
+    assert result.stop_reason in {"eos", "max_tokens", "dedent", "max_lines", "next_statement",
+                                  "reached_suffix"}
+    assert result.model == str(tiny_model_dir(family))
+
+
+@pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
+def test_stops_at_end_of_sequence_token(family, tiny_model_dir):
+    engine = _engine(tiny_model_dir(family))
+    tokenizer = engine.loaded.tokenizer
+    force_next_token(engine.loaded.model, tokenizer.eos_token_id)
+    result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
+    assert result.text == "" and result.tokens == 0 and result.stop_reason == "eos"
+
+
+@pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
+def test_stops_at_every_fim_marker(family, tiny_model_dir):
+    engine = _engine(tiny_model_dir(family))
+    force_next_token(engine.loaded.model, engine.fim.middle_id)
+    result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
+    assert result.tokens == 0 and result.stop_reason == "eos"
+
+
+def test_single_line_ends_at_newline(tiny_model_dir):
+    engine = _engine(tiny_model_dir("qwen2.5-coder"))
+    newline = engine.encode(["\n"])[0][0]
+    force_next_token(engine.loaded.model, newline)
+    result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
+    assert not result.multiline
+    assert result.stop_reason == "end_of_line" and result.text == "" and result.tokens == 1
+
+
+def test_max_tokens_and_time_budget(tiny_model_dir):
+    engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=7)
+    letter = engine.encode(["b"])[0][0]
+    force_next_token(engine.loaded.model, letter)
+    result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
+    assert result.stop_reason == "max_tokens" and result.tokens == 7 and result.text == "b" * 7
+
+    engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=50, time_budget_ms=0)
+    force_next_token(engine.loaded.model, letter)
+    result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
+    assert result.stop_reason == "time_budget" and result.tokens == 1
+
+
+def test_cancellation_returns_nothing(tiny_model_dir):
+    engine = _engine(tiny_model_dir("starcoder"), max_new_tokens=50)
+    letter = engine.encode(["b"])[0][0]
+    force_next_token(engine.loaded.model, letter)
+    calls = []
+    result = engine.complete(
+        CompletionRequest(DOCUMENT, MID_LINE, "python"), cancelled=lambda: calls.append(1) or len(calls) > 2
+    )
+    assert result.stop_reason == "cancelled" and result.text == "" and result.tokens == 3
+
+
+def test_suffix_overlap_is_trimmed(tiny_model_dir):
+    engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=3)
+    paren = engine.encode([")"])[0][0]
+    force_next_token(engine.loaded.model, paren)
+    text = "print(add(1, 2\n"
+    result = engine.complete(CompletionRequest(text, len("print(add(1, 2"), "python"))
+    assert result.text == ")" * 3  # nothing right of the cursor: nothing to trim
+    text = "print(add(1, 2))\n"
+    result = engine.complete(CompletionRequest(text, len("print(add(1, 2"), "python"))
+    assert result.text == ")"  # "))" is already there
+
+
+def test_prompt_uses_repo_form_with_path(tiny_model_dir):
+    engine = _engine(tiny_model_dir("qwen2.5-coder"))
+    prompt = engine.build_prompt(CompletionRequest(DOCUMENT, MID_LINE, "python", "pkg/m.py", "demo"))
+    text = engine.loaded.tokenizer.decode(prompt.ids)
+    assert text.startswith("<|repo_name|>demo\n<|file_sep|>pkg/m.py\n<|fim_prefix|>def add")
+    assert text.endswith("<|fim_middle|>")
+
+
+def test_request_and_settings_validation():
+    with pytest.raises(ValueError, match="outside the document"):
+        CompletionRequest("abc", 4)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        EngineSettings(max_new_tokens=0)

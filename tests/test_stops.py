@@ -1,0 +1,151 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
+from completion.stops import check_text, decide_policy, finalize, trim_suffix_overlap
+
+SOURCE = (
+    "import math\n"
+    "\n"
+    "class Shape:\n"
+    "    def area(self, r):\n"
+    "        total = math.pi * \n"
+    "\n"
+    "        return total\n"
+    "\n"
+    "    def name(self):\n"
+    "        return compute()\n"
+)
+
+
+def _at(marker_line: int, column: int, text: str = SOURCE) -> int:
+    lines = text.split("\n")
+    return sum(len(line) + 1 for line in lines[:marker_line]) + column
+
+
+def test_mid_line_finishes_the_line():
+    policy = decide_policy(SOURCE, _at(4, 26), "python")
+    assert not policy.multiline
+
+
+def test_code_right_of_cursor_keeps_single_line():
+    policy = decide_policy(SOURCE, _at(9, 23), "python")  # inside compute(|)
+    assert not policy.multiline
+    assert policy.line_suffix == ")"
+
+
+def test_blank_line_in_block_uses_block_indentation():
+    policy = decide_policy(SOURCE, _at(5, 0), "python")
+    assert policy.multiline
+    assert policy.min_indent == 8  # found by tree-sitter: the method body
+    assert policy.next_code_line == "return total"
+
+
+def test_indented_cursor_uses_its_column():
+    text = "def f():\n    \n"
+    policy = decide_policy(text, _at(1, 4, text), "python")
+    assert policy.multiline and policy.min_indent == 4
+
+
+def test_after_a_block_opener_the_body_is_a_block():
+    text = "def f(x):\n"
+    policy = decide_policy(text, len("def f(x):"), "python")
+    assert policy.multiline and policy.min_indent == 1
+
+
+def test_braces_language_block():
+    text = "function f(a) {\n  const b = 1;\n\n  return b;\n}\n"
+    policy = decide_policy(text, _at(2, 0, text), "javascript")
+    assert policy.multiline and policy.min_indent == 2
+
+
+def test_unknown_language_falls_back_to_previous_line():
+    text = "proc foo {} {\n    set a 1\n\n"
+    policy = decide_policy(text, _at(2, 0, text), None)
+    assert policy.multiline and policy.min_indent == 4
+
+
+def test_single_line_stops_at_newline():
+    policy = decide_policy(SOURCE, _at(4, 26), "python")
+    check = check_text("2 * r\n        x", policy)
+    assert check.stop and check.text == "2 * r" and check.reason == "end_of_line"
+    assert not check_text("2 * r", policy).stop
+
+
+def test_block_stops_at_dedent():
+    policy = decide_policy(SOURCE, _at(5, 0), "python")
+    generated = "        x = 1\n        y = 2\n    def other(self):\n"
+    check = check_text(generated, policy)
+    assert check.stop and check.reason == "dedent"
+    assert check.text == "        x = 1\n        y = 2"
+
+
+def test_block_stops_before_repeating_the_suffix():
+    policy = decide_policy(SOURCE, _at(5, 0), "python")
+    check = check_text("        total += 1\n        return total\n", policy)
+    assert check.stop and check.reason == "reached_suffix"
+    assert check.text == "        total += 1"
+
+
+def test_block_keeps_a_needed_closing_brace():
+    text = "function f(a) {\n"
+    policy = decide_policy(text, len(text) - 1, "javascript")
+    check = check_text("\n  return a;\n}\n", policy)
+    assert check.stop and check.text == "\n  return a;\n}"
+
+
+def test_block_closed_below_does_not_get_a_second_brace():
+    text = "function f(a) {\n  \n  return a;\n}\n"
+    policy = decide_policy(text, text.index("  \n") + 2, "javascript")
+    check = check_text("log(a);\n}\n", policy)
+    assert check.stop and check.text == "log(a);"
+
+
+def test_top_level_block_is_one_statement():
+    text = "import os\n\n"
+    policy = decide_policy(text, len(text), "python")
+    assert policy.multiline and policy.min_indent == 0
+    check = check_text("def f():\n    return 1\n\ndef g():\n", policy)
+    assert check.stop and check.reason == "next_statement"
+    assert finalize(check.text, policy) == "def f():\n    return 1"
+
+
+def test_max_lines():
+    policy = decide_policy("def f():\n    ", len("def f():\n    "), "python", max_lines=3)
+    check = check_text("a\n    b\n    c\n    d\n", policy)
+    assert check.stop and check.reason == "max_lines"
+    assert check.text == "a\n    b\n    c"
+
+
+def test_trim_suffix_overlap():
+    assert trim_suffix_overlap("a + b)", ")") == "a + b"
+    assert trim_suffix_overlap("x):", "):") == "x"
+    assert trim_suffix_overlap("value", ")") == "value"
+    assert trim_suffix_overlap("f(x)", "") == "f(x)"
+
+
+def test_single_line_stops_where_the_rest_of_the_line_is_retyped():
+    text = "print(greet())\n"
+    policy = decide_policy(text, len("print(greet("), "python")
+    assert check_text("))  # Output: hi", policy).text == ""
+    assert check_text('"Bob"))', policy).text == '"Bob"'
+    assert check_text('f(x)', policy).stop is False  # "))" not reached yet
+    check = check_text('f(x)))', policy)
+    assert check.stop and check.reason == "reached_suffix" and check.text == "f(x)"
+
+
+def test_finalize_single_line_trims_repeated_suffix():
+    text = "print(fib())\n"
+    policy = decide_policy(text, len("print(fib("), "python")
+    assert finalize("10))", policy) == "10"
+
+
+@given(st.text(alphabet=" \nabc:(){}", max_size=80), st.integers(0, 40))
+def test_stop_text_is_always_a_prefix_of_generated(generated, cursor_seed):
+    text = SOURCE
+    cursor = cursor_seed * len(text) // 40
+    policy = decide_policy(text, cursor, "python")
+    check = check_text(generated, policy)
+    assert generated.startswith(check.text)
+    final = finalize(check.text, policy)
+    if not policy.multiline:
+        assert "\n" not in final

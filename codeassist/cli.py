@@ -1,4 +1,4 @@
-"""`codeassist` command line: complete, models."""
+"""`codeassist` command line: complete, serve, models."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -41,6 +42,30 @@ def _build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--language", help="override the language detected from the extension")
     complete.add_argument("--json", action="store_true", help="print text, tokens, timings, model")
     complete.set_defaults(run=_run_complete)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the language server (stdio by default)",
+        description=(
+            "Run the codeassist language server. By default it speaks LSP over stdin/stdout, "
+            "which is what editors expect. With --tcp it listens on 127.0.0.1:PORT instead; "
+            "another host is refused unless --allow-remote is given (the server reads any "
+            "file a client names and runs a model: do not expose it to a network you do not "
+            "trust). Settings sent by the client in initializationOptions or "
+            "workspace/didChangeConfiguration override the flags below."
+        ),
+    )
+    transport = serve.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="LSP over stdin/stdout (default)")
+    transport.add_argument("--tcp", action="store_true", help="LSP over TCP (see --host/--port)")
+    serve.add_argument("--host", default="127.0.0.1", help="TCP host (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=2087, help="TCP port (default 2087)")
+    serve.add_argument(
+        "--allow-remote", action="store_true", help="allow a --host other than loopback"
+    )
+    serve.add_argument("--log-file", help="log file (default: CODEASSIST_HOME/logs/server.log)")
+    _add_model_options(serve)
+    serve.set_defaults(run=_run_serve)
 
     models = commands.add_parser("models", help="list embedded models and their install/cache state")
     models.add_argument("--json", action="store_true")
@@ -87,6 +112,39 @@ def _run_complete(args: argparse.Namespace) -> int:
         }, indent=2))
     else:
         print(result.text)
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from completion.home import codeassist_home
+
+    if args.tcp and args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise ValueError(
+            f"refusing to listen on {args.host}: only loopback unless --allow-remote is given"
+        )
+    log_file = Path(args.log_file) if args.log_file else codeassist_home() / "logs" / "server.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    for noisy in ("pygls", "filelock", "urllib3", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for stream_handler in root.handlers:
+        if stream_handler is not handler:
+            stream_handler.setLevel(logging.WARNING)  # stderr: warnings only; stdout is LSP
+
+    from lsp_server import ServerSettings, build_server
+
+    server = build_server(ServerSettings(model=args.model, device=args.device, dtype=args.dtype))
+    logger.info("codeassist %s serving on %s (log: %s)", __version__,
+                f"tcp {args.host}:{args.port}" if args.tcp else "stdio", log_file)
+    if args.tcp:
+        server.start_tcp(args.host, args.port)
+    else:
+        server.start_io()
     return 0
 
 

@@ -1,0 +1,114 @@
+"""One model worker; for each document only the newest request matters (latest wins).
+
+A newer request for the same key answers the queued older one with None at once, and asks
+a running one to stop (the engine checks between decode steps). Different documents are
+served in arrival order. Nothing here knows about LSP.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Work = Callable[[Callable[[], bool]], Any]  # receives `cancelled()`, returns the result
+
+
+def _answer(future: Future, value: Any) -> None:
+    """Resolve `future` unless its waiter already gave up on it."""
+    if not future.done():
+        future.set_result(value)
+
+
+class Job:
+    def __init__(self, key: str, work: Work):
+        self.key = key
+        self.work = work
+        self.future: Future = Future()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+class LatestWinsScheduler:
+    def __init__(self, name: str = "model-worker"):
+        self._lock = threading.Condition()
+        self._pending: OrderedDict[str, Job] = OrderedDict()
+        self._running: Job | None = None
+        self._closed = False
+        self.max_concurrent = 0  # the most jobs ever running at once (1 by construction)
+        self._active = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, work: Work) -> Job:
+        job = Job(key, work)
+        with self._lock:
+            if self._closed:
+                _answer(job.future, None)
+                return job
+            older = self._pending.pop(key, None)
+            if older is not None:
+                older.cancel()
+                _answer(older.future, None)  # superseded before it started
+            if self._running is not None and self._running.key == key:
+                self._running.cancel()  # superseded while running: stop at the next step
+            self._pending[key] = job
+            self._lock.notify()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        with self._lock:
+            job.cancel()
+            if self._pending.get(job.key) is job:
+                del self._pending[job.key]
+                _answer(job.future, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for job in self._pending.values():
+                job.cancel()
+                _answer(job.future, None)
+            self._pending.clear()
+            if self._running is not None:
+                self._running.cancel()
+            self._lock.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                _, job = self._pending.popitem(last=False)
+                self._running = job
+            self._run(job)
+            with self._lock:
+                self._running = None
+
+    def _run(self, job: Job) -> None:
+        if job.cancelled() or not job.future.set_running_or_notify_cancel():
+            _answer(job.future, None)
+            return
+        self._active += 1
+        self.max_concurrent = max(self.max_concurrent, self._active)
+        try:
+            result = job.work(job.cancelled)
+            job.future.set_result(None if job.cancelled() else result)
+        except Exception as error:  # the worker must survive any job
+            logger.exception("job for %s failed", job.key)
+            job.future.set_exception(error)
+        finally:
+            self._active -= 1

@@ -1,0 +1,207 @@
+"""The language server object: settings, the model, the scheduler. Handlers live in handlers.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+
+from codeassist import __version__
+from completion import Completion, CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion.syntax import language_for
+
+from .positions import offset_at
+from .scheduler import LatestWinsScheduler
+from .settings import ServerSettings, merge_settings
+
+logger = logging.getLogger(__name__)
+
+_WORD_BEFORE = re.compile(r"[A-Za-z0-9_$]*$")
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A completion request tied to the document version it was made for."""
+
+    uri: str
+    version: int | None
+    request: CompletionRequest
+    word_start: int  # offset where the identifier under the cursor starts
+
+
+class AnsweringProtocol(LanguageServerProtocol):
+    """pygls logs a request whose params do not parse and never answers it, so the client
+    waits forever. Answer it with the JSON-RPC error (e.g. -32602 Invalid Params) instead."""
+
+    def structure_message(self, data):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as error:
+            if isinstance(data, dict) and "id" in data and "method" in data:
+                logger.warning("malformed %s request %s answered with %s",
+                               data.get("method"), data["id"], type(error).__name__)
+                self._send_response(data["id"], error=error.to_response_error())
+            raise
+
+
+class CodeassistServer(LanguageServer):
+    def __init__(self, settings: ServerSettings = ServerSettings()):
+        super().__init__("codeassist", __version__, protocol_cls=AnsweringProtocol)
+        self.settings = settings
+        self.scheduler = LatestWinsScheduler()
+        self.engine: CompletionEngine | None = None
+        self.model_status = "not loaded"  # loading | ready | failed
+        self._loaded_key: tuple[str, str, str] | None = None
+        self._load_lock = threading.Lock()
+
+    # --- messages to the client -------------------------------------------------------
+    def tell_client(self, level: int, message: str) -> None:
+        """Log `message` here and in the client's log (window/logMessage)."""
+        logger.log(level, message)
+        kind = {
+            logging.ERROR: types.MessageType.Error, logging.WARNING: types.MessageType.Warning,
+        }.get(level, types.MessageType.Info)
+        try:
+            self.window_log_message(types.LogMessageParams(type=kind, message=message))
+        except Exception:  # no client connected (e.g. during shutdown)
+            logger.debug("could not forward a log message", exc_info=True)
+
+    # --- settings and the model ------------------------------------------------------
+    def apply_settings(self, options: object) -> None:
+        settings, problems = merge_settings(self.settings, options)
+        for problem in problems:
+            self.tell_client(logging.WARNING, problem)
+        try:
+            engine_settings = self._engine_settings(settings)
+        except ValueError as error:
+            self.tell_client(logging.WARNING, f"settings rejected: {error}")
+            return
+        self.settings = settings
+        if self.engine is not None:
+            self.engine.settings = engine_settings
+
+    @staticmethod
+    def _engine_settings(settings: ServerSettings) -> EngineSettings:
+        return EngineSettings(
+            max_new_tokens=settings.max_new_tokens,
+            time_budget_ms=settings.time_budget_ms,
+            max_prompt_tokens=settings.context_tokens,
+        )
+
+    async def ensure_model(self) -> None:
+        """Load (or reload) the model the settings name, off the event loop, with $/progress."""
+        if self._loaded_key == self.settings.model_key and self.model_status in ("ready", "loading"):
+            return
+        settings = self.settings
+        self._loaded_key = settings.model_key
+        self.model_status = "loading"
+        token = f"codeassist-load-{uuid.uuid4().hex[:8]}"
+        progress = await self._begin_progress(token, f"Loading {settings.model}")
+        start = time.perf_counter()
+        try:
+            engine = await asyncio.get_running_loop().run_in_executor(None, self._load, settings)
+        except Exception as error:  # a bad model name must not take the server down
+            self.model_status = "failed"
+            self.tell_client(logging.ERROR, f"codeassist: cannot load model {settings.model!r}: {error}")
+            message = "failed"
+        else:
+            if self._loaded_key != settings.model_key:
+                return  # settings changed while loading; the newer load owns the status
+            self.engine = engine
+            self.model_status = "ready"
+            elapsed = time.perf_counter() - start
+            self.tell_client(
+                logging.INFO,
+                f"codeassist: {settings.model} ready on {engine.loaded.device} "
+                f"({str(engine.loaded.dtype).removeprefix('torch.')}) in {elapsed:.1f} s",
+            )
+            message = "ready"
+        if progress:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+    def _load(self, settings: ServerSettings) -> CompletionEngine:
+        with self._load_lock:
+            loaded = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+            return CompletionEngine(loaded, self._engine_settings(settings))
+
+    async def _begin_progress(self, token: str, title: str) -> bool:
+        capabilities = self.client_capabilities.window
+        if capabilities is None or not capabilities.work_done_progress:
+            return False
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception:
+            logger.warning("client refused a progress token", exc_info=True)
+            return False
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title))
+        return True
+
+    @property
+    def position_encoding(self) -> str:
+        """The negotiated encoding as a plain string ("utf-16", "utf-8" or "utf-32")."""
+        encoding = self.workspace.position_encoding
+        return str(getattr(encoding, "value", encoding) or "utf-16")
+
+    # --- completion ------------------------------------------------------------------
+    def prepare(self, uri: str, position: types.Position) -> PreparedRequest | None:
+        """The engine request for `position` in the open document `uri`; None (logged) when
+        the document is unknown or the position is outside it."""
+        document = self.workspace.text_documents.get(uri)
+        if document is None:
+            logger.warning("completion for a document that is not open: %s", uri)
+            return None
+        text = document.source
+        try:
+            cursor = offset_at(text, position.line, position.character, self.position_encoding)
+        except ValueError as error:
+            logger.warning("completion at a bad position in %s: %s", uri, error)
+            return None
+        request = CompletionRequest(
+            text, cursor, language_for(document.path, document.language_id),
+            path=self._relative_path(document.path), repo_name=self._repo_name(),
+        )
+        word_start = cursor - len(_WORD_BEFORE.search(text[:cursor]).group(0))
+        return PreparedRequest(uri, document.version, request, word_start)
+
+    async def complete(self, prepared: PreparedRequest) -> Completion | None:
+        """Run `prepared` on the model worker; None when superseded, cancelled, or stale."""
+        engine = self.engine
+        if engine is None:
+            logger.info("completion for %s while the model is %s", prepared.uri, self.model_status)
+            return None
+        job = self.scheduler.submit(
+            prepared.uri, lambda cancelled: engine.complete(prepared.request, cancelled)
+        )
+        try:
+            result = await asyncio.wrap_future(job.future)
+        except asyncio.CancelledError:
+            self.scheduler.cancel(job)
+            logger.info("completion for %s cancelled by the client", prepared.uri)
+            raise
+        document = self.workspace.text_documents.get(prepared.uri)
+        if result is None or document is None or document.version != prepared.version:
+            logger.info("completion for %s v%s superseded", prepared.uri, prepared.version)
+            return None
+        return result
+
+    def _root(self) -> str | None:
+        return self.workspace.root_path
+
+    def _relative_path(self, path: str) -> str:
+        root = self._root()
+        if root and path.startswith(root.rstrip("/") + "/"):
+            return path[len(root.rstrip("/")) + 1 :]
+        return path.rsplit("/", 1)[-1]
+
+    def _repo_name(self) -> str | None:
+        root = self._root()
+        return root.rstrip("/").rsplit("/", 1)[-1] if root else None

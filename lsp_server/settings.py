@@ -1,0 +1,67 @@
+"""Server settings from initializationOptions and workspace/didChangeConfiguration."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from completion.embedded import DEFAULT_MODEL
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = 64
+    context_tokens: int = 1024
+    time_budget_ms: float = 5000.0
+    inline_completion: bool = True  # feature switches
+    completion: bool = True
+
+    @property
+    def model_key(self) -> tuple[str, str, str]:
+        """Settings that need the model reloaded when they change."""
+        return (self.model, self.device, self.dtype)
+
+
+# camelCase (what editors send) -> field name
+_KEYS = {
+    "model": "model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
+    "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms",
+    "inlineCompletion": "inline_completion", "completion": "completion",
+}
+_TYPES = {f.name: f.type for f in fields(ServerSettings)}
+_CASTS = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def merge_settings(current: ServerSettings, options: Any) -> tuple[ServerSettings, list[str]]:
+    """Apply `options` (a dict, possibly nested under "codeassist") to `current`.
+
+    Returns the new settings and messages about keys that were ignored (unknown or invalid).
+    """
+    if not isinstance(options, dict):
+        return current, [] if options is None else [f"settings must be an object, got {options!r}"]
+    if isinstance(options.get("codeassist"), dict):
+        options = options["codeassist"]
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in options.items():
+        name = _KEYS.get(key, key if key in _TYPES else None)
+        if name is None:
+            problems.append(f"unknown setting {key!r} ignored; known: {', '.join(_KEYS)}")
+            continue
+        cast = _CASTS[_TYPES[name]]
+        if cast is bool and not isinstance(value, bool) or cast is not bool and isinstance(value, bool):
+            problems.append(f"setting {key!r} must be {_TYPES[name]}, got {value!r}")
+            continue
+        try:
+            changes[name] = cast(value)
+        except (TypeError, ValueError):
+            problems.append(f"setting {key!r} must be {_TYPES[name]}, got {value!r}")
+    for message in problems:
+        logger.warning(message)
+    return replace(current, **changes), problems

@@ -79,7 +79,7 @@ def test_cancellation_returns_nothing(tiny_model_dir):
     assert result.stop_reason == "cancelled" and result.text == "" and result.tokens == 3
 
 
-def test_suffix_overlap_is_trimmed(tiny_model_dir):
+def test_rest_of_line_is_not_retyped(tiny_model_dir):
     engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=3)
     paren = engine.encode([")"])[0][0]
     force_next_token(engine.loaded.model, paren)
@@ -88,7 +88,8 @@ def test_suffix_overlap_is_trimmed(tiny_model_dir):
     assert result.text == ")" * 3  # nothing right of the cursor: nothing to trim
     text = "print(add(1, 2))\n"
     result = engine.complete(CompletionRequest(text, len("print(add(1, 2"), "python"))
-    assert result.text == ")"  # "))" is already there
+    # The model retypes the "))" that is already right of the cursor: nothing to insert.
+    assert result.text == "" and result.stop_reason == "reached_suffix" and result.tokens == 2
 
 
 def test_prompt_uses_repo_form_with_path(tiny_model_dir):

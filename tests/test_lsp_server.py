@@ -238,3 +238,23 @@ def test_position_conversions():
             offset_at(text, *bad)
     assert position_of(text, 2, "utf-16") == (0, 3)
     assert position_of(text, text.index("x"), "utf-8") == (1, 6)
+
+
+@pytest.mark.embedded
+async def test_embedded_model_over_lsp_without_blocking_initialize(workspace, tmp_path, embedded_loaded):
+    # embedded_loaded made sure the safetensors cache exists; the server loads it itself.
+    client, result = await start_server(workspace, tmp_path / "e.log", {}, encodings=[])
+    try:
+        assert result.capabilities.inline_completion_provider is not None
+        text = "import math\n\n\ndef area_of_circle(radius):\n    return math.pi * "
+        uri = open_document(client, workspace / "pkg" / "circle.py", text)
+        early_status = (await status(client))["modelStatus"]
+        early = await client.text_document_inline_completion_async(_inline(uri, 4, 21))
+        assert early_status == "loading" and early.items in ([], ())  # empty, not an error
+        await wait_until_ready(client)
+        inline = await client.text_document_inline_completion_async(_inline(uri, 4, 21))
+        (item,) = inline.items
+        assert item.insert_text.strip() and "\n" not in item.insert_text
+        assert "radius" in item.insert_text
+    finally:
+        await client.shutdown_session()

@@ -1,0 +1,109 @@
+"""Latest-wins scheduling on one model worker."""
+
+import threading
+import time
+
+import pytest
+
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from lsp_server.scheduler import LatestWinsScheduler
+from tests.tiny_models import force_next_token
+
+
+@pytest.fixture
+def scheduler():
+    s = LatestWinsScheduler()
+    yield s
+    s.close()
+
+
+def _blocker(release: threading.Event, started: threading.Event):
+    def work(cancelled):
+        started.set()
+        release.wait(10)
+        return "blocker done"
+
+    return work
+
+
+def test_queued_request_is_answered_empty_when_superseded(scheduler):
+    release, started = threading.Event(), threading.Event()
+    scheduler.submit("other-doc", _blocker(release, started))
+    started.wait(5)
+    old = scheduler.submit("doc", lambda cancelled: "old")
+    new = scheduler.submit("doc", lambda cancelled: "new")
+    assert old.future.result(timeout=1) is None  # at once, while the worker is still busy
+    release.set()
+    assert new.future.result(timeout=5) == "new"
+
+
+def test_documents_are_served_in_arrival_order(scheduler):
+    order = []
+    jobs = [scheduler.submit(f"doc{i}", lambda c, i=i: order.append(i) or i) for i in range(5)]
+    assert [j.future.result(timeout=5) for j in jobs] == list(range(5))
+    assert order == list(range(5))
+    assert scheduler.max_concurrent == 1
+
+
+def test_running_generation_stops_within_one_decode_step(scheduler, tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32")
+    engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=100_000, time_budget_ms=60_000))
+    force_next_token(loaded.model, engine.encode(["b"])[0][0])  # never stops by itself
+    request = CompletionRequest("x = ", 4, "python")
+    steps = {"total": 0, "after_cancel": 0}
+    running = threading.Event()
+
+    def work(cancelled):
+        def counting():
+            steps["total"] += 1
+            if steps["total"] == 5:
+                running.set()
+            if cancelled():
+                steps["after_cancel"] += 1
+                return True
+            return False
+
+        return engine.complete(request, counting)
+
+    first = scheduler.submit("doc", work)
+    assert running.wait(30)
+    second = scheduler.submit("doc", lambda cancelled: "newer")
+    assert first.future.result(timeout=30) is None
+    assert steps["after_cancel"] == 1  # the step after the supersede was the last one
+    assert second.future.result(timeout=5) == "newer"
+
+
+def test_explicit_cancel_of_a_queued_job(scheduler):
+    release, started = threading.Event(), threading.Event()
+    scheduler.submit("a", _blocker(release, started))
+    started.wait(5)
+    job = scheduler.submit("b", lambda cancelled: "never")
+    scheduler.cancel(job)
+    assert job.future.result(timeout=1) is None
+    release.set()
+
+
+def test_a_failing_job_does_not_kill_the_worker(scheduler):
+    def boom(cancelled):
+        raise RuntimeError("model exploded")
+
+    failed = scheduler.submit("doc", boom)
+    with pytest.raises(RuntimeError, match="exploded"):
+        failed.future.result(timeout=5)
+    assert scheduler.submit("doc", lambda c: "fine").future.result(timeout=5) == "fine"
+
+
+def test_close_answers_everything():
+    s = LatestWinsScheduler()
+    release, started = threading.Event(), threading.Event()
+    running = s.submit("a", _blocker(release, started))
+    started.wait(5)
+    queued = s.submit("b", lambda c: "never")
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    time.sleep(0.1)
+    release.set()
+    closer.join(10)
+    assert queued.future.result(timeout=1) is None
+    assert running.future.result(timeout=1) is None  # cancelled while running
+    assert s.submit("c", lambda c: "late").future.result(timeout=1) is None

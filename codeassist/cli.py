@@ -67,6 +67,17 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(serve)
     serve.set_defaults(run=_run_serve)
 
+    bench = commands.add_parser(
+        "bench", help="run a benchmark: prints a table, writes OUT/NAME.json and OUT/NAME.png"
+    )
+    bench.add_argument("name", help="benchmark: edits")
+    bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    bench.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
+    bench.add_argument("--contexts", help="comma-separated prompt budgets, e.g. 512,2048")
+    bench.add_argument("--keystrokes", type=int, help="characters typed in the typing trace")
+    _add_model_options(bench)
+    bench.set_defaults(run=_run_bench)
+
     models = commands.add_parser("models", help="list embedded models and their install/cache state")
     models.add_argument("--json", action="store_true")
     models.set_defaults(run=_run_models)
@@ -145,6 +156,32 @@ def _run_serve(args: argparse.Namespace) -> int:
         server.start_tcp(args.host, args.port)
     else:
         server.start_io()
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from completion import load_model
+
+    from .bench import BENCHMARKS
+    from .bench.report import machine_info, print_table, write_report
+
+    if args.name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {args.name!r}; valid: {', '.join(BENCHMARKS)}")
+    contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    from .bench import edits
+
+    summary, rows = edits.run(loaded, Path(args.out), args.quick, contexts, args.keystrokes)
+    used = sorted({r["context"] for r in rows})
+    print_table(rows, ["context", "trace", "step", "mode", "prompt_tokens", "encoded", "rotated",
+                       "ttft_ms", "total_ms", "first_token_agrees", "exact_match"])
+    print()
+    for key, value in summary.items():
+        print(f"{key:>45}  {value}")
+    json_path, png_path = write_report(
+        args.name, Path(args.out), summary, rows, machine_info(loaded), edits.plot(rows, used)
+    )
+    print(f"\nwrote {json_path} and {png_path}")
     return 0
 
 

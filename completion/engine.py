@@ -10,6 +10,8 @@ import torch
 from transformers import DynamicCache
 
 from .fim import resolve_fim
+from .kv_plan import ReusePlan, plan_reuse
+from .kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
 from .models import LoadedModel
 from .prompt import FimPrompt, PromptBudget, build_fim_prompt
 from .stops import StopPolicy, check_text, decide_policy, finalize
@@ -25,6 +27,11 @@ class CompletionEngine:
         self.loaded = loaded
         self.settings = settings
         self.fim = resolve_fim(loaded.tokenizer)
+        self.sessions = KvSessions(settings.kv_budget_tokens)
+        self.inv_freq = rope_inv_freq(loaded.model)
+        self.shift_refusal = shift_support(loaded.model, settings.max_prompt_tokens)
+        if self.shift_refusal and settings.kv_mode == "pie":
+            logger.warning("KV re-rotation disabled, using prefix reuse: %s", self.shift_refusal)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
@@ -49,12 +56,21 @@ class CompletionEngine:
         )
 
     def complete(
-        self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None
+        self,
+        request: CompletionRequest,
+        cancelled: Callable[[], bool] | None = None,
+        session_key: str | None = None,
     ) -> Completion:
+        """Complete `request`. With `session_key` (e.g. the document URI) the KV cache of that
+        key's previous prompt is reused as the settings' `kv_mode` says."""
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
         prompt = self.build_prompt(request)
-        generated, reason, prompt_ms, text = self._generate(prompt.ids, policy, start, cancelled)
+        cache, logits, kv = self._prefill(prompt.ids, session_key)
+        generated, reason, text = self._decode(cache, logits, policy, start, cancelled)
+        prompt_ms = kv.pop("prompt_ms")
+        if session_key is not None:
+            self._keep_session(session_key, prompt.ids, cache, kv)
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
         result = Completion(
             text=finalize(text, policy) if reason != "cancelled" else "",
@@ -65,44 +81,88 @@ class CompletionEngine:
             stop_reason=reason,
             model=self.loaded.name,
             multiline=policy.multiline,
+            first_token=int(logits[0, -1].argmax()),
+            kv=kv,
         )
         logger.info(
-            "complete %s: prompt %d tok %.0f ms, decode %d tok %.0f ms, stop=%s, %s",
-            request.path or "<buffer>", result.prompt_tokens, prompt_ms, result.tokens,
-            decode_ms, reason, "block" if policy.multiline else "line",
+            "complete %s: prompt %d tok %.0f ms (%s: reused %d, rotated %d, encoded %d), "
+            "decode %d tok %.0f ms, stop=%s, %s",
+            request.path or "<buffer>", result.prompt_tokens, prompt_ms, kv["mode"], kv["reused"],
+            kv["rotated"], kv["encoded"], result.tokens, decode_ms, reason,
+            "block" if policy.multiline else "line",
         )
         return result
 
+    def _choose_mode(self, old: KvSession | None) -> str:
+        mode = self.settings.kv_mode
+        if mode == "pie" and self.shift_refusal:
+            return "prefix"
+        if mode == "pie" and old is not None and (
+            old.edits_since_full >= self.settings.refresh_after_edits
+            or old.moved_since_full >= self.settings.refresh_after_moved
+        ):
+            return "full"  # the approximation got old: refresh it
+        return mode
+
     @torch.inference_mode()
-    def _generate(
-        self,
-        prompt_ids: list[int],
-        policy: StopPolicy,
-        start: float,
-        cancelled: Callable[[], bool] | None,
-    ) -> tuple[list[int], str, float, str]:
+    def _prefill(self, prompt_ids: list[int], session_key: str | None):
+        """Build the prompt's KV cache (reusing the session's) and the last token's logits."""
+        start = time.perf_counter()
+        old = self.sessions.get(session_key) if session_key is not None else None
+        mode = self._choose_mode(old)
+        plan = plan_reuse(old.ids if old else [], prompt_ids, mode)
+        cache, logits = build_cache(self.loaded.model, plan, prompt_ids, old, self.inv_freq)
+        kv = {
+            "mode": mode, "reused": plan.reused, "rotated": plan.rotated, "encoded": plan.encoded,
+            "stale": _stale_tokens(plan), "prompt_ms": (time.perf_counter() - start) * 1000,
+        }
+        kv["age"] = (old.edits_since_full if old and plan.reused else 0) + (1 if kv["stale"] else 0)
+        kv["moved"] = (old.moved_since_full if old and plan.reused else 0) + kv["stale"]
+        return cache, logits, kv
+
+    def _keep_session(self, key: str, prompt_ids: list[int], cache: DynamicCache, kv: dict) -> None:
+        extra = cache.get_seq_length() - len(prompt_ids)
+        if extra > 0:
+            cache.crop(-extra)  # generated tokens are not part of the next prompt
+        self.sessions.put(key, KvSession(list(prompt_ids), cache, kv.pop("age"), kv.pop("moved")))
+
+    def forget(self, session_key: str) -> None:
+        """Free the KV session of a closed document."""
+        self.sessions.drop(session_key)
+
+    @torch.inference_mode()
+    def _decode(self, cache: DynamicCache, logits: torch.Tensor, policy: StopPolicy, start: float,
+                cancelled: Callable[[], bool] | None) -> tuple[list[int], str, str]:
         model, device = self.loaded.model, self.loaded.device
         settings = self.settings
-        cache = DynamicCache(config=model.config)
-        inputs = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        logits = model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1).logits
-        prompt_ms = (time.perf_counter() - start) * 1000
         generated: list[int] = []
         text = ""
         while True:
             next_id = int(logits[0, -1].argmax())
             if next_id in self.fim.stop_ids:
-                return generated, "eos", prompt_ms, text
+                return generated, "eos", text
             generated.append(next_id)
             check = check_text(self.decode(generated), policy)
             text = check.text
             if check.stop:
-                return generated, check.reason, prompt_ms, text
+                return generated, check.reason, text
             if len(generated) >= settings.max_new_tokens:
-                return generated, "max_tokens", prompt_ms, text
+                return generated, "max_tokens", text
             if (time.perf_counter() - start) * 1000 >= settings.time_budget_ms:
-                return generated, "time_budget", prompt_ms, text
+                return generated, "time_budget", text
             if cancelled is not None and cancelled():
-                return generated, "cancelled", prompt_ms, text
+                return generated, "cancelled", text
             step = torch.tensor([[next_id]], dtype=torch.long, device=device)
             logits = model(input_ids=step, cache=cache, use_cache=True).logits
+
+
+def _stale_tokens(plan: ReusePlan) -> int:
+    """Reused tokens that follow a change: their states saw the old text before them."""
+    seen_change = False
+    stale = 0
+    for segment in plan.segments[:-1]:  # the last segment is the always-encoded last token
+        if segment.source is None:
+            seen_change = True
+        elif seen_change or segment.shift:
+            stale += segment.length
+    return stale

@@ -25,8 +25,16 @@ class EngineSettings:
     max_prompt_tokens: int = 1024
     suffix_share: float = 0.25
     max_lines: int = 16
+    kv_mode: str = "pie"  # full | prefix | pie: how the previous prompt's KV cache is reused
+    kv_budget_tokens: int = 32_768  # KV sessions kept, over all documents (LRU)
+    refresh_after_edits: int = 32  # approximate reuses before a full re-encode
+    refresh_after_moved: int = 16_384  # tokens reused after a change before a full re-encode
 
     def __post_init__(self) -> None:
+        from .kv_plan import MODES
+
+        if self.kv_mode not in MODES:
+            raise ValueError(f"unknown kv_mode {self.kv_mode!r}; valid: {', '.join(MODES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.time_budget_ms < 0:
@@ -44,4 +52,6 @@ class Completion:
     #                   | max_tokens | time_budget | cancelled
     model: str
     multiline: bool
-    extra: dict = field(default_factory=dict, compare=False)
+    first_token: int | None = None  # id of the first generated token (fidelity checks)
+    # KV reuse of this request: mode used, tokens reused / re-rotated / encoded
+    kv: dict = field(default_factory=dict, compare=False)

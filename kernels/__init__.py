@@ -1,4 +1,4 @@
-"""Numeric kernels (RoPE re-rotation of cached keys, tree/verify attention).
+"""Numeric kernels (RoPE re-rotation of cached keys; tree/verify attention later).
 
 Each kernel has a torch reference used on CPU; Triton versions are imported lazily.
 
@@ -8,4 +8,12 @@ range it accepts), so it never takes this package for that library; tests/test_l
 proves it. Keep this module free of heavy imports: the probe may import it.
 """
 
-__all__: list[str] = []
+__all__ = ["rotate_keys"]
+
+
+def __getattr__(name: str):
+    if name == "rotate_keys":  # lazy: importing torch here would slow the probe down
+        from .rope import rotate_keys
+
+        return rotate_keys
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

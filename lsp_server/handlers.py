@@ -37,6 +37,8 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: CodeassistServer, params: types.DidCloseTextDocumentParams) -> None:
         logger.info("closed %s", params.text_document.uri)
+        if ls.engine is not None:
+            ls.engine.forget(params.text_document.uri)  # free its KV session
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: CodeassistServer, params: types.DidSaveTextDocumentParams) -> None:

@@ -95,6 +95,7 @@ class CodeassistServer(LanguageServer):
             max_new_tokens=settings.max_new_tokens,
             time_budget_ms=settings.time_budget_ms,
             max_prompt_tokens=settings.context_tokens,
+            kv_mode=settings.kv_mode,
         )
 
     async def ensure_model(self) -> None:
@@ -179,7 +180,8 @@ class CodeassistServer(LanguageServer):
             logger.info("completion for %s while the model is %s", prepared.uri, self.model_status)
             return None
         job = self.scheduler.submit(
-            prepared.uri, lambda cancelled: engine.complete(prepared.request, cancelled)
+            prepared.uri,
+            lambda cancelled: engine.complete(prepared.request, cancelled, session_key=prepared.uri),
         )
         try:
             result = await asyncio.wrap_future(job.future)

@@ -19,6 +19,7 @@ class ServerSettings:
     max_new_tokens: int = 64
     context_tokens: int = 1024
     time_budget_ms: float = 5000.0
+    kv_mode: str = "pie"  # full | prefix | pie
     inline_completion: bool = True  # feature switches
     completion: bool = True
 
@@ -31,7 +32,7 @@ class ServerSettings:
 # camelCase (what editors send) -> field name
 _KEYS = {
     "model": "model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
-    "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms",
+    "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
     "inlineCompletion": "inline_completion", "completion": "completion",
 }
 _TYPES = {f.name: f.type for f in fields(ServerSettings)}

@@ -1,0 +1,5 @@
+"""Benchmarks as commands: `codeassist bench NAME [--out DIR] [--quick]`."""
+
+__all__ = ["BENCHMARKS"]
+
+BENCHMARKS = ("edits",)

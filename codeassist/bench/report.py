@@ -1,0 +1,67 @@
+"""Benchmark output: a table on stdout, NAME.json (summary, rows, machine) and NAME.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable
+
+
+def machine_info(loaded=None) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    if loaded is not None:
+        info.update(model=loaded.name, device=str(loaded.device),
+                    dtype=str(loaded.dtype).removeprefix("torch."))
+    return info
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(_fmt(row.get(c)).rjust(widths[c]) for c in columns))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}"
+    return "" if value is None else str(value)
+
+
+def write_report(name: str, out_dir: Path, summary: dict, rows: list[dict], machine: dict,
+                 plot: Callable[[Any], None]) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{name}.json"
+    json_path.write_text(json.dumps({"summary": summary, "rows": rows, "machine": machine}, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(11, 4.5))
+    plot(figure)
+    figure.tight_layout()
+    png_path = out_dir / f"{name}.png"
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+    return json_path, png_path

@@ -1,0 +1,189 @@
+"""Edit-aware KV reuse: exact re-rotation, exact reuse for appends, sane caches for any edit."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion.kv_plan import Segment, plan_reuse
+from completion.kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
+from kernels.rope import rotate_keys
+
+VOCAB = 97
+ROPES = {
+    "default": {"rope_type": "default", "rope_theta": 10000.0},
+    "linear": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+               "rope_theta": 10000.0},
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+             "rope_theta": 10000.0},
+}
+
+
+def tiny(rope=None, cls=LlamaForCausalLM, config_cls=LlamaConfig, **extra):
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                        rope_parameters=rope or ROPES["default"], **extra)
+    return cls(config).eval()
+
+
+def encode(model, ids, start=0):
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(start, start + len(ids))[None],
+                    cache=cache, use_cache=True)
+    return cache, out.logits
+
+
+@pytest.mark.parametrize("rope", list(ROPES))
+def test_rotation_moves_keys_exactly(rope):
+    model = tiny(ROPES[rope])
+    ids = torch.randint(0, VOCAB, (23,)).tolist()
+    at_p, _ = encode(model, ids, start=5)
+    for delta in (1, 37, -5):
+        moved, _ = encode(model, ids, start=5 + delta)
+        inv_freq = rope_inv_freq(model)
+        for layer_p, layer_moved in zip(at_p.layers, moved.layers):
+            rotated = rotate_keys(layer_p.keys, delta, inv_freq)
+            torch.testing.assert_close(rotated, layer_moved.keys, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(layer_p.values, layer_moved.values, atol=2e-5, rtol=1e-4)
+
+
+def test_rotation_per_token_deltas_and_partial_rotary():
+    keys = torch.randn(1, 2, 5, 12)
+    inv_freq = torch.tensor([1.0, 0.1, 0.01, 0.001])  # 8 of 12 dims rotate
+    deltas = torch.tensor([0, 1, 2, 3, 4])
+    moved = rotate_keys(keys, deltas, inv_freq)
+    torch.testing.assert_close(moved[..., 0, :], keys[..., 0, :])
+    torch.testing.assert_close(moved[..., 8:], keys[..., 8:])
+    back = rotate_keys(moved, -deltas, inv_freq)
+    torch.testing.assert_close(back, keys, atol=1e-5, rtol=1e-5)
+    bf16 = rotate_keys(keys.bfloat16(), 3, inv_freq)
+    assert bf16.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="one delta per token"):
+        rotate_keys(keys, torch.tensor([1, 2]), inv_freq)
+
+
+def test_shift_support_refuses_what_it_cannot_shift():
+    assert shift_support(tiny(), 1024) is None
+    dynamic = tiny({"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    assert "changes with sequence length" in shift_support(dynamic, 1024)
+    windowed = tiny(cls=Qwen2ForCausalLM, config_cls=Qwen2Config, use_sliding_window=True,
+                    sliding_window=256)
+    assert "sliding window" in shift_support(windowed, 1024)
+    assert shift_support(windowed, 128) is None  # the window is never reached
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    learned = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
+    assert "no (single) rotary" in shift_support(learned, 1024)
+
+
+def test_plan_segments():
+    old = list(range(100))
+    plan = plan_reuse(old, old, "pie")
+    assert plan.segments == (Segment(0, 99, 0), Segment(99, 100))
+    assert plan.encoded == 1 and plan.rotated == 0
+    inserted = old[:40] + [500, 501] + old[40:]
+    plan = plan_reuse(old, inserted, "pie")
+    assert plan.segments == (Segment(0, 40, 0), Segment(40, 42), Segment(42, 101, 40), Segment(101, 102))
+    assert plan.rotated == 59 and plan.encoded == 3
+    prefix = plan_reuse(old, inserted, "prefix")
+    assert prefix.reused == 40 and prefix.encoded == 62
+    assert plan_reuse(old, inserted, "full").encoded == 102
+    assert plan_reuse(old, list(range(1000, 1100)), "pie").encoded == 100  # nothing matches
+    with pytest.raises(ValueError, match="valid: full, prefix, pie"):
+        plan_reuse(old, old, "magic")
+
+
+def _assert_same_logits(model, old_ids, new_ids, mode="pie"):
+    old_cache, _ = encode(model, old_ids)
+    plan = plan_reuse(old_ids, new_ids, mode, min_block=2)
+    cache, logits = build_cache(model, plan, new_ids, KvSession(old_ids, old_cache), rope_inv_freq(model))
+    _, full_logits = encode(model, new_ids)
+    torch.testing.assert_close(logits[0, -1], full_logits[0, -1], atol=1e-4, rtol=1e-4)
+    assert cache.get_seq_length() == len(new_ids)
+    return plan
+
+
+def test_unchanged_and_appended_prompts_equal_full():
+    model = tiny()
+    ids = torch.randint(0, VOCAB, (60,)).tolist()
+    assert _assert_same_logits(model, ids, ids).encoded == 1
+    appended = ids + [5, 6, 7]
+    assert _assert_same_logits(model, ids, appended).encoded == 3
+    assert _assert_same_logits(model, ids, appended, "prefix").encoded == 3
+
+
+edits = st.lists(
+    st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.floats(0, 1),
+              st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=6)),
+    min_size=1, max_size=4,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, VOCAB - 1), min_size=8, max_size=60), edits)
+def test_any_edit_gives_a_full_length_cache_with_right_positions(old_ids, edit_list):
+    model = PROPERTY_MODEL
+    new_ids = list(old_ids)
+    for kind, where, tokens in edit_list:
+        at = int(where * len(new_ids))
+        if kind == "insert":
+            new_ids[at:at] = tokens
+        elif kind == "delete":
+            del new_ids[at : at + len(tokens)]
+        else:
+            new_ids[at : at + len(tokens)] = tokens
+    if not new_ids:
+        new_ids = [1]
+    old_cache, _ = encode(model, old_ids)
+    plan = plan_reuse(old_ids, new_ids, "pie", min_block=2)
+    cache, logits = build_cache(model, plan, new_ids, KvSession(old_ids, old_cache), rope_inv_freq(model))
+    assert cache.get_seq_length() == len(new_ids)
+    full_cache, full_logits = encode(model, new_ids)
+    # Layer-0 keys depend only on token and position: equal everywhere iff every reused or
+    # re-rotated key sits at its new position.
+    torch.testing.assert_close(cache.layers[0].keys, full_cache.layers[0].keys, atol=1e-4, rtol=1e-4)
+    common = next((i for i, (a, b) in enumerate(zip(old_ids, new_ids)) if a != b), min(len(old_ids), len(new_ids)))
+    if common >= len(new_ids) - 1 or common == len(old_ids):  # the edit touched only the end
+        torch.testing.assert_close(logits[0, -1], full_logits[0, -1], atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():  # generation runs on the assembled cache
+        step = model(input_ids=logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+    assert step.logits.shape[-1] == VOCAB
+
+
+PROPERTY_MODEL = tiny()
+
+
+def test_sessions_lru_by_token_budget():
+    sessions = KvSessions(max_total_tokens=100)
+    for name in ("a", "b", "c"):
+        sessions.put(name, KvSession(list(range(40)), DynamicCache()))
+    assert "a" not in sessions and "b" in sessions and sessions.total_tokens == 80
+    sessions.get("b")
+    sessions.put("d", KvSession(list(range(40)), DynamicCache()))
+    assert "c" not in sessions and "b" in sessions
+    sessions.drop("b")
+    assert "b" not in sessions
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-coder", "deepseek-coder"])
+def test_engine_reuses_the_session_across_edits(family, tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32")
+    engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=4))
+    full = CompletionEngine(loaded, EngineSettings(max_new_tokens=4, kv_mode="full"))
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(30)) + "value = f3("
+    first = engine.complete(CompletionRequest(text, len(text), "python"), session_key="doc")
+    assert first.kv["encoded"] == first.prompt_tokens
+    again = engine.complete(CompletionRequest(text, len(text), "python"), session_key="doc")
+    assert again.kv["encoded"] == 1 and again.text == first.text
+    assert again.text == full.complete(CompletionRequest(text, len(text), "python")).text
+    edited = "# header\n" + text  # a line inserted far above the cursor: everything moves
+    moved = engine.complete(CompletionRequest(edited, len(edited), "python"), session_key="doc")
+    assert moved.kv["rotated"] > 0.8 * moved.prompt_tokens and moved.kv["encoded"] < 10
+    engine.forget("doc")
+    assert "doc" not in engine.sessions

@@ -75,6 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     bench.add_argument("--contexts", help="comma-separated prompt budgets, e.g. 512,2048")
     bench.add_argument("--keystrokes", type=int, help="characters typed in the typing trace")
+    bench.add_argument("--margin", type=int, help="pie: tokens re-encoded after each change")
     _add_model_options(bench)
     bench.set_defaults(run=_run_bench)
 
@@ -171,7 +172,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     from .bench import edits
 
-    summary, rows = edits.run(loaded, Path(args.out), args.quick, contexts, args.keystrokes)
+    summary, rows = edits.run(loaded, Path(args.out), args.quick, contexts, args.keystrokes,
+                              args.margin)
     used = sorted({r["context"] for r in rows})
     print_table(rows, ["context", "trace", "step", "mode", "prompt_tokens", "encoded", "rotated",
                        "ttft_ms", "total_ms", "first_token_agrees", "exact_match"])

@@ -53,6 +53,7 @@ class CompletionEngine:
             budget,
             path=request.path,
             repo_name=request.repo_name,
+            order=self.settings.fim_order,
         )
 
     def complete(
@@ -66,11 +67,16 @@ class CompletionEngine:
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
         prompt = self.build_prompt(request)
-        cache, logits, kv = self._prefill(prompt.ids, session_key)
+        old = self.sessions.get(session_key) if session_key is not None else None
+        plan, mode = self._plan(old, prompt.ids)
+        cache, logits = build_cache(self.loaded.model, plan, prompt.ids, old, self.inv_freq)
+        prompt_ms = (time.perf_counter() - start) * 1000
         generated, reason, text = self._decode(cache, logits, policy, start, cancelled)
-        prompt_ms = kv.pop("prompt_ms")
+        stale = _stale_tokens(plan)
         if session_key is not None:
-            self._keep_session(session_key, prompt.ids, cache, kv)
+            self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, stale)
+        kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
+              "encoded": plan.encoded, "stale": stale}
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
         result = Completion(
             text=finalize(text, policy) if reason != "cancelled" else "",
@@ -104,27 +110,21 @@ class CompletionEngine:
             return "full"  # the approximation got old: refresh it
         return mode
 
-    @torch.inference_mode()
-    def _prefill(self, prompt_ids: list[int], session_key: str | None):
-        """Build the prompt's KV cache (reusing the session's) and the last token's logits."""
-        start = time.perf_counter()
-        old = self.sessions.get(session_key) if session_key is not None else None
+    def _plan(self, old: KvSession | None, prompt_ids: list[int]) -> tuple[ReusePlan, str]:
         mode = self._choose_mode(old)
-        plan = plan_reuse(old.ids if old else [], prompt_ids, mode)
-        cache, logits = build_cache(self.loaded.model, plan, prompt_ids, old, self.inv_freq)
-        kv = {
-            "mode": mode, "reused": plan.reused, "rotated": plan.rotated, "encoded": plan.encoded,
-            "stale": _stale_tokens(plan), "prompt_ms": (time.perf_counter() - start) * 1000,
-        }
-        kv["age"] = (old.edits_since_full if old and plan.reused else 0) + (1 if kv["stale"] else 0)
-        kv["moved"] = (old.moved_since_full if old and plan.reused else 0) + kv["stale"]
-        return cache, logits, kv
+        margin = self.settings.reencode_margin if mode == "pie" else 0
+        return plan_reuse(old.ids if old else [], prompt_ids, mode, margin=margin), mode
 
-    def _keep_session(self, key: str, prompt_ids: list[int], cache: DynamicCache, kv: dict) -> None:
+    def _keep_session(self, key: str, prompt_ids: list[int], cache: DynamicCache,
+                      reused_from: KvSession | None, stale: int) -> None:
+        """Store the prompt's cache for the next request; count how approximate it is."""
         extra = cache.get_seq_length() - len(prompt_ids)
         if extra > 0:
             cache.crop(-extra)  # generated tokens are not part of the next prompt
-        self.sessions.put(key, KvSession(list(prompt_ids), cache, kv.pop("age"), kv.pop("moved")))
+        age = reused_from.edits_since_full if reused_from else 0
+        moved = reused_from.moved_since_full if reused_from else 0
+        session = KvSession(list(prompt_ids), cache, age + (1 if stale else 0), moved + stale)
+        self.sessions.put(key, session)
 
     def forget(self, session_key: str) -> None:
         """Free the KV session of a closed document."""

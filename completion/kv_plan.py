@@ -46,9 +46,10 @@ class ReusePlan:
 
 
 def plan_reuse(old: list[int], new: list[int], mode: str, min_block: int = 8,
-               min_reuse_fraction: float = 0.1) -> ReusePlan:
+               min_reuse_fraction: float = 0.1, margin: int = 0) -> ReusePlan:
     """Segments covering `new` in order. `min_block`: shorter matches are cheaper to encode
-    than to stitch in (each encoded gap is a forward pass)."""
+    than to stitch in (each encoded gap is a forward pass). `margin`: also re-encode this
+    many tokens after each change, whose cached states saw the old text most directly."""
     if mode not in MODES:
         raise ValueError(f"unknown KV reuse mode {mode!r}; valid: {', '.join(MODES)}")
     if not new:
@@ -65,6 +66,8 @@ def plan_reuse(old: list[int], new: list[int], mode: str, min_block: int = 8,
         if common and (not blocks or blocks[0][1] > 0):
             blocks.insert(0, (0, 0, common))
     segments = _segments(blocks, len(new))
+    if margin > 0:
+        segments = _widen_changes(segments, margin)
     plan = ReusePlan(tuple(segments))
     if mode != "prefix" and plan.reused < min_reuse_fraction * len(new):
         return ReusePlan((Segment(0, len(new)),))  # reuse would save little: start afresh
@@ -99,6 +102,22 @@ def _segments(blocks: list[tuple[int, int, int]], total: int) -> list[Segment]:
         segments[-1:] = [s for s in (Segment(last.start, last.end - 1, last.source),
                                      Segment(last.end - 1, last.end)) if s.length > 0]
     return _merge_encoded(segments)
+
+
+def _widen_changes(segments: list[Segment], margin: int) -> list[Segment]:
+    """Move the first `margin` tokens of each reused run that follows a change into the
+    encoded run before it."""
+    widened: list[Segment] = []
+    for segment in segments:
+        after_change = widened and widened[-1].source is None
+        if segment.source is not None and after_change:
+            take = min(margin, segment.length)
+            widened[-1] = Segment(widened[-1].start, segment.start + take)
+            if take < segment.length:
+                widened.append(Segment(segment.start + take, segment.end, segment.source + take))
+        else:
+            widened.append(segment)
+    return _merge_encoded(widened)
 
 
 def _merge_encoded(segments: list[Segment]) -> list[Segment]:

@@ -99,6 +99,16 @@ def test_plan_segments():
         plan_reuse(old, old, "magic")
 
 
+def test_margin_re_encodes_tokens_right_after_a_change():
+    old = list(range(100))
+    inserted = old[:40] + [500] + old[40:]
+    plan = plan_reuse(old, inserted, "pie", margin=16)
+    assert plan.segments == (Segment(0, 40, 0), Segment(40, 57), Segment(57, 100, 56), Segment(100, 101))
+    whole = plan_reuse(old, inserted, "pie", margin=1000)  # the margin swallows the tail
+    assert whole.segments == (Segment(0, 40, 0), Segment(40, 101))
+    assert plan_reuse(old, old, "pie", margin=16).encoded == 1  # no change, nothing widened
+
+
 def _assert_same_logits(model, old_ids, new_ids, mode="pie"):
     old_cache, _ = encode(model, old_ids)
     plan = plan_reuse(old_ids, new_ids, mode, min_block=2)
@@ -184,6 +194,7 @@ def test_engine_reuses_the_session_across_edits(family, tiny_model_dir):
     assert again.text == full.complete(CompletionRequest(text, len(text), "python")).text
     edited = "# header\n" + text  # a line inserted far above the cursor: everything moves
     moved = engine.complete(CompletionRequest(edited, len(edited), "python"), session_key="doc")
-    assert moved.kv["rotated"] > 0.8 * moved.prompt_tokens and moved.kv["encoded"] < 10
+    margin = engine.settings.reencode_margin  # re-encoded after the change, for fidelity
+    assert moved.kv["rotated"] > 0.7 * moved.prompt_tokens and moved.kv["encoded"] < margin + 10
     engine.forget("doc")
     assert "doc" not in engine.sessions

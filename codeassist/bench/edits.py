@@ -97,7 +97,7 @@ def build_traces(text: str, keystrokes: int) -> dict[str, tuple[State, list[Stat
 
 
 def run(loaded, out_dir: Path, quick: bool, contexts: list[int] | None = None,
-        keystrokes: int | None = None) -> tuple[dict, list[dict]]:
+        keystrokes: int | None = None, margin: int | None = None) -> tuple[dict, list[dict]]:
     from tqdm import tqdm
 
     contexts = contexts or ([2048] if quick else [512, 1024, 2048, 4096])
@@ -111,7 +111,8 @@ def run(loaded, out_dir: Path, quick: bool, contexts: list[int] | None = None,
         engines = {
             mode: CompletionEngine(loaded, EngineSettings(
                 max_new_tokens=8 if quick else 16, time_budget_ms=120_000,
-                max_prompt_tokens=context, kv_mode=mode))
+                max_prompt_tokens=context, kv_mode=mode,
+                reencode_margin=EngineSettings.reencode_margin if margin is None else margin))
             for mode in MODES
         }
         for trace, (start, states) in traces.items():

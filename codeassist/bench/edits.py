@@ -195,6 +195,7 @@ def plot(rows: list[dict], contexts: list[int]):
         right.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="tokens encoded per request",
                   title="all traces")
         for axis in (left, right):
+            axis.minorticks_off()
             axis.set_xticks(contexts, [str(c) for c in contexts])
             axis.legend()
 

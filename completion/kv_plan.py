@@ -60,11 +60,15 @@ def plan_reuse(old: list[int], new: list[int], mode: str, min_block: int = 8,
         if common:
             blocks.append((0, 0, common))
     elif mode == "pie" and old:
-        matcher = SequenceMatcher(None, old, new, autojunk=False)
-        blocks = [(a, b, n) for a, b, n in matcher.get_matching_blocks() if n >= min_block]
-        common = _common_prefix(old, new)  # keep the whole common prefix even if short
-        if common and (not blocks or blocks[0][1] > 0):
-            blocks.insert(0, (0, 0, common))
+        # The common prefix first, as it is: a diff of repetitive code (a run of the same
+        # token) may otherwise align it shifted by a token, turning an exact append into an
+        # approximate move.
+        common = _common_prefix(old, new)
+        if common:
+            blocks.append((0, 0, common))
+        matcher = SequenceMatcher(None, old[common:], new[common:], autojunk=False)
+        blocks += [(a + common, b + common, n) for a, b, n in matcher.get_matching_blocks()
+                   if n >= min_block]
     segments = _segments(blocks, len(new))
     if margin > 0:
         segments = _widen_changes(segments, margin)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import threading
@@ -38,9 +39,44 @@ class PreparedRequest:
     word_start: int  # offset where the identifier under the cursor starts
 
 
+@dataclass(frozen=True)
+class DocumentSnapshot:
+    """A document as it was when a request arrived."""
+
+    uri: str
+    text: str
+    version: int | None
+    path: str
+    language_id: str | None
+
+
+# Set for each request as it is read, before later messages are: an async handler starts
+# only after the didChange notifications queued behind its request were applied, and the
+# request's position refers to the text before them.
+_AT_ARRIVAL: contextvars.ContextVar[DocumentSnapshot | None] = contextvars.ContextVar(
+    "document_at_arrival", default=None
+)
+
+
 class AnsweringProtocol(LanguageServerProtocol):
-    """pygls logs a request whose params do not parse and never answers it, so the client
-    waits forever. Answer it with the JSON-RPC error (e.g. -32602 Invalid Params) instead."""
+    """Two fixes to pygls' protocol. It logs a request whose params do not parse and never
+    answers it, so the client waits forever: answer with the JSON-RPC error (-32602).
+    And it runs async handlers after later messages: snapshot the request's document first."""
+
+    def _handle_request(self, msg_id, method_name, params):
+        _AT_ARRIVAL.set(self._snapshot(params))
+        super()._handle_request(msg_id, method_name, params)
+
+    def _snapshot(self, params) -> DocumentSnapshot | None:
+        uri = getattr(getattr(params, "text_document", None), "uri", None)
+        try:
+            document = self.workspace.text_documents.get(uri) if uri else None
+        except RuntimeError:  # no workspace before initialize
+            return None
+        if document is None:
+            return None
+        return DocumentSnapshot(uri, document.source, document.version, document.path,
+                                document.language_id)
 
     def structure_message(self, data):
         try:
@@ -156,11 +192,11 @@ class CodeassistServer(LanguageServer):
     def prepare(self, uri: str, position: types.Position) -> PreparedRequest | None:
         """The engine request for `position` in the open document `uri`; None (logged) when
         the document is unknown or the position is outside it."""
-        document = self.workspace.text_documents.get(uri)
-        if document is None:
+        document = _AT_ARRIVAL.get()
+        if document is None or document.uri != uri:
             logger.warning("completion for a document that is not open: %s", uri)
             return None
-        text = document.source
+        text = document.text
         try:
             cursor = offset_at(text, position.line, position.character, self.position_encoding)
         except ValueError as error:

@@ -99,6 +99,14 @@ def test_plan_segments():
         plan_reuse(old, old, "magic")
 
 
+def test_append_to_repetitive_tokens_keeps_the_prefix_in_place():
+    old = [7] * 30 + [1, 2]
+    new = [7] * 31 + [1, 2]  # one more of the same token: an append in the middle of a run
+    plan = plan_reuse(old, new, "pie")
+    assert plan.segments[0] == Segment(0, 30, 0)  # not a block shifted by one position
+    assert plan.rotated == 0 or plan.segments[0].shift == 0
+
+
 def test_margin_re_encodes_tokens_right_after_a_change():
     old = list(range(100))
     inserted = old[:40] + [500] + old[40:]

@@ -185,7 +185,9 @@ async def test_burst_of_edits_latest_wins(server, workspace):
         client.text_document_did_change(_change(uri, version, (line, character), (line, character), "x"))
         text += "x"
         line, character = position_of(text, len(text))
-        pending.append(client.text_document_inline_completion_async(_inline(uri, line, character)))
+        # Sent now, between the edits (the *_async helpers only send once awaited).
+        pending.append(asyncio.wrap_future(
+            client.text_document_inline_completion(_inline(uri, line, character))))
     answers = await asyncio.wait_for(asyncio.gather(*pending), 300)
     assert len(answers) == 200 and all(a is not None for a in answers)
     want = expected_text(model, text, len(text), "pkg/burst.py", "demo_repo", time_budget_ms=5000)

@@ -115,7 +115,7 @@ def _run_complete(args: argparse.Namespace) -> int:
             "multiline": result.multiline,
             "model": result.model,
             "device": str(loaded.device),
-            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "dtype": loaded.dtype_name,
             "timings": {
                 "load_ms": round(loaded.load_ms, 1),
                 "prompt_ms": round(result.prompt_ms, 1),
@@ -172,8 +172,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     from .bench import edits
 
-    summary, rows = edits.run(loaded, Path(args.out), args.quick, contexts, args.keystrokes,
-                              args.margin)
+    summary, rows = edits.run(loaded, args.quick, contexts, args.keystrokes, args.margin)
     used = sorted({r["context"] for r in rows})
     print_table(rows, ["context", "trace", "step", "mode", "prompt_tokens", "encoded", "rotated",
                        "ttft_ms", "total_ms", "first_token_agrees", "exact_match"])

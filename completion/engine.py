@@ -29,9 +29,7 @@ class CompletionEngine:
         self.fim = resolve_fim(loaded.tokenizer)
         self.sessions = KvSessions(settings.kv_budget_tokens)
         self.inv_freq = rope_inv_freq(loaded.model)
-        self.shift_refusal = shift_support(loaded.model, settings.max_prompt_tokens)
-        if self.shift_refusal and settings.kv_mode == "pie":
-            logger.warning("KV re-rotation disabled, using prefix reuse: %s", self.shift_refusal)
+        self._logged_refusal: str | None = None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
@@ -53,7 +51,6 @@ class CompletionEngine:
             budget,
             path=request.path,
             repo_name=request.repo_name,
-            order=self.settings.fim_order,
         )
 
     def complete(
@@ -72,11 +69,10 @@ class CompletionEngine:
         cache, logits = build_cache(self.loaded.model, plan, prompt.ids, old, self.inv_freq)
         prompt_ms = (time.perf_counter() - start) * 1000
         generated, reason, text = self._decode(cache, logits, policy, start, cancelled)
-        stale = _stale_tokens(plan)
         if session_key is not None:
-            self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, stale)
+            self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, plan.stale)
         kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
-              "encoded": plan.encoded, "stale": stale}
+              "encoded": plan.encoded, "stale": plan.stale}
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
         result = Completion(
             text=finalize(text, policy) if reason != "cancelled" else "",
@@ -101,11 +97,18 @@ class CompletionEngine:
 
     def _choose_mode(self, old: KvSession | None) -> str:
         mode = self.settings.kv_mode
-        if mode == "pie" and self.shift_refusal:
+        if mode != "pie":
+            return mode
+        # Checked against the current settings: the server may change the prompt budget.
+        refusal = shift_support(self.loaded.model.config, self.inv_freq, self.settings.max_prompt_tokens)
+        if refusal:
+            if refusal != self._logged_refusal:
+                logger.warning("KV re-rotation disabled, using prefix reuse: %s", refusal)
+                self._logged_refusal = refusal
             return "prefix"
-        if mode == "pie" and old is not None and (
+        if old is not None and (
             old.edits_since_full >= self.settings.refresh_after_edits
-            or old.moved_since_full >= self.settings.refresh_after_moved
+            or old.stale_since_full >= self.settings.refresh_after_stale
         ):
             return "full"  # the approximation got old: refresh it
         return mode
@@ -122,8 +125,8 @@ class CompletionEngine:
         if extra > 0:
             cache.crop(-extra)  # generated tokens are not part of the next prompt
         age = reused_from.edits_since_full if reused_from else 0
-        moved = reused_from.moved_since_full if reused_from else 0
-        session = KvSession(list(prompt_ids), cache, age + (1 if stale else 0), moved + stale)
+        stale_before = reused_from.stale_since_full if reused_from else 0
+        session = KvSession(list(prompt_ids), cache, age + (1 if stale else 0), stale_before + stale)
         self.sessions.put(key, session)
 
     def forget(self, session_key: str) -> None:
@@ -155,14 +158,3 @@ class CompletionEngine:
             step = torch.tensor([[next_id]], dtype=torch.long, device=device)
             logits = model(input_ids=step, cache=cache, use_cache=True).logits
 
-
-def _stale_tokens(plan: ReusePlan) -> int:
-    """Reused tokens that follow a change: their states saw the old text before them."""
-    seen_change = False
-    stale = 0
-    for segment in plan.segments[:-1]:  # the last segment is the always-encoded last token
-        if segment.source is None:
-            seen_change = True
-        elif seen_change or segment.shift:
-            stale += segment.length
-    return stale

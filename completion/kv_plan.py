@@ -44,6 +44,19 @@ class ReusePlan:
     def encoded(self) -> int:
         return sum(s.length for s in self.segments if s.source is None)
 
+    @property
+    def stale(self) -> int:
+        """Reused tokens that follow a change (an encoded run, or tokens deleted before a
+        shifted run): their cached states saw the old text before them."""
+        seen_change = False
+        stale = 0
+        for segment in self.segments:
+            if segment.source is None:
+                seen_change = True
+            elif seen_change or segment.shift:
+                stale += segment.length
+        return stale
+
 
 def plan_reuse(old: list[int], new: list[int], mode: str, min_block: int = 8,
                min_reuse_fraction: float = 0.1, margin: int = 0) -> ReusePlan:

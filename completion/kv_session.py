@@ -31,12 +31,12 @@ def rope_inv_freq(model) -> torch.Tensor | None:
     return found[0].detach().float() if len(found) == 1 else None
 
 
-def shift_support(model, max_prompt_tokens: int) -> str | None:
-    """None when cached keys may be re-rotated for `model`; otherwise the reason why not."""
-    config = model.config
+def shift_support(config, inv_freq: torch.Tensor | None, max_prompt_tokens: int) -> str | None:
+    """None when cached keys may be re-rotated for a model with this config and rotary
+    frequencies (`rope_inv_freq`); otherwise the reason why not. Cheap: no model walk."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    if rope_inv_freq(model) is None:
+    if inv_freq is None:
         return "the model has no (single) rotary embedding"
     if rope_type not in _SHIFTABLE_ROPE:
         return f"rope type {rope_type!r} changes with sequence length"
@@ -50,8 +50,8 @@ def shift_support(model, max_prompt_tokens: int) -> str | None:
 class KvSession:
     ids: list[int]
     cache: DynamicCache
-    edits_since_full: int = 0  # reuses since the last full encode (approximation age)
-    moved_since_full: int = 0  # tokens re-rotated since then
+    edits_since_full: int = 0  # approximate reuses since the last full encode
+    stale_since_full: int = 0  # tokens reused after a change since then
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -27,6 +27,15 @@ class LoadedModel:
     dtype: torch.dtype
     load_ms: float
 
+    @property
+    def dtype_name(self) -> str:
+        """"float32", "bfloat16", ...: for caches, logs and reports."""
+        return _dtype_name(self.dtype)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device not in DEVICES:
@@ -64,7 +73,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def _source(spec: str, dtype: torch.dtype) -> tuple[Path | str, dict]:
     """Map a model spec to a from_pretrained location and its extra keyword arguments."""
     if spec in EMBEDDED_MODELS:
-        return ensure_cached(EMBEDDED_MODELS[spec], str(dtype).removeprefix("torch.")), {}
+        return ensure_cached(EMBEDDED_MODELS[spec], _dtype_name(dtype)), {}
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

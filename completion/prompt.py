@@ -56,12 +56,7 @@ def build_fim_prompt(
     path: str | None = None,
     repo_name: str | None = None,
     repo_files: Sequence[RepoFile] = (),
-    order: str = "psm",
 ) -> FimPrompt:
-    """`order`: "psm" (prefix, suffix, middle: how every family is trained) or "spm" (the
-    suffix first, so that typing at the cursor only appends to the prompt)."""
-    if order not in ("psm", "spm"):
-        raise ValueError(f"unknown FIM order {order!r}; valid: psm, spm")
     header = _repo_header(spec, encode, path, repo_name, repo_files)
     available = budget.max_tokens - len(header) - 3  # the three FIM markers
     if available < 2:
@@ -70,10 +65,7 @@ def build_fim_prompt(
         )
     suffix_ids, suffix_cut = _keep_head(suffix, int(available * budget.suffix_share), encode)
     prefix_ids, prefix_cut = _keep_tail(prefix, available - len(suffix_ids), encode)
-    if order == "psm":
-        ids = [*header, spec.prefix_id, *prefix_ids, spec.suffix_id, *suffix_ids, spec.middle_id]
-    else:
-        ids = [*header, spec.suffix_id, *suffix_ids, spec.prefix_id, *prefix_ids, spec.middle_id]
+    ids = [*header, spec.prefix_id, *prefix_ids, spec.suffix_id, *suffix_ids, spec.middle_id]
     return FimPrompt(ids, len(prefix_ids), len(suffix_ids), prefix_cut, suffix_cut)
 
 

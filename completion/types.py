@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .kv_plan import MODES
+
 
 @dataclass(frozen=True)
 class CompletionRequest:
@@ -25,16 +27,13 @@ class EngineSettings:
     max_prompt_tokens: int = 1024
     suffix_share: float = 0.25
     max_lines: int = 16
-    fim_order: str = "psm"  # psm | spm (suffix first: typing at the cursor only appends)
     kv_mode: str = "pie"  # full | prefix | pie: how the previous prompt's KV cache is reused
     reencode_margin: int = 64  # tokens after each change re-encoded too (fidelity vs speed)
     kv_budget_tokens: int = 32_768  # KV sessions kept, over all documents (LRU)
     refresh_after_edits: int = 32  # approximate reuses before a full re-encode
-    refresh_after_moved: int = 16_384  # tokens reused after a change before a full re-encode
+    refresh_after_stale: int = 16_384  # tokens reused after a change before a full re-encode
 
     def __post_init__(self) -> None:
-        from .kv_plan import MODES
-
         if self.kv_mode not in MODES:
             raise ValueError(f"unknown kv_mode {self.kv_mode!r}; valid: {', '.join(MODES)}")
         if self.max_new_tokens < 1:

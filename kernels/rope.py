@@ -32,8 +32,8 @@ def rotate_keys(keys: torch.Tensor, deltas: torch.Tensor | int, inv_freq: torch.
     if delta.shape != (tokens,):
         raise ValueError(f"need one delta per token ({tokens}), got shape {tuple(delta.shape)}")
     angles = delta[:, None] * inv_freq.to(device=keys.device, dtype=torch.float32)[None, :]
-    cos = torch.cat((angles.cos(), angles.cos()), dim=-1)
-    sin = torch.cat((angles.sin(), angles.sin()), dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
     k = keys.float()
     moved = k[..., :rotary] * cos + _rotate_half(k[..., :rotary]) * sin
     if rotary < keys.shape[-1]:

@@ -70,7 +70,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "model": ls.settings.model,
             "modelStatus": ls.model_status,
             "device": str(engine.loaded.device) if engine else None,
-            "dtype": str(engine.loaded.dtype).removeprefix("torch.") if engine else None,
+            "dtype": engine.loaded.dtype_name if engine else None,
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
             "positionEncoding": ls.position_encoding,
         }

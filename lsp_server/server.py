@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import threading
 import time
 import uuid
@@ -26,7 +25,16 @@ from .settings import ServerSettings, merge_settings
 
 logger = logging.getLogger(__name__)
 
-_WORD_BEFORE = re.compile(r"[A-Za-z0-9_$]*$")
+def _word_start(text: str, cursor: int) -> int:
+    """Offset where the identifier that ends at `cursor` starts (runs on every keystroke)."""
+    start = cursor
+    while start > 0 and _is_word_char(text[start - 1]):
+        start -= 1
+    return start
+
+
+def _is_word_char(char: str) -> bool:
+    return char in "_$" or (char.isascii() and char.isalnum())
 
 
 @dataclass(frozen=True)
@@ -159,7 +167,7 @@ class CodeassistServer(LanguageServer):
             self.tell_client(
                 logging.INFO,
                 f"codeassist: {settings.model} ready on {engine.loaded.device} "
-                f"({str(engine.loaded.dtype).removeprefix('torch.')}) in {elapsed:.1f} s",
+                f"({engine.loaded.dtype_name}) in {elapsed:.1f} s",
             )
             message = "ready"
         if progress:
@@ -206,8 +214,7 @@ class CodeassistServer(LanguageServer):
             text, cursor, language_for(document.path, document.language_id),
             path=self._relative_path(document.path), repo_name=self._repo_name(),
         )
-        word_start = cursor - len(_WORD_BEFORE.search(text[:cursor]).group(0))
-        return PreparedRequest(uri, document.version, request, word_start)
+        return PreparedRequest(uri, document.version, request, _word_start(text, cursor))
 
     async def complete(self, prepared: PreparedRequest) -> Completion | None:
         """Run `prepared` on the model worker; None when superseded, cancelled, or stale."""

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from completion.embedded import DEFAULT_MODEL
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +60,4 @@ def merge_settings(current: ServerSettings, options: Any) -> tuple[ServerSetting
             changes[name] = cast(value)
         except (TypeError, ValueError):
             problems.append(f"setting {key!r} must be {_TYPES[name]}, got {value!r}")
-    for message in problems:
-        logger.warning(message)
     return replace(current, **changes), problems

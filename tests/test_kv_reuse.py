@@ -68,18 +68,22 @@ def test_rotation_per_token_deltas_and_partial_rotary():
         rotate_keys(keys, torch.tensor([1, 2]), inv_freq)
 
 
+def _refusal(model, budget):
+    return shift_support(model.config, rope_inv_freq(model), budget)
+
+
 def test_shift_support_refuses_what_it_cannot_shift():
-    assert shift_support(tiny(), 1024) is None
+    assert _refusal(tiny(), 1024) is None
     dynamic = tiny({"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
-    assert "changes with sequence length" in shift_support(dynamic, 1024)
+    assert "changes with sequence length" in _refusal(dynamic, 1024)
     windowed = tiny(cls=Qwen2ForCausalLM, config_cls=Qwen2Config, use_sliding_window=True,
                     sliding_window=256)
-    assert "sliding window" in shift_support(windowed, 1024)
-    assert shift_support(windowed, 128) is None  # the window is never reached
+    assert "sliding window" in _refusal(windowed, 1024)
+    assert _refusal(windowed, 128) is None  # the window is never reached
     from transformers import GPT2Config, GPT2LMHeadModel
 
     learned = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2))
-    assert "no (single) rotary" in shift_support(learned, 1024)
+    assert "no (single) rotary" in _refusal(learned, 1024)
 
 
 def test_plan_segments():

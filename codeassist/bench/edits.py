@@ -10,7 +10,6 @@ for fidelity.
 from __future__ import annotations
 
 import difflib
-import logging
 import re
 import statistics
 import sysconfig
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings
-
-logger = logging.getLogger(__name__)
 
 MODES = ("full", "prefix", "pie")
 SOURCE_MODULES = ("argparse.py", "typing.py", "pathlib/__init__.py", "pathlib.py")
@@ -96,7 +93,7 @@ def build_traces(text: str, keystrokes: int) -> dict[str, tuple[State, list[Stat
     }
 
 
-def run(loaded, out_dir: Path, quick: bool, contexts: list[int] | None = None,
+def run(loaded, quick: bool, contexts: list[int] | None = None,
         keystrokes: int | None = None, margin: int | None = None) -> tuple[dict, list[dict]]:
     from tqdm import tqdm
 

@@ -30,8 +30,7 @@ def machine_info(loaded=None) -> dict[str, Any]:
         "python": platform.python_version(),
     }
     if loaded is not None:
-        info.update(model=loaded.name, device=str(loaded.device),
-                    dtype=str(loaded.dtype).removeprefix("torch."))
+        info.update(model=loaded.name, device=str(loaded.device), dtype=loaded.dtype_name)
     return info
 
 

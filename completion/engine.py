@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -14,6 +15,11 @@ from .kv_plan import ReusePlan, plan_reuse
 from .kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
 from .models import LoadedModel
 from .prompt import FimPrompt, PromptBudget, build_fim_prompt
+from .speculative import AcceptanceStats, Drafter, ForwardCost, greedy_decode
+from .speculative.draft_model import DraftModel
+from .speculative.ngram import NgramCache
+from .speculative.sources import DraftSource, PromptLookup, RecycledSuggestion, RepoLookup
+from .speculative.verify import supports_trees
 from .stops import StopPolicy, check_text, decide_policy, finalize
 from .types import Completion, CompletionRequest, EngineSettings
 
@@ -23,13 +29,24 @@ logger = logging.getLogger(__name__)
 class CompletionEngine:
     """Owns one loaded model and turns completion requests into suggestions."""
 
-    def __init__(self, loaded: LoadedModel, settings: EngineSettings = EngineSettings()):
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings = EngineSettings(),
+                 draft: LoadedModel | None = None):
         self.loaded = loaded
         self.settings = settings
         self.fim = resolve_fim(loaded.tokenizer)
         self.sessions = KvSessions(settings.kv_budget_tokens)
         self.inv_freq = rope_inv_freq(loaded.model)
         self._logged_refusal: str | None = None
+        # Speculation state that outlives requests: what drafts were worth, what passes cost.
+        self.acceptance = AcceptanceStats()
+        self.forward_cost = ForwardCost()
+        self.repo_ngrams = NgramCache(settings.repo_cache_tokens)
+        self._suggestions: dict[str, _Suggestion] = {}
+        self._past_suggestions = 0
+        self.draft: DraftModel | None = None
+        if draft is not None:
+            self.draft = DraftModel(draft, settings.kv_budget_tokens, settings.reencode_margin)
+            self.draft.check_tokenizer(loaded.tokenizer)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
@@ -62,20 +79,28 @@ class CompletionEngine:
         """Complete `request`. With `session_key` (e.g. the document URI) the KV cache of that
         key's previous prompt is reused as the settings' `kv_mode` says."""
         start = time.perf_counter()
+        remaining = self._recycled(session_key, request)
+        if remaining and self.settings.recycle_direct:
+            return self._answer_recycled(session_key, request, remaining, start)
         policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
         prompt = self.build_prompt(request)
         old = self.sessions.get(session_key) if session_key is not None else None
         plan, mode = self._plan(old, prompt.ids)
         cache, logits = build_cache(self.loaded.model, plan, prompt.ids, old, self.inv_freq)
+        drafter, draft_source = self._drafter(session_key, prompt.ids, remaining, cache)
         prompt_ms = (time.perf_counter() - start) * 1000
-        generated, reason, text = self._decode(cache, logits, policy, start, cancelled)
+        generated, reason, text = self._decode(cache, logits, policy, start, cancelled, drafter)
+        if draft_source is not None:
+            self.draft.keep(draft_source)
         if session_key is not None:
             self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, plan.stale)
+        final = finalize(text, policy) if reason != "cancelled" else ""
+        self._remember(session_key, request, final, generated)
         kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
               "encoded": plan.encoded, "stale": plan.stale}
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
         result = Completion(
-            text=finalize(text, policy) if reason != "cancelled" else "",
+            text=final,
             tokens=len(generated),
             prompt_tokens=len(prompt.ids),
             prompt_ms=prompt_ms,
@@ -85,13 +110,14 @@ class CompletionEngine:
             multiline=policy.multiline,
             first_token=int(logits[0, -1].argmax()),
             kv=kv,
+            spec=drafter.stats.as_dict() if drafter else {},
         )
         logger.info(
             "complete %s: prompt %d tok %.0f ms (%s: reused %d, rotated %d, encoded %d), "
-            "decode %d tok %.0f ms, stop=%s, %s",
+            "decode %d tok %.0f ms (%s), stop=%s, %s",
             request.path or "<buffer>", result.prompt_tokens, prompt_ms, kv["mode"], kv["reused"],
-            kv["rotated"], kv["encoded"], result.tokens, decode_ms, reason,
-            "block" if policy.multiline else "line",
+            kv["rotated"], kv["encoded"], result.tokens, decode_ms,
+            _describe_spec(result.spec), reason, "block" if policy.multiline else "line",
         )
         return result
 
@@ -130,31 +156,114 @@ class CompletionEngine:
         self.sessions.put(key, session)
 
     def forget(self, session_key: str) -> None:
-        """Free the KV session of a closed document."""
+        """Free the KV session and the last suggestion of a closed document."""
         self.sessions.drop(session_key)
+        self._suggestions.pop(session_key, None)
+        if self.draft is not None:
+            self.draft.forget(session_key)
 
-    @torch.inference_mode()
-    def _decode(self, cache: DynamicCache, logits: torch.Tensor, policy: StopPolicy, start: float,
-                cancelled: Callable[[], bool] | None) -> tuple[list[int], str, str]:
-        model, device = self.loaded.model, self.loaded.device
+    def remember_text(self, key: str, text: str) -> None:
+        """Add a file's tokens to the repository n-gram cache (a draft source)."""
+        if self.settings.speculative and "repo" in self.settings.draft_sources:
+            self.repo_ngrams.add(key, self.encode([text])[0] if text else [])
+
+    def _recycled(self, session_key: str | None, request: CompletionRequest) -> str:
+        """The rest of the key's last suggestion if the user typed its first characters and
+        changed nothing else; "" otherwise."""
+        last = self._suggestions.get(session_key) if session_key is not None else None
+        if last is None or "recycle" not in self.settings.draft_sources or not self.settings.speculative:
+            return ""
+        before, after = request.text[: request.cursor], request.text[request.cursor :]
+        if after != last.after or not before.startswith(last.before):
+            return ""
+        typed = before[len(last.before):]
+        if not typed or not last.text.startswith(typed):
+            return ""
+        return last.text[len(typed):]
+
+    def _answer_recycled(self, session_key: str, request: CompletionRequest, remaining: str,
+                         start: float) -> Completion:
+        self._suggestions[session_key] = _Suggestion(request.text[: request.cursor],
+                                                     request.text[request.cursor :], remaining)
+        elapsed = (time.perf_counter() - start) * 1000
+        logger.info("complete %s: the rest of the previous suggestion (%d chars), no model call",
+                    request.path or "<buffer>", len(remaining))
+        return Completion(text=remaining, tokens=0, prompt_tokens=0, prompt_ms=elapsed, decode_ms=0.0,
+                          stop_reason="recycled", model=self.loaded.name, multiline="\n" in remaining)
+
+    def _remember(self, session_key: str | None, request: CompletionRequest, text: str,
+                  generated: list[int]) -> None:
+        if session_key is not None:
+            if text:
+                self._suggestions[session_key] = _Suggestion(
+                    request.text[: request.cursor], request.text[request.cursor :], text)
+            else:
+                self._suggestions.pop(session_key, None)
+        if generated and self.settings.speculative and "repo" in self.settings.draft_sources:
+            self._past_suggestions = (self._past_suggestions + 1) % 64
+            self.repo_ngrams.add(f"suggestion:{self._past_suggestions}", generated)
+
+    def _drafter(self, session_key: str | None, prompt_ids: list[int], remaining: str,
+                 cache: DynamicCache):
+        """The request's drafter (None when speculation is off) and its draft-model source."""
         settings = self.settings
-        generated: list[int] = []
+        if not settings.speculative:
+            return None, None
+        wanted = settings.draft_sources
+        sources: list[DraftSource] = []
+        if remaining and "recycle" in wanted:
+            sources.append(RecycledSuggestion(remaining, lambda t: self.encode([t])[0], self.decode))
+        if "prompt" in wanted:
+            sources.append(PromptLookup(prompt_ids, self.fim.stop_ids, settings.draft_branches,
+                                        settings.max_new_tokens))
+        if "repo" in wanted:
+            sources.append(RepoLookup(self.repo_ngrams, prompt_ids, self.fim.stop_ids,
+                                      settings.draft_branches))
+        draft_source = None
+        if "model" in wanted and self.draft is not None:
+            draft_source = self.draft.start(session_key, prompt_ids)
+            sources.append(draft_source)
+        cost = self.forward_cost if settings.cost_aware_drafts else None
+        drafter = Drafter(sources, self.acceptance, cost, settings.max_draft_tokens,
+                          settings.max_draft_nodes, trees=supports_trees(cache))
+        return drafter, draft_source
+
+    def _decode(self, cache: DynamicCache, logits: torch.Tensor, policy: StopPolicy, start: float,
+                cancelled: Callable[[], bool] | None,
+                drafter: Drafter | None) -> tuple[list[int], str, str]:
+        settings = self.settings
         text = ""
-        while True:
-            next_id = int(logits[0, -1].argmax())
-            if next_id in self.fim.stop_ids:
-                return generated, "eos", text
-            generated.append(next_id)
+
+        def should_stop(generated: list[int]) -> str | None:
+            nonlocal text
             check = check_text(self.decode(generated), policy)
             text = check.text
             if check.stop:
-                return generated, check.reason, text
+                return check.reason
             if len(generated) >= settings.max_new_tokens:
-                return generated, "max_tokens", text
+                return "max_tokens"
             if (time.perf_counter() - start) * 1000 >= settings.time_budget_ms:
-                return generated, "time_budget", text
+                return "time_budget"
             if cancelled is not None and cancelled():
-                return generated, "cancelled", text
-            step = torch.tensor([[next_id]], dtype=torch.long, device=device)
-            logits = model(input_ids=step, cache=cache, use_cache=True).logits
+                return "cancelled"
+            return None
 
+        generated, reason = greedy_decode(self.loaded.model, cache, logits, self.fim.stop_ids,
+                                          should_stop, drafter)
+        return generated, reason, text
+
+
+@dataclass(frozen=True)
+class _Suggestion:
+    """The last suggestion shown for a document, with the text around the cursor then."""
+
+    before: str
+    after: str
+    text: str
+
+
+def _describe_spec(spec: dict) -> str:
+    if not spec:
+        return "plain"
+    return (f"{spec['verify_steps']} passes, {spec['accepted']}/{spec['drafted']} drafted accepted "
+            f"{spec['accepted_by_source']}")

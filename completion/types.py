@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .kv_plan import MODES
+from .speculative.sources import SOURCES
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,26 @@ class EngineSettings:
     kv_budget_tokens: int = 32_768  # KV sessions kept, over all documents (LRU)
     refresh_after_edits: int = 32  # approximate reuses before a full re-encode
     refresh_after_stale: int = 16_384  # tokens reused after a change before a full re-encode
+    # Speculative decoding (greedy-lossless): which draft sources, how long a draft may be.
+    speculative: bool = True
+    draft_sources: tuple[str, ...] = SOURCES  # any of recycle, prompt, repo, model
+    max_draft_tokens: int = 16
+    max_draft_nodes: int = 32  # tree size limit per verify pass, root included
+    draft_branches: int = 3  # alternative continuations an n-gram source may offer
+    cost_aware_drafts: bool = True  # verify a draft only when it beats plain decoding per ms
+    recycle_direct: bool = True  # typed into the last suggestion: answer its rest, no model call
+    repo_cache_tokens: int = 200_000  # repository n-gram cache (open files, past suggestions)
 
     def __post_init__(self) -> None:
         if self.kv_mode not in MODES:
             raise ValueError(f"unknown kv_mode {self.kv_mode!r}; valid: {', '.join(MODES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        unknown = set(self.draft_sources) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"unknown draft sources {sorted(unknown)}; valid: {', '.join(SOURCES)}")
+        if self.max_draft_tokens < 1 or self.max_draft_nodes < 2 or self.draft_branches < 1:
+            raise ValueError("max_draft_tokens and draft_branches must be >= 1, max_draft_nodes >= 2")
         if self.time_budget_ms < 0:
             raise ValueError(f"time_budget_ms must be >= 0, got {self.time_budget_ms}")
 
@@ -51,8 +66,11 @@ class Completion:
     decode_ms: float
     stop_reason: str  # eos | end_of_line | dedent | reached_suffix | next_statement | max_lines
     #                   | max_tokens | time_budget | cancelled
+    #                   | recycled (the rest of the previous suggestion, no model call)
     model: str
     multiline: bool
     first_token: int | None = None  # id of the first generated token (fidelity checks)
     # KV reuse of this request: mode used, tokens reused / re-rotated / encoded
     kv: dict = field(default_factory=dict, compare=False)
+    # Speculation in this request: verify steps, drafted / accepted tokens, by source
+    spec: dict = field(default_factory=dict, compare=False)

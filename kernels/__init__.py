@@ -1,4 +1,4 @@
-"""Numeric kernels (RoPE re-rotation of cached keys; tree/verify attention later).
+"""Numeric kernels: RoPE re-rotation of cached keys; small-batch CPU linear layers.
 
 Each kernel has a torch reference used on CPU; Triton versions are imported lazily.
 
@@ -8,12 +8,17 @@ range it accepts), so it never takes this package for that library; tests/test_l
 proves it. Keep this module free of heavy imports: the probe may import it.
 """
 
-__all__ = ["rotate_keys"]
+__all__ = ["rotate_keys", "use_small_batch_linear"]
 
 
 def __getattr__(name: str):
-    if name == "rotate_keys":  # lazy: importing torch here would slow the probe down
+    # lazy: importing torch here would slow the probe down
+    if name == "rotate_keys":
         from .rope import rotate_keys
 
         return rotate_keys
+    if name == "use_small_batch_linear":
+        from .cpu_linear import use_small_batch_linear
+
+        return use_small_batch_linear
     raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from completion import CompletionEngine, CompletionRequest, EngineSettings
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+
+from .report import BenchResult, machine_info
 
 MODES = ("full", "prefix", "pie")
 SOURCE_MODULES = ("argparse.py", "typing.py", "pathlib/__init__.py", "pathlib.py")
@@ -140,6 +142,17 @@ def run(loaded, quick: bool, contexts: list[int] | None = None,
                 engine.forget(key)
     bar.close()
     return summarize(rows, contexts), rows
+
+
+def run_bench(args) -> BenchResult:
+    """`codeassist bench edits`: the CLI's entry point."""
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
+    summary, rows = run(loaded, args.quick, contexts, args.keystrokes, args.margin)
+    columns = ["context", "trace", "step", "mode", "prompt_tokens", "encoded", "rotated",
+               "ttft_ms", "total_ms", "first_token_agrees", "exact_match"]
+    used = sorted({r["context"] for r in rows})
+    return BenchResult(summary, rows, columns, machine_info(loaded), plot(rows, used))
 
 
 def _request(state: State, path: str) -> CompletionRequest:

@@ -5,8 +5,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What a benchmark module's `run_bench(args)` returns to the CLI."""
+
+    summary: dict[str, Any]  # flat headline numbers, named plainly
+    rows: list[dict]  # every measurement
+    columns: list[str]  # the row keys printed in the table
+    machine: dict[str, Any]  # machine_info(...)
+    plot: Callable[[Any], None]  # draws into a matplotlib figure
 
 
 def machine_info(loaded=None) -> dict[str, Any]:

@@ -1,0 +1,43 @@
+"""The greedy decode loop, with or without drafts: every step is one verify pass.
+
+Without a drafter (or when no draft is worth it) the pass holds only the root token, which is
+plain greedy decoding. With drafts the accepted tokens are exactly the ones greedy decoding
+would have produced, so the output is the same token for token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+import torch
+from transformers import DynamicCache
+
+from .drafter import Drafter
+from .tree import DraftTree
+from .verify import verify
+
+# Called after each token is appended to `generated`; returns a stop reason or None.
+StopCheck = Callable[[list[int]], "str | None"]
+
+
+@torch.inference_mode()
+def greedy_decode(model, cache: DynamicCache, logits: torch.Tensor, stop_ids: Collection[int],
+                  should_stop: StopCheck, drafter: Drafter | None = None) -> tuple[list[int], str]:
+    """Decode from the prompt's last `logits`; returns the generated ids (stop ids excluded)
+    and why decoding stopped ("eos" or what `should_stop` said)."""
+    generated: list[int] = []
+    tokens = [int(logits[0, -1].argmax())]
+    while True:
+        for token in tokens:
+            if token in stop_ids:
+                return generated, "eos"
+            generated.append(token)
+            reason = should_stop(generated)
+            if reason:
+                return generated, reason
+        # The last generated token is not in the cache yet: it is the root of the next pass.
+        tree = drafter.tree(generated) if drafter else DraftTree.rooted_at(generated[-1])
+        verdict = verify(model, cache, tree)
+        if drafter:
+            drafter.update(tree, verdict)
+        tokens = [*verdict.accepted, int(verdict.logits[0, -1].argmax())]

@@ -1,0 +1,185 @@
+"""Which drafts are worth a verify pass: acceptance per draft kind, forward cost per size.
+
+A verify pass over n tokens costs `cost(n)`; plain decoding costs `cost(1)` per token. On this
+project's CPU a pass over 2-16 tokens costs about 2x a single token, on a GPU about 1x, so the
+same draft can pay off on one and not on the other. Both are measured while serving: a draft
+of length k from a kind with per-token acceptance p is expected to yield
+1 + p + p^2 + ... + p^k tokens, and it is verified only if that beats plain decoding per ms.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .sources import Chain, DraftSource
+from .tree import DraftTree
+from .verify import Verdict
+
+PRIOR_ACCEPTANCE = {"recycle": 0.9, "model": 0.7}  # other kinds start at DEFAULT_PRIOR
+DEFAULT_PRIOR = 0.5
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class AcceptanceStats:
+    """Per-token acceptance probability of each draft kind, exponentially forgetting."""
+
+    def __init__(self, decay: float = 0.95, prior_weight: float = 4.0):
+        self.decay, self.prior_weight = decay, prior_weight
+        self._counts: dict[str, list[float]] = {}  # kind -> [accepted, attempted]
+
+    def probability(self, kind: str) -> float:
+        prior = PRIOR_ACCEPTANCE.get(kind.split("/")[0], DEFAULT_PRIOR)
+        accepted, attempted = self._counts.get(kind, (0.0, 0.0))
+        return (accepted + prior * self.prior_weight) / (attempted + self.prior_weight)
+
+    def record(self, kind: str, proposed: int, accepted: int) -> None:
+        # Tokens after the first rejection were never tested: they do not count.
+        attempted = accepted + (1 if accepted < proposed else 0)
+        counts = self._counts.setdefault(kind, [0.0, 0.0])
+        counts[0] = counts[0] * self.decay + accepted
+        counts[1] = counts[1] * self.decay + attempted
+
+    def snapshot(self) -> dict[str, float]:
+        return {kind: round(self.probability(kind), 3) for kind in sorted(self._counts)}
+
+
+class ForwardCost:
+    """Milliseconds per target forward by input size (power-of-two buckets, moving average).
+    Unmeasured sizes are assumed nearly as cheap as one token, so they get tried once."""
+
+    def __init__(self, smoothing: float = 0.3):
+        self.smoothing = smoothing
+        self._ms: dict[int, float] = {}
+
+    @staticmethod
+    def bucket(tokens: int) -> int:
+        return next((b for b in BUCKETS if tokens <= b), BUCKETS[-1])
+
+    def record(self, tokens: int, ms: float) -> None:
+        bucket = self.bucket(tokens)
+        old = self._ms.get(bucket)
+        self._ms[bucket] = ms if old is None else old + self.smoothing * (ms - old)
+
+    @property
+    def single_ms(self) -> float | None:
+        return self._ms.get(1)
+
+    def measured(self, tokens: int) -> bool:
+        return self.bucket(tokens) in self._ms
+
+    def ratio(self, tokens: int) -> float:
+        """cost(tokens) / cost(1)."""
+        single = self._ms.get(1)
+        measured = self._ms.get(self.bucket(tokens))
+        if single is None or measured is None:
+            return 1.0 + 0.02 * (tokens - 1)
+        return max(measured / single, 1.0)
+
+    def snapshot(self) -> dict[int, float]:
+        return {bucket: round(ms, 1) for bucket, ms in sorted(self._ms.items())}
+
+
+def expected_tokens(p: float, length: int) -> float:
+    """Expected tokens a verify pass yields: the root plus the accepted prefix of the draft."""
+    return sum(p**i for i in range(length + 1))
+
+
+@dataclass
+class DraftStats:
+    """What speculation did in one request."""
+
+    verify_steps: int = 0
+    drafted: int = 0  # draft tokens sent to the target
+    accepted: int = 0
+    accepted_by_source: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"verify_steps": self.verify_steps, "drafted": self.drafted,
+                "accepted": self.accepted, "accepted_by_source": dict(self.accepted_by_source)}
+
+
+class Drafter:
+    """Builds one draft tree per decode step from the sources, cheapest first."""
+
+    def __init__(self, sources: list[DraftSource], acceptance: AcceptanceStats,
+                 cost: ForwardCost | None, max_tokens: int, max_nodes: int, trees: bool = True):
+        """`cost` None: verify every draft at full length (no cost model)."""
+        self.sources, self.acceptance, self.cost = sources, acceptance, cost
+        self.max_tokens, self.max_nodes, self.trees = max_tokens, max_nodes, trees
+        self.stats = DraftStats()
+        self._chains: list[tuple[DraftSource, Chain]] = []
+        self._started = 0.0
+
+    def tree(self, generated: list[int]) -> DraftTree:
+        self._chains = []
+        self._started = time.perf_counter()
+        if self.cost is not None and not self.cost.measured(1):
+            return DraftTree.rooted_at(generated[-1])  # measure a plain step first
+        tree = DraftTree.rooted_at(generated[-1])
+        best = 1.0  # expected tokens of the best chain so far; 1 = the root alone
+        for source in self.sources:
+            if source.expensive and (best > 1.0 or not self._drafting_pays(source)):
+                continue
+            for chain in source.propose(generated, self.max_tokens):
+                chain = self._worth(chain) if self.cost is not None else chain
+                if chain is None or not chain.tokens:
+                    continue
+                if not self.trees and self._chains:
+                    break  # without tree attention only one chain fits a pass
+                if tree.add_chain(chain.tokens, chain.kind, self.max_nodes):
+                    self._chains.append((source, chain))
+                    best = max(best, expected_tokens(self.acceptance.probability(chain.kind),
+                                                     len(chain.tokens)))
+        if self.cost is not None and len(tree) > 1 and best <= self.cost.ratio(len(tree)):
+            self._chains = []  # a plain step yields more per ms than this tree
+            return DraftTree.rooted_at(generated[-1])
+        return tree
+
+    def _drafting_pays(self, source: DraftSource) -> bool:
+        """For a source whose drafting itself costs time (a draft model): can any draft
+        length beat plain decoding, counting `token_ms` per drafted token?"""
+        if self.cost is None:
+            return True
+        token_ms = getattr(source, "token_ms", None)
+        single = self.cost.single_ms
+        if token_ms is None or single is None:
+            return True  # not measured yet: try it
+        p = self.acceptance.probability(source.name)
+        return any(
+            expected_tokens(p, k) / (k * token_ms / single + self.cost.ratio(k + 1)) > 1.0
+            for k in range(1, self.max_tokens + 1)
+        )
+
+    def _worth(self, chain: Chain) -> Chain | None:
+        """The chain cut at the length with the best expected tokens per ms, or None."""
+        p = self.acceptance.probability(chain.kind)
+        best_length, best_rate = 0, 1.0  # plain decoding: one token per cost(1)
+        for length in range(1, len(chain.tokens) + 1):
+            rate = expected_tokens(p, length) / self.cost.ratio(length + 1)
+            if rate > best_rate:
+                best_length, best_rate = length, rate
+        return Chain(chain.tokens[:best_length], chain.kind) if best_length else None
+
+    def update(self, tree: DraftTree, verdict: Verdict) -> None:
+        if self.cost is not None:
+            self.cost.record(len(tree), (time.perf_counter() - self._started) * 1000)
+        self.stats.verify_steps += 1
+        self.stats.drafted += len(tree) - 1
+        self.stats.accepted += len(verdict.accepted)
+        for kind in verdict.accepted_sources:
+            source = kind.split("/")[0]
+            self.stats.accepted_by_source[source] = self.stats.accepted_by_source.get(source, 0) + 1
+        for source, chain in self._chains:
+            accepted = _common_prefix(chain.tokens, verdict.accepted)
+            self.acceptance.record(chain.kind, len(chain.tokens), accepted)
+            source.update(chain, accepted)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count

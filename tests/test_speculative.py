@@ -1,0 +1,239 @@
+"""Speculative decoding is lossless: whatever the drafts, the output and the KV cache are the
+ones plain greedy decoding produces. Tiny real models of three architectures, fixed seeds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion.speculative import AcceptanceStats, Drafter, ForwardCost, greedy_decode
+from completion.speculative.sources import Chain
+from completion.speculative.tree import DraftTree
+from completion.speculative.verify import supports_trees, verify
+from tests.conftest import TINY_ARCH_FAMILIES
+
+MAX_NEW = 24
+
+
+class ScriptedSource:
+    """A draft source that proposes chains derived from a known greedy continuation:
+    `script(reference, generated, max_tokens)` returns the chains to propose."""
+
+    name, expensive = "scripted", False
+
+    def __init__(self, reference: list[int], script):
+        self.reference, self.script = reference, script
+
+    def propose(self, generated: list[int], max_tokens: int) -> list[Chain]:
+        return [Chain(c, self.name) for c in self.script(self.reference, generated, max_tokens) if c]
+
+    def update(self, chain: Chain, accepted: int) -> None:
+        pass
+
+
+def _rest(reference, generated, extra=0):
+    n = len(generated)
+    return reference[n : n + extra] if extra else reference[n:]
+
+
+def _wrong(tokens, vocab):
+    return [(t + 7) % vocab for t in tokens]
+
+
+SCRIPTS = {
+    "all_right": lambda ref, gen, k: [_rest(ref, gen)[:k]],
+    "all_wrong": lambda ref, gen, k: [_wrong(_rest(ref, gen)[:k], 300)],
+    "half_right": lambda ref, gen, k: [_rest(ref, gen)[:2] + _wrong(_rest(ref, gen)[2:k], 300)],
+    "longer_than_max_tokens": lambda ref, gen, k: [_rest(ref, gen) + [5] * 40],
+    # The right continuation is the last of three branches, sharing a first token with one.
+    "tree_right_branch_last": lambda ref, gen, k: [
+        _wrong(_rest(ref, gen)[:k], 300),
+        _rest(ref, gen)[:1] + _wrong(_rest(ref, gen)[1:k], 300),
+        _rest(ref, gen)[:k],
+    ],
+    "tree_all_wrong": lambda ref, gen, k: [_wrong(_rest(ref, gen)[:k], 300),
+                                           _wrong(_rest(ref, gen)[:k], 301)],
+}
+
+
+def _prompts(engine, count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    vocab = len(engine.loaded.tokenizer)
+    return [[rng.randrange(10, vocab) for _ in range(rng.randrange(5, 60))] for _ in range(count)]
+
+
+def _prefill(model, ids: list[int]):
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits[:, -1:]
+    return cache, logits
+
+
+def _decode(engine, prompt, drafter=None, max_new=MAX_NEW):
+    cache, logits = _prefill(engine.loaded.model, prompt)
+    stop = lambda generated: "max_tokens" if len(generated) >= max_new else None  # noqa: E731
+    generated, reason = greedy_decode(engine.loaded.model, cache, logits, engine.fim.stop_ids, stop, drafter)
+    return generated, reason, cache
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dir):
+    return {
+        family: CompletionEngine(load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32"))
+        for family in TINY_ARCH_FAMILIES
+    }
+
+
+@pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_any_draft_gives_the_plain_greedy_output(engines, family, script):
+    engine = engines[family]
+    for prompt in _prompts(engine, 4, seed=hash(script) % 1000):
+        plain, plain_reason, _ = _decode(engine, prompt)
+        source = ScriptedSource(plain + [3] * 8, SCRIPTS[script])
+        cache_probe = _prefill(engine.loaded.model, prompt[:2])[0]
+        drafter = Drafter([source], AcceptanceStats(), None, max_tokens=16, max_nodes=40,
+                          trees=supports_trees(cache_probe))
+        fast, fast_reason, _ = _decode(engine, prompt, drafter)
+        assert fast == plain and fast_reason == plain_reason
+        if script in ("all_right", "longer_than_max_tokens"):
+            assert drafter.stats.accepted > 0
+            assert drafter.stats.verify_steps < len(plain)
+        if script.endswith("all_wrong"):
+            assert drafter.stats.accepted == 0
+
+
+@pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
+@pytest.mark.parametrize("shape", ["chain", "tree"])
+def test_cache_after_verify_equals_plain_decoding(engines, family, shape):
+    engine = engines[family]
+    model = engine.loaded.model
+    prompt = _prompts(engine, 1, seed=5)[0]
+    plain, _, _ = _decode(engine, prompt, max_new=8)
+    # Plain: feed the root and the next four tokens one at a time.
+    ref_cache, _ = _prefill(model, prompt)
+    with torch.inference_mode():
+        for token in plain[:5]:
+            model(input_ids=torch.tensor([[token]]), cache=ref_cache, use_cache=True)
+    cache, _ = _prefill(model, prompt)
+    if shape == "tree" and not supports_trees(cache):
+        pytest.skip("this architecture's cache does not allow tree compaction")
+    tree = DraftTree.rooted_at(plain[0])
+    if shape == "tree":
+        tree.add_chain(_wrong(plain[1:6], 300), "x", 64)
+        tree.add_chain(plain[1:3] + _wrong(plain[3:6], 300), "x", 64)
+    tree.add_chain(plain[1:5] + _wrong(plain[5:7], 300), "x", 64)
+    verdict = verify(model, cache, tree)
+    assert verdict.accepted == plain[1:5]
+    assert int(verdict.logits[0, -1].argmax()) == plain[5]
+    assert cache.get_seq_length() == ref_cache.get_seq_length() == len(prompt) + 5
+    for mine, ref in zip(cache.layers, ref_cache.layers):
+        torch.testing.assert_close(mine.keys, ref.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(mine.values, ref.values, atol=1e-5, rtol=1e-4)
+
+
+def _documents(count: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    lines = ["def add(a, b):", "    return a + b", "class Point:", "    def __init__(self, x, y):",
+             "        self.x = x", "        self.y = y", "for i in range(10):", "    print(i)",
+             "import os", "if __name__ == '__main__':", "    main()"]
+    documents = []
+    for _ in range(count):
+        text = "\n".join(rng.choice(lines) for _ in range(rng.randrange(3, 12))) + "\n"
+        documents.append((text, rng.randrange(0, len(text) + 1)))
+    return documents
+
+
+@pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
+def test_engine_output_is_identical_with_every_source(tiny_model_dir, family):
+    loaded = load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32")
+    draft = load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32")
+    with torch.no_grad():  # a different draft model with the same tokenizer
+        for parameter in draft.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    common = dict(max_new_tokens=20, kv_mode="full")
+    plain = CompletionEngine(loaded, EngineSettings(speculative=False, **common))
+    fast = CompletionEngine(loaded, EngineSettings(cost_aware_drafts=False, **common), draft=draft)
+    fast.remember_text("other.py", "def add(a, b):\n    return a + b\n" * 3)
+    accepted = 0
+    for text, cursor in _documents(12, seed=1):
+        request = CompletionRequest(text, cursor, "python", "m.py")
+        expected, got = plain.complete(request), fast.complete(request, session_key="m.py")
+        assert (got.text, got.tokens, got.stop_reason) == (expected.text, expected.tokens, expected.stop_reason)
+        accepted += got.spec["accepted"]
+    assert accepted > 0
+
+
+def test_typing_into_the_suggestion_recycles_it(tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32")
+    text = "def add(a, b):\n    return \n"
+    cursor = text.index("return ") + len("return ")
+    direct = CompletionEngine(loaded, EngineSettings(max_new_tokens=12, max_lines=1))
+    first = direct.complete(CompletionRequest(text, cursor, "python"), session_key="doc")
+    if len(first.text) < 2:
+        pytest.skip("the tiny model suggested too little to type into")
+    typed = text[:cursor] + first.text[:1] + text[cursor:]
+    again = direct.complete(CompletionRequest(typed, cursor + 1, "python"), session_key="doc")
+    assert again.stop_reason == "recycled" and again.text == first.text[1:] and again.tokens == 0
+    # A change elsewhere in the document: no recycling.
+    elsewhere = "# note\n" + typed
+    moved = direct.complete(CompletionRequest(elsewhere, cursor + 8, "python"), session_key="doc")
+    assert moved.stop_reason != "recycled"
+
+    # Without the shortcut the rest is a draft, verified: the output is plain greedy's.
+    verified = CompletionEngine(loaded, EngineSettings(max_new_tokens=12, max_lines=1, recycle_direct=False,
+                                                       cost_aware_drafts=False))
+    plain = CompletionEngine(loaded, EngineSettings(max_new_tokens=12, max_lines=1, speculative=False))
+    verified.complete(CompletionRequest(text, cursor, "python"), session_key="doc")
+    got = verified.complete(CompletionRequest(typed, cursor + 1, "python"), session_key="doc")
+    expected = plain.complete(CompletionRequest(typed, cursor + 1, "python"))
+    assert got.text == expected.text and got.stop_reason != "recycled"
+
+
+def test_cost_model_refuses_drafts_that_do_not_pay(engines):
+    engine = engines["qwen2.5-coder"]
+    prompt = _prompts(engine, 1, seed=9)[0]
+    plain, _, _ = _decode(engine, prompt)
+    cost = ForwardCost()
+    cost.record(1, 10.0)
+    for size in (2, 4, 8, 16, 32):
+        cost.record(size, 100.0)  # a pass over several tokens costs 10x one token
+    source = ScriptedSource(plain, SCRIPTS["all_wrong"])
+    drafter = Drafter([source], AcceptanceStats(), cost, max_tokens=8, max_nodes=16)
+    fast, _, _ = _decode(engine, prompt, drafter)
+    assert fast == plain and drafter.stats.drafted == 0
+
+
+def test_acceptance_statistics_follow_results():
+    stats = AcceptanceStats()
+    before = stats.probability("prompt/2")
+    for _ in range(10):
+        stats.record("prompt/2", proposed=8, accepted=0)
+    assert stats.probability("prompt/2") < before / 3
+    for _ in range(30):
+        stats.record("recycle", proposed=8, accepted=8)
+    assert stats.probability("recycle") > 0.95
+
+
+@pytest.mark.embedded
+def test_embedded_model_output_is_identical(embedded_loaded):
+    common = dict(max_new_tokens=32, max_prompt_tokens=512, kv_mode="full")
+    plain = CompletionEngine(embedded_loaded, EngineSettings(speculative=False, **common))
+    fast = CompletionEngine(embedded_loaded, EngineSettings(cost_aware_drafts=False, **common))
+    source = (
+        "class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+        "    def push(self, item):\n        self.items.append(item)\n\n"
+        "    def pop(self):\n        return self.items.pop()\n\n"
+        "    def peek(self):\n        return self.items[-1]\n\n"
+        "    def size(self):\n        \n"
+    )
+    holes = [len(source) - 1, source.index("self.items.pop()") + len("self."),
+             source.index("    def peek") ]
+    for cursor in holes:
+        request = CompletionRequest(source, cursor, "python", "stack.py")
+        expected, got = plain.complete(request), fast.complete(request)
+        assert got.text == expected.text and got.tokens == expected.tokens

@@ -1,4 +1,4 @@
-"""`codeassist` command line: complete, serve, models."""
+"""`codeassist` command line: complete, serve, index, search, bench, models."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .bench import BENCHMARKS
 
 logger = logging.getLogger("codeassist")
 
@@ -23,6 +24,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto|bf16|fp16|fp32 (default: auto)")
+    parser.add_argument(
+        "--draft-model", help="a smaller model of the same tokenizer drafting for --model (speculative decoding)"
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -70,14 +74,23 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="run a benchmark: prints a table, writes OUT/NAME.json and OUT/NAME.png"
     )
-    bench.add_argument("name", help="benchmark: edits")
+    bench.add_argument("name", help="benchmark: " + ", ".join(BENCHMARKS))
     bench.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
     bench.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     bench.add_argument("--contexts", help="comma-separated prompt budgets, e.g. 512,2048")
     bench.add_argument("--keystrokes", type=int, help="characters typed in the typing trace")
     bench.add_argument("--margin", type=int, help="pie: tokens re-encoded after each change")
+    bench.add_argument("--dir", help="search: folder of Python sources to evaluate on (default: the stdlib)")
     _add_model_options(bench)
     bench.set_defaults(run=_run_bench)
+
+    from .search_commands import add_commands
+
+    add_commands(commands)  # index, search
+
+    from .summarize_command import add_command as add_summarize
+
+    add_summarize(commands)  # summarize FILE:LINE
 
     models = commands.add_parser("models", help="list embedded models and their install/cache state")
     models.add_argument("--json", action="store_true")
@@ -100,7 +113,8 @@ def _run_complete(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.context_tokens,
     )
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    engine = CompletionEngine(loaded, settings)
+    draft = load_model(args.draft_model, device=args.device, dtype=args.dtype) if args.draft_model else None
+    engine = CompletionEngine(loaded, settings, draft=draft)
     repo_name, relative = repository_of(path)
     request = CompletionRequest(
         text, cursor, language_for(str(path), args.language), path=relative, repo_name=repo_name
@@ -150,7 +164,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from lsp_server import ServerSettings, build_server
 
-    server = build_server(ServerSettings(model=args.model, device=args.device, dtype=args.dtype))
+    server = build_server(ServerSettings(model=args.model, device=args.device, dtype=args.dtype,
+                                         draft_model=args.draft_model or ""))
     logger.info("codeassist %s serving on %s (log: %s)", __version__,
                 f"tcp {args.host}:{args.port}" if args.tcp else "stdio", log_file)
     if args.tcp:
@@ -161,26 +176,21 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from completion import load_model
+    import importlib
 
     from .bench import BENCHMARKS
-    from .bench.report import machine_info, print_table, write_report
+    from .bench.report import print_table, write_report
 
     if args.name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {args.name!r}; valid: {', '.join(BENCHMARKS)}")
-    contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    from .bench import edits
-
-    summary, rows = edits.run(loaded, args.quick, contexts, args.keystrokes, args.margin)
-    used = sorted({r["context"] for r in rows})
-    print_table(rows, ["context", "trace", "step", "mode", "prompt_tokens", "encoded", "rotated",
-                       "ttft_ms", "total_ms", "first_token_agrees", "exact_match"])
+    bench = importlib.import_module(f"{__package__}.bench.{args.name}")
+    result = bench.run_bench(args)
+    print_table(result.rows, result.columns)
     print()
-    for key, value in summary.items():
+    for key, value in result.summary.items():
         print(f"{key:>45}  {value}")
     json_path, png_path = write_report(
-        args.name, Path(args.out), summary, rows, machine_info(loaded), edits.plot(rows, used)
+        args.name, Path(args.out), result.summary, result.rows, result.machine, result.plot
     )
     print(f"\nwrote {json_path} and {png_path}")
     return 0

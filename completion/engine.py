@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .context import select_context
 from .fim import resolve_fim
 from .kv_plan import ReusePlan, plan_reuse
 from .kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
@@ -59,7 +60,11 @@ class CompletionEngine:
         )
 
     def build_prompt(self, request: CompletionRequest) -> FimPrompt:
-        budget = PromptBudget(self.settings.max_prompt_tokens, self.settings.suffix_share)
+        # Repository context gets its own budget on top of the prompt's (see context.py).
+        files, context_tokens = select_context(request.context, self.encode,
+                                               self.settings.context_budget_tokens)
+        budget = PromptBudget(self.settings.max_prompt_tokens + context_tokens,
+                              self.settings.suffix_share)
         return build_fim_prompt(
             self.fim,
             self.encode,
@@ -68,6 +73,7 @@ class CompletionEngine:
             budget,
             path=request.path,
             repo_name=request.repo_name,
+            repo_files=files,
         )
 
     def complete(
@@ -126,7 +132,8 @@ class CompletionEngine:
         if mode != "pie":
             return mode
         # Checked against the current settings: the server may change the prompt budget.
-        refusal = shift_support(self.loaded.model.config, self.inv_freq, self.settings.max_prompt_tokens)
+        refusal = shift_support(self.loaded.model.config, self.inv_freq,
+                                self.settings.max_prompt_tokens + self.settings.context_budget_tokens)
         if refusal:
             if refusal != self._logged_refusal:
                 logger.warning("KV re-rotation disabled, using prefix reuse: %s", refusal)

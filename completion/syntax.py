@@ -52,9 +52,12 @@ def language_for(path: str | None = None, language_id: str | None = None) -> str
 
 
 @lru_cache(maxsize=None)
-def _parser(language: str):
+def parser_for(language: str):
+    """A tree-sitter parser for `language` (one of our names); None without a grammar."""
     from tree_sitter import Language, Parser
 
+    if language not in _GRAMMARS:
+        return None
     module_name, function = _GRAMMARS[language]
     try:
         module = importlib.import_module(module_name)
@@ -71,7 +74,7 @@ def enclosing_block_indent(text: str, cursor: int, language: str | None) -> int 
     """
     if language not in _GRAMMARS:
         return None
-    parser = _parser(language)
+    parser = parser_for(language)
     if parser is None:
         return None
     source = text.encode("utf-8")

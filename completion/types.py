@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .kv_plan import MODES
+from .prompt import RepoFile
 from .speculative.sources import SOURCES
 
 
@@ -15,6 +16,8 @@ class CompletionRequest:
     language: str | None = None  # our language name (see syntax.language_for)
     path: str | None = None  # path relative to the repository root, shown to the model
     repo_name: str | None = None
+    # Repository snippets for the prompt, most useful first (see completion/context.py)
+    context: tuple[RepoFile, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.cursor <= len(self.text):
@@ -26,6 +29,7 @@ class EngineSettings:
     max_new_tokens: int = 64
     time_budget_ms: float = 10_000.0  # from request start; at least one token is always produced
     max_prompt_tokens: int = 1024
+    context_budget_tokens: int = 512  # repository context, on top of max_prompt_tokens
     suffix_share: float = 0.25
     max_lines: int = 16
     kv_mode: str = "pie"  # full | prefix | pie: how the previous prompt's KV cache is reused
@@ -53,6 +57,8 @@ class EngineSettings:
             raise ValueError(f"unknown draft sources {sorted(unknown)}; valid: {', '.join(SOURCES)}")
         if self.max_draft_tokens < 1 or self.max_draft_nodes < 2 or self.draft_branches < 1:
             raise ValueError("max_draft_tokens and draft_branches must be >= 1, max_draft_nodes >= 2")
+        if self.context_budget_tokens < 0:
+            raise ValueError(f"context_budget_tokens must be >= 0, got {self.context_budget_tokens}")
         if self.time_budget_ms < 0:
             raise ValueError(f"time_budget_ms must be >= 0, got {self.time_budget_ms}")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+
+from retrieval.search import validate
 
 from .positions import position_of
 from .server import CodeassistServer, PreparedRequest
@@ -23,26 +27,55 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: CodeassistServer, params: types.InitializedParams) -> None:
-        await ls.ensure_model()  # in the background: requests meanwhile get empty answers
+        # Both in the background: requests meanwhile get empty answers.
+        await asyncio.gather(ls.ensure_model(), ls.code_search.start(),
+                             ls.code_search.watch_files())
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: CodeassistServer, params) -> None:
         ls.apply_settings(params.settings)
-        await ls.ensure_model()
+        await asyncio.gather(ls.ensure_model(), ls.code_search.start())
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: CodeassistServer, params: types.DidOpenTextDocumentParams) -> None:
         logger.info("opened %s (%s)", params.text_document.uri, params.text_document.language_id)
+        ls.remember_document(params.text_document.uri)  # draft source: repository n-grams
+        ls.insight.precompute(params.text_document.uri)  # hover summaries, when the model idles
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: CodeassistServer, params: types.DidCloseTextDocumentParams) -> None:
         logger.info("closed %s", params.text_document.uri)
         if ls.engine is not None:
             ls.engine.forget(params.text_document.uri)  # free its KV session
+        ls.insight.forget(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: CodeassistServer, params: types.DidSaveTextDocumentParams) -> None:
         logger.debug("saved %s", params.text_document.uri)
+        ls.remember_document(params.text_document.uri)
+        ls.code_search.files_changed([params.text_document.uri])
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+    def did_change_watched_files(ls: CodeassistServer, params: types.DidChangeWatchedFilesParams):
+        ls.code_search.files_changed([change.uri for change in params.changes])
+
+    @server.command("codeassist.search")
+    async def search(ls: CodeassistServer, *args) -> list[dict]:
+        try:
+            query, k = _search_arguments(args)
+            hits = await ls.code_search.search(query, k)
+        except ValueError as error:
+            raise JsonRpcInvalidParams(message=f"codeassist.search: {error}") from None
+        return [_search_result(ls, hit) for hit in hits]
+
+    @server.feature(types.WORKSPACE_SYMBOL)
+    async def workspace_symbol(ls: CodeassistServer, params: types.WorkspaceSymbolParams):
+        hits = await ls.code_search.symbols(params.query) if params.query.strip() else []
+        return [ls.code_search.symbol(hit) for hit in hits]
+
+    @server.feature(types.TEXT_DOCUMENT_HOVER)
+    async def hover(ls: CodeassistServer, params: types.HoverParams) -> types.Hover | None:
+        return await ls.insight.hover(params.text_document.uri, params.position)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodeassistServer, params: types.InlineCompletionParams):
@@ -73,11 +106,16 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "dtype": engine.loaded.dtype_name if engine else None,
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
             "positionEncoding": ls.position_encoding,
+            "ngramCacheTokens": engine.repo_ngrams.total_tokens if engine else 0,
+            "indexStatus": ls.code_search.status,
+            "summaries": ls.insight.stats(),
         }
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeassistServer, params: None) -> None:
         ls.scheduler.close()
+        ls.code_search.close()
+        ls.insight.close()
 
     return server
 
@@ -96,6 +134,32 @@ async def _suggest(ls: CodeassistServer, uri: str, position: types.Position):
         result.stop_reason if result else "none",
     )
     return prepared, text
+
+
+def _search_arguments(args) -> tuple[str, int]:
+    """(query, k) from `[{"query": ..., "k": ...}]` or `["query", k]`."""
+    if len(args) == 1 and isinstance(args[0], dict):
+        query, k = args[0].get("query"), args[0].get("k", 10)
+    elif args and isinstance(args[0], str):
+        query, k = args[0], args[1] if len(args) > 1 else 10
+    else:
+        raise ValueError('expected arguments [{"query": str, "k": int}]')
+    if not isinstance(query, str) or not isinstance(k, int) or isinstance(k, bool):
+        raise ValueError(f"query must be a string and k an integer, got {query!r}, {k!r}")
+    validate(query, k)
+    return query, k
+
+
+def _search_result(ls: CodeassistServer, hit) -> dict:
+    """A JSON location (0-based lines, whole lines) with what was found there."""
+    location = ls.code_search.location(hit)
+    start, end = location.range.start, location.range.end
+    return {
+        "uri": location.uri,
+        "range": {"start": {"line": start.line, "character": 0},
+                  "end": {"line": end.line, "character": 0}},
+        "symbol": hit.qualified_name, "kind": hit.kind, "score": hit.score, "snippet": hit.snippet,
+    }
 
 
 def _completion_item(ls: CodeassistServer, prepared: PreparedRequest, text: str):

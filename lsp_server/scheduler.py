@@ -66,6 +66,11 @@ class LatestWinsScheduler:
             self._lock.notify()
         return job
 
+    def busy(self) -> bool:
+        """Whether a job runs or waits (background work yields while this is true)."""
+        with self._lock:
+            return self._running is not None or bool(self._pending)
+
     def cancel(self, job: Job) -> None:
         with self._lock:
             job.cancel()

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
@@ -19,8 +20,10 @@ from codeassist import __version__
 from completion import Completion, CompletionEngine, CompletionRequest, EngineSettings, load_model
 from completion.syntax import language_for
 
+from .hover import CodeInsight
 from .positions import offset_at
 from .scheduler import LatestWinsScheduler
+from .search import WorkspaceSearch
 from .settings import ServerSettings, merge_settings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +109,9 @@ class CodeassistServer(LanguageServer):
         self.model_status = "not loaded"  # loading | ready | failed
         self._loaded_key: tuple[str, str, str] | None = None
         self._load_lock = threading.Lock()
+        self.code_search = WorkspaceSearch(self)
+        self._remembered_folders: set[Path] = set()
+        self.insight = CodeInsight(self)  # hover summaries, repository context
 
     # --- messages to the client -------------------------------------------------------
     def tell_client(self, level: int, message: str) -> None:
@@ -139,7 +145,11 @@ class CodeassistServer(LanguageServer):
             max_new_tokens=settings.max_new_tokens,
             time_budget_ms=settings.time_budget_ms,
             max_prompt_tokens=settings.context_tokens,
+            context_budget_tokens=settings.repo_context_tokens,
             kv_mode=settings.kv_mode,
+            speculative=settings.speculative,
+            draft_sources=tuple(name.strip() for name in settings.draft_sources.split(",") if name.strip()),
+            max_draft_tokens=settings.max_draft_tokens,
         )
 
     async def ensure_model(self) -> None:
@@ -163,6 +173,9 @@ class CodeassistServer(LanguageServer):
                 return  # settings changed while loading; the newer load owns the status
             self.engine = engine
             self.model_status = "ready"
+            self._remembered_folders.clear()
+            for uri in list(self.workspace.text_documents):
+                self.remember_document(uri)
             elapsed = time.perf_counter() - start
             self.tell_client(
                 logging.INFO,
@@ -176,7 +189,10 @@ class CodeassistServer(LanguageServer):
     def _load(self, settings: ServerSettings) -> CompletionEngine:
         with self._load_lock:
             loaded = load_model(settings.model, device=settings.device, dtype=settings.dtype)
-            return CompletionEngine(loaded, self._engine_settings(settings))
+            draft = None
+            if settings.draft_model:
+                draft = load_model(settings.draft_model, device=settings.device, dtype=settings.dtype)
+            return CompletionEngine(loaded, self._engine_settings(settings), draft=draft)
 
     async def _begin_progress(self, token: str, title: str) -> bool:
         capabilities = self.client_capabilities.window
@@ -189,6 +205,20 @@ class CodeassistServer(LanguageServer):
             return False
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title))
         return True
+
+    def remember_document(self, uri: str) -> None:
+        """Give the document's text, and once per folder its sibling files of the same kind, to
+        the engine's repository n-gram cache (a draft source)."""
+        engine = self.engine
+        if engine is None:
+            return  # the documents open when the model is ready are added then
+        document = self.workspace.get_text_document(uri)
+        engine.remember_text(uri, document.source)
+        folder = Path(document.path).parent
+        if uri.startswith("file:") and Path(document.path).suffix and folder not in self._remembered_folders:
+            self._remembered_folders.add(folder)
+            threading.Thread(target=_remember_siblings, args=(engine, Path(document.path)),
+                             name="codeassist-ngrams", daemon=True).start()
 
     @property
     def position_encoding(self) -> str:
@@ -224,7 +254,8 @@ class CodeassistServer(LanguageServer):
             return None
         job = self.scheduler.submit(
             prepared.uri,
-            lambda cancelled: engine.complete(prepared.request, cancelled, session_key=prepared.uri),
+            lambda cancelled: engine.complete(self.insight.with_context(prepared), cancelled,
+                                              session_key=prepared.uri),
         )
         try:
             result = await asyncio.wrap_future(job.future)
@@ -250,3 +281,16 @@ class CodeassistServer(LanguageServer):
     def _repo_name(self) -> str | None:
         root = self._root()
         return root.rstrip("/").rsplit("/", 1)[-1] if root else None
+
+
+def _remember_siblings(engine: CompletionEngine, path: Path, limit: int = 16,
+                       max_bytes: int = 256_000) -> None:
+    """Files next to `path` with its extension, newest first, into the n-gram cache."""
+    try:
+        siblings = sorted((p for p in path.parent.glob(f"*{path.suffix}") if p != path and p.is_file()
+                           and p.stat().st_size <= max_bytes),
+                          key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+        for sibling in siblings:
+            engine.remember_text(sibling.as_uri(), sibling.read_text(encoding="utf-8", errors="replace"))
+    except OSError as error:
+        logger.info("n-gram cache: could not read the files next to %s: %s", path, error)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from completion.embedded import DEFAULT_MODEL
+from retrieval.encoder import DEFAULT_ENCODER
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,28 @@ class ServerSettings:
     kv_mode: str = "pie"  # full | prefix | pie
     inline_completion: bool = True  # feature switches
     completion: bool = True
+    speculative: bool = True  # greedy-lossless speculative decoding
+    draft_sources: str = "recycle,prompt,repo,model"  # comma-separated, cheapest first
+    draft_model: str = ""  # a model of the same tokenizer drafting for `model` ("" = none)
+    max_draft_tokens: int = 16
+    index_enabled: bool = True  # code search: index the workspace in the background
+    index_location: str = "workspace"  # ROOT/.codeassist/index, or "cache" (CODEASSIST_HOME)
+    index_dir: str = ""  # an explicit index folder (overrides index_location)
+    embedding_model: str = DEFAULT_ENCODER
+    repo_context: bool = True  # repository snippets before the FIM prompt
+    repo_context_tokens: int = 512  # their budget, on top of context_tokens
+    hover_summaries: bool = True  # LLM summaries in hovers (signature + docstring always)
+    summary_budget_ms: float = 3000.0  # a hover waits this long for a summary not cached yet
 
     @property
-    def model_key(self) -> tuple[str, str, str]:
+    def index_key(self) -> tuple[bool, str, str, str]:
+        """Settings that need the index reopened when they change."""
+        return (self.index_enabled, self.index_location, self.index_dir, self.embedding_model)
+
+    @property
+    def model_key(self) -> tuple[str, str, str, str]:
         """Settings that need the model reloaded when they change."""
-        return (self.model, self.device, self.dtype)
+        return (self.model, self.device, self.dtype, self.draft_model)
 
 
 # camelCase (what editors send) -> field name
@@ -31,6 +49,12 @@ _KEYS = {
     "model": "model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
     "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
     "inlineCompletion": "inline_completion", "completion": "completion",
+    "speculative": "speculative", "draftSources": "draft_sources", "draftModel": "draft_model",
+    "maxDraftTokens": "max_draft_tokens",
+    "indexEnabled": "index_enabled", "indexLocation": "index_location", "indexDir": "index_dir",
+    "embeddingModel": "embedding_model",
+    "repoContext": "repo_context", "repoContextTokens": "repo_context_tokens",
+    "hoverSummaries": "hover_summaries", "summaryBudgetMs": "summary_budget_ms",
 }
 _TYPES = {f.name: f.type for f in fields(ServerSettings)}
 _CASTS = {"str": str, "int": int, "float": float, "bool": bool}

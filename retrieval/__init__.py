@@ -1,3 +1,6 @@
-"""Code search: tree-sitter chunks, embeddings, faiss + BM25 hybrid index (see ARCHITECTURE.md)."""
+"""Code search: AST-split chunks, embeddings, faiss + BM25 hybrid, incremental and on disk."""
 
-__all__: list[str] = []
+from .index import CodeIndex, IndexConfig
+from .types import IndexStats, SearchHit
+
+__all__ = ["CodeIndex", "IndexConfig", "IndexStats", "SearchHit"]

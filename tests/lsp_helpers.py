@@ -25,7 +25,8 @@ async def start_server(root: Path, log_file: Path, options: dict, encodings=None
             capabilities=capabilities,
             root_uri=root.as_uri(),
             workspace_folders=[types.WorkspaceFolder(uri=root.as_uri(), name=root.name)],
-            initialization_options=options,
+            # Code search has its own tests (test_lsp_search.py): off unless asked for.
+            initialization_options={"indexEnabled": False, **options},
         )
     )
     return client, result

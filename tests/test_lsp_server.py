@@ -94,6 +94,20 @@ async def test_incremental_edits_then_inline_and_menu_completion(server, workspa
         assert item.text_edit.range.end == types.Position(4, 30)
 
 
+async def test_open_documents_and_their_siblings_feed_the_ngram_cache(server, workspace):
+    client, _, _, _ = server
+    assert (await status(client))["ngramCacheTokens"] == 0
+    (workspace / "pkg" / "sibling.py").write_text("def sibling_helper(x):\n    return x * 2\n" * 20)
+    (workspace / "pkg" / "notes.txt").write_text("not python")
+    open_document(client, workspace / "pkg" / "paths.py", SOURCE)
+    for _ in range(100):  # siblings are read on a background thread
+        tokens = (await status(client))["ngramCacheTokens"]
+        if tokens > 200:
+            break
+        await asyncio.sleep(0.05)
+    assert tokens > 200  # paths.py alone is far shorter than its sibling
+
+
 async def test_menu_item_replaces_the_word_being_typed(server, workspace):
     client, _, model, _ = server
     text = "def area(radius):\n    return 3.14 * rad"

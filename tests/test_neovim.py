@@ -38,7 +38,8 @@ def test_neovim_lsp_client_gets_completions(tmp_path, tiny_model_dir):
         "NVIM_TEST_TYPED": " * ",
         "CODEASSIST_CMD": json.dumps([sys.executable, "-m", "codeassist", "serve",
                                       "--log-file", str(tmp_path / "server.log")]),
-        "CODEASSIST_INIT": json.dumps({"model": str(model), "dtype": "fp32", "device": "cpu"}),
+        "CODEASSIST_INIT": json.dumps({"model": str(model), "dtype": "fp32", "device": "cpu",
+                                       "indexEnabled": False}),
     }
     run = subprocess.run([_nvim(), "--headless", "--clean", "-l", str(SCRIPT)], env=env,
                          capture_output=True, text=True, timeout=600)

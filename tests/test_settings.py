@@ -24,4 +24,21 @@ def test_non_object_settings():
 
 
 def test_model_key_names_what_needs_a_reload():
-    assert ServerSettings(model="m", dtype="fp32").model_key == ("m", "auto", "fp32")
+    assert ServerSettings(model="m", dtype="fp32").model_key == ("m", "auto", "fp32", "")
+    assert ServerSettings(draft_model="d").model_key[-1] == "d"
+
+
+def test_speculation_settings_reach_the_engine():
+    from lsp_server.server import CodeassistServer
+
+    settings, problems = merge_settings(
+        ServerSettings(), {"speculative": False, "draftSources": "prompt, repo", "maxDraftTokens": 8})
+    assert problems == []
+    engine_settings = CodeassistServer._engine_settings(settings)
+    assert not engine_settings.speculative
+    assert engine_settings.draft_sources == ("prompt", "repo") and engine_settings.max_draft_tokens == 8
+    bad, _ = merge_settings(ServerSettings(), {"draftSources": "prompt,telepathy"})
+    import pytest
+
+    with pytest.raises(ValueError, match="telepathy.*valid: recycle, prompt, repo, model"):
+        CodeassistServer._engine_settings(bad)

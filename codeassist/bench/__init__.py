@@ -2,4 +2,4 @@
 
 __all__ = ["BENCHMARKS"]
 
-BENCHMARKS = ("edits",)
+BENCHMARKS = ("edits", "search", "speculative", "context")

@@ -3,8 +3,9 @@
 A verify pass over n tokens costs `cost(n)`; plain decoding costs `cost(1)` per token. On this
 project's CPU a pass over 2-16 tokens costs about 2x a single token, on a GPU about 1x, so the
 same draft can pay off on one and not on the other. Both are measured while serving: a draft
-of length k from a kind with per-token acceptance p is expected to yield
-1 + p + p^2 + ... + p^k tokens, and it is verified only if that beats plain decoding per ms.
+of length k is expected to yield 1 + a (1 + q + ... + q^(k-1)) tokens, a being how often the
+kind's first token is accepted and q how often a next one is after an accepted one (a copy,
+once it matches, tends to go on); it is verified only if that beats plain decoding per ms.
 """
 
 from __future__ import annotations
@@ -16,32 +17,44 @@ from .sources import Chain, DraftSource
 from .tree import DraftTree
 from .verify import Verdict
 
-PRIOR_ACCEPTANCE = {"recycle": 0.9, "model": 0.7}  # other kinds start at DEFAULT_PRIOR
-DEFAULT_PRIOR = 0.5
+# Prior acceptance of a draft's first token, and of each next token once the previous one was
+# accepted (copying, once started, tends to go on). Kinds without an entry use DEFAULT_PRIOR.
+PRIORS = {"recycle": (0.9, 0.95), "model": (0.7, 0.7), "prompt/1": (0.2, 0.6), "prompt/2": (0.35, 0.7),
+          "prompt/3": (0.5, 0.8), "prompt/4": (0.6, 0.85), "repo/2": (0.3, 0.7), "repo/3": (0.4, 0.8),
+          "repo/4": (0.5, 0.85)}
+DEFAULT_PRIOR = (0.3, 0.7)
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class AcceptanceStats:
-    """Per-token acceptance probability of each draft kind, exponentially forgetting."""
+    """Per draft kind: how often its first token is accepted, and how often each next token is
+    once the one before was. Exponentially forgetting, starting from a prior."""
 
     def __init__(self, decay: float = 0.95, prior_weight: float = 4.0):
         self.decay, self.prior_weight = decay, prior_weight
-        self._counts: dict[str, list[float]] = {}  # kind -> [accepted, attempted]
+        self._counts: dict[str, list[float]] = {}  # kind -> [first ok, first tried, next ok, next tried]
 
-    def probability(self, kind: str) -> float:
-        prior = PRIOR_ACCEPTANCE.get(kind.split("/")[0], DEFAULT_PRIOR)
-        accepted, attempted = self._counts.get(kind, (0.0, 0.0))
-        return (accepted + prior * self.prior_weight) / (attempted + self.prior_weight)
+    def rates(self, kind: str) -> tuple[float, float]:
+        first_prior, next_prior = PRIORS.get(kind, PRIORS.get(kind.split("/")[0], DEFAULT_PRIOR))
+        first_ok, first_tried, next_ok, next_tried = self._counts.get(kind, (0.0,) * 4)
+        weight = self.prior_weight
+        return ((first_ok + first_prior * weight) / (first_tried + weight),
+                (next_ok + next_prior * weight) / (next_tried + weight))
+
+    def expected_tokens(self, kind: str, length: int) -> float:
+        """Tokens a verify pass with this draft yields: the root plus the accepted prefix."""
+        first, following = self.rates(kind)
+        return 1.0 + first * sum(following**i for i in range(length))
 
     def record(self, kind: str, proposed: int, accepted: int) -> None:
         # Tokens after the first rejection were never tested: they do not count.
-        attempted = accepted + (1 if accepted < proposed else 0)
-        counts = self._counts.setdefault(kind, [0.0, 0.0])
-        counts[0] = counts[0] * self.decay + accepted
-        counts[1] = counts[1] * self.decay + attempted
+        counts = self._counts.setdefault(kind, [0.0] * 4)
+        tested_next = max(accepted - 1, 0) + (1 if 0 < accepted < proposed else 0)
+        for index, value in enumerate((accepted > 0, 1, max(accepted - 1, 0), tested_next)):
+            counts[index] = counts[index] * self.decay + value
 
-    def snapshot(self) -> dict[str, float]:
-        return {kind: round(self.probability(kind), 3) for kind in sorted(self._counts)}
+    def snapshot(self) -> dict[str, tuple[float, float]]:
+        return {kind: tuple(round(r, 3) for r in self.rates(kind)) for kind in sorted(self._counts)}
 
 
 class ForwardCost:
@@ -78,11 +91,6 @@ class ForwardCost:
 
     def snapshot(self) -> dict[int, float]:
         return {bucket: round(ms, 1) for bucket, ms in sorted(self._ms.items())}
-
-
-def expected_tokens(p: float, length: int) -> float:
-    """Expected tokens a verify pass yields: the root plus the accepted prefix of the draft."""
-    return sum(p**i for i in range(length + 1))
 
 
 @dataclass
@@ -129,8 +137,7 @@ class Drafter:
                     break  # without tree attention only one chain fits a pass
                 if tree.add_chain(chain.tokens, chain.kind, self.max_nodes):
                     self._chains.append((source, chain))
-                    best = max(best, expected_tokens(self.acceptance.probability(chain.kind),
-                                                     len(chain.tokens)))
+                    best = max(best, self.acceptance.expected_tokens(chain.kind, len(chain.tokens)))
         if self.cost is not None and len(tree) > 1 and best <= self.cost.ratio(len(tree)):
             self._chains = []  # a plain step yields more per ms than this tree
             return DraftTree.rooted_at(generated[-1])
@@ -145,18 +152,16 @@ class Drafter:
         single = self.cost.single_ms
         if token_ms is None or single is None:
             return True  # not measured yet: try it
-        p = self.acceptance.probability(source.name)
         return any(
-            expected_tokens(p, k) / (k * token_ms / single + self.cost.ratio(k + 1)) > 1.0
+            self.acceptance.expected_tokens(source.name, k) / (k * token_ms / single + self.cost.ratio(k + 1)) > 1.0
             for k in range(1, self.max_tokens + 1)
         )
 
     def _worth(self, chain: Chain) -> Chain | None:
         """The chain cut at the length with the best expected tokens per ms, or None."""
-        p = self.acceptance.probability(chain.kind)
         best_length, best_rate = 0, 1.0  # plain decoding: one token per cost(1)
         for length in range(1, len(chain.tokens) + 1):
-            rate = expected_tokens(p, length) / self.cost.ratio(length + 1)
+            rate = self.acceptance.expected_tokens(chain.kind, length) / self.cost.ratio(length + 1)
             if rate > best_rate:
                 best_length, best_rate = length, rate
         return Chain(chain.tokens[:best_length], chain.kind) if best_length else None

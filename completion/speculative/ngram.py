@@ -7,6 +7,7 @@ keep in sync. `NgramCache` is the bounded, multi-document haystack of the reposi
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 
@@ -54,25 +55,29 @@ def _continuation(haystack: np.ndarray, start: int, length: int, stop_ids: Colle
 
 class NgramCache:
     """Token sequences by key (a file path, a past suggestion), least recently added evicted
-    beyond `max_tokens`; searched as one haystack."""
+    beyond `max_tokens`; searched as one haystack. Thread-safe: the server adds documents on
+    its event loop while the completion worker searches."""
 
     def __init__(self, max_tokens: int = 200_000):
         self.max_tokens = max_tokens
         self._docs: OrderedDict[str, np.ndarray] = OrderedDict()
         self._haystack: np.ndarray | None = None
+        self._lock = threading.Lock()
 
     def add(self, key: str, ids: Sequence[int]) -> None:
-        if not ids:
+        if not len(ids):
             return
-        self._docs.pop(key, None)
-        self._docs[key] = np.asarray(ids[-self.max_tokens :], dtype=np.int32)
-        while self.total_tokens > self.max_tokens and len(self._docs) > 1:
-            self._docs.popitem(last=False)
-        self._haystack = None
+        with self._lock:
+            self._docs.pop(key, None)
+            self._docs[key] = np.asarray(ids[-self.max_tokens :], dtype=np.int32)
+            while self.total_tokens > self.max_tokens and len(self._docs) > 1:
+                self._docs.popitem(last=False)
+            self._haystack = None
 
     def drop(self, key: str) -> None:
-        if self._docs.pop(key, None) is not None:
-            self._haystack = None
+        with self._lock:
+            if self._docs.pop(key, None) is not None:
+                self._haystack = None
 
     @property
     def total_tokens(self) -> int:
@@ -83,9 +88,10 @@ class NgramCache:
 
     def haystack(self) -> np.ndarray:
         """All documents, newest last, separated by SEPARATOR."""
-        if self._haystack is None:
-            parts: list[np.ndarray] = []
-            for doc in self._docs.values():
-                parts.extend((doc, np.array([SEPARATOR], dtype=np.int32)))
-            self._haystack = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-        return self._haystack
+        with self._lock:
+            if self._haystack is None:
+                parts: list[np.ndarray] = []
+                for doc in self._docs.values():
+                    parts.extend((doc, np.array([SEPARATOR], dtype=np.int32)))
+                self._haystack = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            return self._haystack

@@ -1,0 +1,119 @@
+"""`codeassist index [DIR]` and `codeassist search QUERY`: the code search commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def add_commands(commands) -> None:
+    """Register `index` and `search` on the CLI's subparsers."""
+    index = commands.add_parser("index", help="index a folder for code search (incremental)")
+    index.add_argument("dir", nargs="?", default=".", help="folder to index (default: .)")
+    _add_index_options(index)
+    index.set_defaults(run=run_index)
+
+    search = commands.add_parser("search", help="search the code of an indexed folder")
+    search.add_argument("query", help="words or code to look for")
+    search.add_argument("--dir", default=".", help="the indexed folder (default: .)")
+    search.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
+    search.add_argument("--mode", default="hybrid", help="hybrid (default), dense or bm25")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--no-refresh", action="store_true",
+                        help="search the index as it is (by default changed files are re-indexed first)")
+    _add_index_options(search)
+    search.set_defaults(run=run_search)
+
+
+def _add_index_options(parser: argparse.ArgumentParser) -> None:
+    from retrieval.encoder import DEFAULT_ENCODER
+    from retrieval.files import DEFAULT_MAX_BYTES
+
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER,
+                        help=f"sentence-transformers/HF encoder: name, hub id or folder (default: {DEFAULT_ENCODER})")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow an encoder that ships its own code (e.g. jina-embeddings-v2-base-code)")
+    parser.add_argument("--index-dir", help="where the index lives (default: DIR/.codeassist/index)")
+    parser.add_argument("--cache", action="store_true",
+                        help="keep the index in CODEASSIST_HOME/indexes instead of DIR/.codeassist")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="also leave out files matching this gitignore pattern (repeatable)")
+    parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_BYTES,
+                        help=f"skip larger files (default: {DEFAULT_MAX_BYTES})")
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per encoder batch")
+
+
+def _open_index(args: argparse.Namespace, root: str):
+    from retrieval import CodeIndex, IndexConfig
+    from retrieval.files import DEFAULT_EXCLUDE, FileFilter
+
+    if not Path(root).is_dir():
+        raise ValueError(f"{root}: no such directory")
+    config = IndexConfig(
+        encoder=args.encoder, location="cache" if args.cache else "workspace",
+        index_dir=args.index_dir, batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code,
+        file_filter=FileFilter(DEFAULT_EXCLUDE + tuple(args.exclude), args.max_file_bytes),
+    )
+    return CodeIndex(root, config)
+
+
+def _update_with_bar(index, quiet: bool):
+    """Update the index with a progress bar on stderr (over the blocks to embed)."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="chunk", desc="embedding", file=sys.stderr,
+                       disable=quiet and not sys.stderr.isatty())
+        bar.update(done - bar.n)
+
+    try:
+        return index.update(progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_index(args: argparse.Namespace) -> int:
+    index = _open_index(args, args.dir)
+    stats = _update_with_bar(index, quiet=False)
+    print(f"indexed {index.root}: {stats.summary()} (index: {index.folder})")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from retrieval.search import validate
+
+    validate(args.query, args.k, args.mode)
+    index = _open_index(args, args.dir)
+    if not args.no_refresh:
+        _update_with_bar(index, quiet=True)
+    hits = index.search(args.query, args.k, args.mode)
+    cwd = Path.cwd()
+    rows = [{
+        "path": _shown(index.root / h.path, cwd), "line": h.start_line, "end_line": h.end_line,
+        "symbol": h.qualified_name, "kind": h.kind, "score": h.score, "snippet": h.snippet,
+    } for h in hits]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['path']}:{row['line']}  {row['symbol'] or row['kind']}  {row['score']:.4f}")
+        for line in row["snippet"].split("\n")[:4]:
+            print(f"    {line}")
+    if not rows:
+        print("no results", file=sys.stderr)
+    return 0
+
+
+def _shown(path: Path, cwd: Path) -> str:
+    """`path` relative to the working directory when it is below it (clickable), else absolute."""
+    relative = os.path.relpath(path, cwd)
+    return str(path) if relative.startswith("..") else relative

@@ -1,0 +1,137 @@
+"""One- or two-sentence summaries of a function or class with the instruct model's chat
+template (a plain prompt when the tokenizer has none), greedy, a few dozen tokens.
+
+The prompt is prefilled in small chunks and `cancelled()` is checked between chunks and
+after every token, so a completion request can take the model back within one step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from .models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = ("You are a code assistant. Summarize what this code does in one or two "
+                 "sentences of plain English. Do not repeat the code.")
+_PREFILL_CHUNK = 64
+_MAX_CODE_TOKENS = 768
+_MAX_CONTEXT_TOKENS = 384
+
+
+@dataclass(frozen=True)
+class SummaryRequest:
+    qualified_name: str  # "Class.method"
+    kind: str  # function | method | class
+    code: str  # the definition's source
+    context: str = ""  # enclosing class header, callers, callees (may be empty)
+    language: str = "python"
+
+    def key(self, model: str) -> str:
+        """The cache key: sha256 of the model name, the code and the context."""
+        digest = hashlib.sha256()
+        for part in (model, self.language, self.code, self.context):
+            digest.update(part.encode("utf-8"))
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    prompt_tokens: int
+    tokens: int
+    ms: float
+    model: str
+
+
+class Summarizer:
+    """Summaries from one loaded model (the completion model: instruct checkpoints)."""
+
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 60):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.loaded = loaded
+        self.max_new_tokens = max_new_tokens
+        tokenizer = loaded.tokenizer
+        stops = {tokenizer.eos_token_id}
+        for marker in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            token = tokenizer.convert_tokens_to_ids(marker)
+            if isinstance(token, int) and token != tokenizer.unk_token_id:
+                stops.add(token)
+        self.stop_ids = {s for s in stops if s is not None}
+
+    def prompt_ids(self, request: SummaryRequest) -> list[int]:
+        tokenizer = self.loaded.tokenizer
+        code = self._clip(request.code, _MAX_CODE_TOKENS)
+        context = self._clip(request.context, _MAX_CONTEXT_TOKENS)
+        fence = request.language or ""
+        user = ""
+        if context.strip():
+            user += f"Context from the repository:\n```{fence}\n{context}\n```\n\n"
+        user += (f"Summarize what the {request.kind} `{request.qualified_name}` does, in one or "
+                 f"two sentences:\n```{fence}\n{code}\n```")
+        if getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = f"{SYSTEM_PROMPT}\n\n{user}\n\nSummary:"
+        return tokenizer([text], add_special_tokens=False)["input_ids"][0]
+
+    def _clip(self, text: str, tokens: int) -> str:
+        ids = self.loaded.tokenizer([text], add_special_tokens=False)["input_ids"][0]
+        if len(ids) <= tokens:
+            return text
+        return self.loaded.tokenizer.decode(ids[:tokens]) + "\n..."
+
+    @torch.inference_mode()
+    def summarize(self, request: SummaryRequest,
+                  cancelled: Callable[[], bool] = lambda: False) -> Summary | None:
+        """The summary, or None when `cancelled()` became true first."""
+        start = time.perf_counter()
+        ids = self.prompt_ids(request)
+        model = self.loaded.model
+        device = self.loaded.device
+        cache = DynamicCache()
+        logits = None
+        for first in range(0, len(ids), _PREFILL_CHUNK):
+            if cancelled():
+                return None
+            chunk = torch.tensor([ids[first : first + _PREFILL_CHUNK]], device=device)
+            logits = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits
+        generated: list[int] = []
+        while len(generated) < self.max_new_tokens:
+            token = int(logits[0, -1].argmax())
+            if token in self.stop_ids:
+                break
+            generated.append(token)
+            if cancelled():
+                return None
+            step = torch.tensor([[token]], device=device)
+            logits = model(input_ids=step, cache=cache, use_cache=True).logits
+        text = _tidy(self.loaded.tokenizer.decode(generated, skip_special_tokens=True))
+        ms = (time.perf_counter() - start) * 1000
+        logger.info("summary of %s: prompt %d tok, %d tok generated in %.0f ms",
+                    request.qualified_name, len(ids), len(generated), ms)
+        return Summary(text, len(ids), len(generated), ms, self.loaded.name)
+
+
+def _tidy(text: str) -> str:
+    """One paragraph of at most two sentences; one cut off by the token limit ends with an
+    ellipsis."""
+    text = " ".join(text.split())
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z`])", text)
+    if len(sentences) > 2:
+        return " ".join(sentences[:2])
+    if text and text[-1] not in ".!?)`" and len(text) > 40:
+        text += "…"
+    return text

@@ -1,0 +1,199 @@
+"""Resolve names to their definitions across a workspace: the current file first, then
+(Python) its imports, then the index's symbols. Also gathers what a summary is told about
+a definition: its enclosing class, the functions it calls, and its callers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from completion.syntax import language_for
+
+from .outline import Definition, called_names, definitions, enclosing, python_imports
+
+logger = logging.getLogger(__name__)
+
+ReadFile = Callable[[str], "str | None"]  # relative path -> text (None: unreadable)
+_SUMMARY_CALLEES = 6
+_SUMMARY_CALLERS = 3
+
+
+class DefinitionFinder:
+    """Definitions in the workspace at `root`; `index` (a CodeIndex) is optional."""
+
+    def __init__(self, root: Path | None, index=None, read: ReadFile | None = None):
+        self.root = root
+        self.index = index
+        self.read = read or self._read_disk
+        self._parsed: dict[str, tuple[str, list[Definition]]] = {}
+
+    def _read_disk(self, path: str) -> str | None:
+        if self.root is None:
+            return None
+        try:
+            return (self.root / path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def definitions_of(self, path: str, text: str | None = None) -> list[Definition]:
+        """The file's definitions (parsed once per distinct text)."""
+        text = self.read(path) if text is None else text
+        if text is None:
+            return []
+        cached = self._parsed.get(path)
+        if cached is None or cached[0] != text:
+            cached = (text, definitions(path, text, language_for(path)))
+            self._parsed[path] = cached
+        return cached[1]
+
+    # --- resolving names ---------------------------------------------------------------
+    def resolve(self, name: str, owner: str, path: str, text: str,
+                line: int | None = None) -> Definition | None:
+        """The definition `name` (called as `owner.name` when `owner`) refers to in `path`."""
+        local = [d for d in self.definitions_of(path, text) if d.name == name]
+        if owner in ("self", "cls", "this") and line is not None:
+            cls = enclosing(self.definitions_of(path, text), line, ("class",))
+            mine = [d for d in local if cls is not None and d.scope == cls.qualified_name]
+            if mine:
+                return mine[0]
+        if not owner and local:
+            top = [d for d in local if d.kind != "method"]
+            if top:
+                return top[0]
+        found = self._through_imports(name, owner, path, text)
+        if found is not None:
+            return found
+        if owner and local:
+            return local[0]
+        return self._through_index(name, owner, path)
+
+    def _through_imports(self, name: str, owner: str, path: str, text: str) -> Definition | None:
+        if language_for(path) != "python" or self.root is None:
+            return None
+        for item in python_imports(text):
+            if not owner and item.alias == name and item.name is not None:
+                target = self.module_path(path, item.module, item.level)
+                found = self._named(target, item.name) if target else None
+                if found is None:  # `from pkg import module`? then not a definition
+                    continue
+                return found
+            if owner and item.alias == owner:
+                module = item.module if item.name is None else _join(item.module, item.name)
+                target = self.module_path(path, module, item.level)
+                found = self._named(target, name) if target else None
+                if found is not None:
+                    return found
+        return None
+
+    def _named(self, path: str, name: str) -> Definition | None:
+        return next((d for d in self.definitions_of(path) if d.name == name and d.kind != "method"),
+                    None)
+
+    def _through_index(self, name: str, owner: str, path: str) -> Definition | None:
+        if self.index is None:
+            return None
+        try:
+            hits = self.index.symbols(name, k=20)
+        except Exception:  # an index being rebuilt or an encoder that failed: no answer
+            logger.warning("symbol lookup of %s failed", name, exc_info=True)
+            return None
+        hits = [h for h in hits if h.symbol == name and h.kind in ("function", "method", "class")]
+        hits.sort(key=lambda h: (h.path == path, not owner or owner not in h.scope))
+        for hit in hits:
+            found = next((d for d in self.definitions_of(hit.path)
+                          if d.name == name and d.start_line <= hit.start_line + 2
+                          and d.end_line >= hit.start_line), None)
+            if found is not None:
+                return found
+        return None
+
+    def module_path(self, path: str, module: str, level: int) -> str | None:
+        """The workspace file (relative) of a Python module imported from `path`."""
+        parts = [p for p in module.split(".") if p]
+        here = PurePosixPath(path).parent
+        if level > 0:  # `from .mod` is beside the file, `from ..mod` one folder up, ...
+            base = here
+            for _ in range(level - 1):
+                if str(base) == ".":
+                    return None
+                base = base.parent
+            bases = [base]
+        else:  # absolute: from the root, or from any folder above the file
+            bases = [PurePosixPath(".")] + [p for p in here.parents if str(p) != "."][::-1]
+            bases += [here] if str(here) != "." else []
+        for base in bases:
+            stem = base.joinpath(*parts) if parts else base
+            for candidate in (f"{stem}.py", f"{stem}/__init__.py"):
+                candidate = candidate.removeprefix("./")
+                if self.read(candidate) is not None:
+                    return candidate
+        return None
+
+    # --- what a definition is about --------------------------------------------------
+    def at_position(self, path: str, text: str, line: int, column: int,
+                    name: str, owner: str) -> Definition | None:
+        """The definition named at 1-based `line` (its own name, or a use resolved)."""
+        here = [d for d in self.definitions_of(path, text) if d.name == name and d.name_line == line]
+        if here:
+            return here[0]
+        return self.resolve(name, owner, path, text, line)
+
+    def summary_context(self, definition: Definition) -> str:
+        """The enclosing class's header, the callees' signatures, and a few callers."""
+        parts: list[str] = []
+        text = self.read(definition.path) or ""
+        if definition.kind == "method":
+            cls = enclosing(self.definitions_of(definition.path, text), definition.start_line, ("class",))
+            if cls is not None:
+                doc = cls.docstring.split("\n", 1)[0]
+                parts.append(f"# enclosing class\n{cls.signature}:" + (f'\n    """{doc}"""' if doc else ""))
+        callees = []
+        for name, owner in called_names(text, language_for(definition.path),
+                                        definition.start_line, definition.end_line):
+            if len(callees) >= _SUMMARY_CALLEES:
+                break
+            if name == definition.name:
+                continue
+            found = self.resolve(name, owner, definition.path, text, definition.start_line)
+            if found is not None and found != definition:
+                doc = found.docstring.split("\n", 1)[0]
+                callees.append(found.signature + (f"  # {doc}" if doc else ""))
+        if callees:
+            parts.append("# functions it calls\n" + "\n".join(callees))
+        callers = self._callers(definition)
+        if callers:
+            parts.append("# where it is used\n" + "\n".join(callers))
+        return "\n\n".join(parts)
+
+    def _callers(self, definition: Definition) -> list[str]:
+        """"path: caller signature: the calling line" for a few uses of the definition."""
+        call = f"{definition.name}("
+        candidates: list[tuple[str, str]] = []
+        if self.index is not None:
+            try:
+                hits = self.index.search(f"{definition.name} {definition.qualified_name}", 8, "bm25")
+            except Exception:
+                logger.warning("caller search for %s failed", definition.name, exc_info=True)
+                hits = []
+            candidates += [(h.path, h.snippet) for h in hits if call in h.snippet]
+        own = self.read(definition.path) or ""
+        candidates += [(d.path, d.code) for d in self.definitions_of(definition.path, own)
+                       if call in d.code and d.kind != "class"]
+        found: list[str] = []
+        for path, code in candidates:
+            lines = code.split("\n")
+            header, use = lines[0].strip(), next((l.strip() for l in lines[1:] if call in l), "")
+            if not use or header.startswith(("def " + definition.name, "class " + definition.name)):
+                continue
+            entry = f"{path}: {header} ... {use}"
+            if entry not in found:
+                found.append(entry)
+            if len(found) >= _SUMMARY_CALLERS:
+                break
+        return found
+
+
+def _join(module: str, name: str) -> str:
+    return f"{module}.{name}" if module else name

@@ -1,0 +1,128 @@
+"""Which files of a workspace are indexed: .gitignore rules (nested files too), vendored and
+generated folders, binary files and files over a size limit are left out."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXCLUDE = (
+    ".git/", ".hg/", ".svn/", ".codeassist/", "node_modules/", "vendor/", "third_party/",
+    "__pycache__/", ".venv/", "venv/", ".tox/", ".nox/", ".mypy_cache/", ".pytest_cache/",
+    ".ruff_cache/", "site-packages/", "dist/", "build/", "target/", "*.egg-info/",
+    "*.min.js", "*.min.css", "*.map", "*.lock", "package-lock.json", "*.pb.go", "*_pb2.py",
+    "*.svg", "*.ipynb",
+)
+DEFAULT_MAX_BYTES = 1_000_000
+_SNIFF_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    """What to leave out, in gitignore syntax on top of the workspace's own .gitignore files."""
+
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    max_bytes: int = DEFAULT_MAX_BYTES
+    use_gitignore: bool = True
+
+    def __post_init__(self):
+        if self.max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
+
+
+@dataclass(frozen=True)
+class FileState:
+    path: str  # relative to the root, forward slashes
+    size: int
+    mtime_ns: int
+
+
+def walk(root: Path, file_filter: FileFilter = FileFilter()) -> Iterator[FileState]:
+    """Candidate files under `root` (not read: binary and undecodable files are caught by
+    `read_text`)."""
+    excluded = pathspec.GitIgnoreSpec.from_lines(file_filter.exclude)
+    # (folder relative to root, its .gitignore) for the folders being walked
+    ignores: list[tuple[str, pathspec.GitIgnoreSpec]] = []
+    for folder, dirs, files in os.walk(root):
+        relative = Path(folder).relative_to(root).as_posix()
+        relative = "" if relative == "." else relative + "/"
+        ignores = [(base, spec) for base, spec in ignores if relative.startswith(base)]
+        if file_filter.use_gitignore and ".gitignore" in files:
+            spec = _read_gitignore(Path(folder) / ".gitignore")
+            if spec is not None:
+                ignores.append((relative, spec))
+        dirs[:] = sorted(d for d in dirs if not _ignored(relative + d + "/", excluded, ignores))
+        for name in sorted(files):
+            path = relative + name
+            if _ignored(path, excluded, ignores):
+                continue
+            try:
+                stat = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if stat.st_size > file_filter.max_bytes:
+                logger.info("skipped %s: %d bytes (limit %d)", path, stat.st_size, file_filter.max_bytes)
+                continue
+            if os.path.islink(os.path.join(folder, name)) or stat.st_size == 0:
+                continue
+            yield FileState(path, stat.st_size, stat.st_mtime_ns)
+
+
+def is_indexable(root: Path, path: str, file_filter: FileFilter = FileFilter()) -> bool:
+    """Whether `walk` would consider the file `path` (relative to `root`), by the same
+    rules, reading only the .gitignore files on its way."""
+    excluded = pathspec.GitIgnoreSpec.from_lines(file_filter.exclude)
+    parts = path.split("/")
+    ignores = []
+    for depth in range(len(parts)):
+        base = "".join(part + "/" for part in parts[:depth])
+        gitignore = root / base / ".gitignore"
+        if file_filter.use_gitignore and gitignore.is_file():
+            spec = _read_gitignore(gitignore)
+            if spec is not None:
+                ignores.append((base, spec))
+        partial = base + parts[depth] + ("/" if depth < len(parts) - 1 else "")
+        if _ignored(partial, excluded, ignores):
+            return False
+    return True
+
+
+def read_text(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+    """The file's text, or None (logged) when it is missing, too large, binary or not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        logger.info("skipped %s: %s", path, error)
+        return None
+    if len(data) > max_bytes:
+        logger.info("skipped %s: %d bytes (limit %d)", path, len(data), max_bytes)
+        return None
+    if b"\0" in data[:_SNIFF_BYTES]:
+        logger.debug("skipped binary file %s", path)
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.info("skipped %s: not UTF-8 text", path)
+        return None
+
+
+def _read_gitignore(path: Path) -> pathspec.GitIgnoreSpec | None:
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(path.read_text(errors="replace").splitlines())
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring unreadable %s: %s", path, error)
+        return None
+
+
+def _ignored(path: str, excluded, ignores) -> bool:
+    if excluded.match_file(path):
+        return True
+    return any(spec.match_file(path[len(base):]) for base, spec in ignores)

@@ -1,0 +1,151 @@
+"""`CodeIndex`: one workspace's search index, what the CLI and the server hold.
+
+Updates run under a file lock (a CLI and a server may share an index) and swap in a new
+immutable snapshot, so searches never wait for an update. An index that cannot be read is
+logged and rebuilt; an index built with another encoder is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from . import indexer, search, store
+from .encoder import DEFAULT_ENCODER, Encoder, load_encoder
+from .files import FileFilter
+from .types import IndexStats, SearchHit
+
+logger = logging.getLogger(__name__)
+
+LOCATIONS = ("workspace", "cache")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    encoder: str = DEFAULT_ENCODER  # name, hub id or local directory
+    location: str = "workspace"  # ROOT/.codeassist/index, or "cache": CODEASSIST_HOME/indexes
+    index_dir: str | None = None  # an explicit folder overrides `location`
+    file_filter: FileFilter = field(default_factory=FileFilter)
+    batch_size: int = 32
+    threads: int | None = None  # torch threads for encoding (None: torch's default)
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.location not in LOCATIONS:
+            raise ValueError(f"unknown index location {self.location!r}; valid: {', '.join(LOCATIONS)}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    def folder_for(self, root: Path) -> Path:
+        if self.index_dir:
+            return Path(self.index_dir).expanduser()
+        if self.location == "cache":
+            from completion.home import codeassist_home
+
+            digest = hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12]
+            return codeassist_home() / "indexes" / f"{root.name}-{digest}"
+        return root / ".codeassist" / "index"
+
+
+class CodeIndex:
+    def __init__(self, root: str | Path, config: IndexConfig = IndexConfig(),
+                 encoder: Encoder | None = None):
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"{root}: not a directory")
+        self.config = config
+        self.folder = config.folder_for(self.root)
+        self._encoder = encoder
+        self._encoder_lock = threading.Lock()
+        self._update_lock = threading.Lock()
+        self._snapshot: store.Snapshot | None = None
+
+    # --- the encoder and the snapshot ------------------------------------------------
+    @property
+    def encoder(self) -> Encoder:
+        with self._encoder_lock:
+            if self._encoder is None:
+                self._encoder = load_encoder(self.config.encoder, threads=self.config.threads,
+                                             trust_remote_code=self.config.trust_remote_code)
+            return self._encoder
+
+    @property
+    def snapshot(self) -> store.Snapshot:
+        """The current state (read from disk on first use; empty when there is none)."""
+        if self._snapshot is None:
+            self._snapshot = self._load()
+        return self._snapshot
+
+    def _load(self) -> store.Snapshot:
+        try:
+            snapshot = store.load(self.folder)
+        except store.CorruptIndexError as error:
+            logger.warning("index at %s is unreadable (%s); rebuilding it", self.folder, error)
+            snapshot = None
+        key = indexer.encoder_key(self.encoder)
+        if snapshot is not None and snapshot.encoder != key:
+            logger.warning("index at %s was built with %s, not %s; rebuilding it",
+                           self.folder, snapshot.encoder, key)
+            snapshot = None
+        return snapshot or store.Snapshot.empty(key, self.encoder.dim)
+
+    # --- updates ---------------------------------------------------------------------
+    def update(self, paths: list[str | Path] | None = None, progress=None,
+               pause=None) -> IndexStats:
+        """Bring the index up to date with the files (all, or only `paths`) and save it."""
+        relative = None if paths is None else [p for p in (self._relative(p) for p in paths) if p]
+        with self._update_lock, FileLock(str(self._lock_path())):
+            if store.current_generation(self.folder) != self.snapshot.generation:
+                self._snapshot = self._load()  # another process saved a newer index
+            snapshot, stats = indexer.update(
+                self.snapshot, self.root, self.encoder, self.config.file_filter, relative,
+                self.config.batch_size, progress, pause)
+            if snapshot.files != self.snapshot.files or self.snapshot.generation is None:
+                self._write_gitignore()
+                store.save(self.folder, snapshot)
+                self._snapshot = snapshot
+            logger.info("index %s: %s", self.root, stats.summary())
+            return stats
+
+    def _relative(self, path: str | Path) -> str | None:
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            return candidate.as_posix()
+        try:
+            return candidate.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            logger.debug("not under the indexed root %s: %s", self.root, path)
+            return None
+
+    def _lock_path(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder.parent / f"{self.folder.name}.lock"
+
+    def _write_gitignore(self) -> None:
+        """Keep ROOT/.codeassist out of git."""
+        marker = self.root / ".codeassist"
+        if self.folder.is_relative_to(marker) and not (marker / ".gitignore").exists():
+            (marker / ".gitignore").write_text("*\n")
+
+    # --- queries ---------------------------------------------------------------------
+    def search(self, query: str, k: int = 10, mode: str = "hybrid") -> list[SearchHit]:
+        """The best `k` chunks for a natural-language or code query."""
+        snapshot = self.snapshot
+        rows = search.rank(snapshot, query, k, mode, self.encoder.encode_query)
+        return [search.hit(snapshot, row, score) for row, score in rows]
+
+    def symbols(self, query: str, k: int = 50) -> list[SearchHit]:
+        """Workspace symbols: names matching `query` first, then semantic matches."""
+        snapshot = self.snapshot
+        named = search.symbol_rows(snapshot, query, k)
+        rows = [row for row, _ in named]
+        if len(rows) < k and query.strip():
+            semantic = search.rank(snapshot, query, k, "hybrid", self.encoder.encode_query)
+            rows += [row for row, _ in semantic if row not in rows and snapshot.chunks[row].symbol]
+        scores = dict(named)
+        return [search.hit(snapshot, row, scores.get(row, 0.0)) for row in rows[:k]]

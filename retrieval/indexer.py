@@ -1,0 +1,159 @@
+"""Incremental index updates: from one snapshot and the files on disk to the next snapshot.
+
+Files whose size and mtime are unchanged are not read; a file whose bytes are unchanged is
+not chunked; chunks are keyed by a hash of their content (not their path), so a changed
+file embeds only its changed chunks and a renamed file embeds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from completion.syntax import language_for
+
+from .chunking import chunk_file
+from .encoder import Encoder
+from .files import FileFilter, FileState, is_indexable, read_text, walk
+from .store import FileRecord, Snapshot
+from .tokens import split_identifier, words
+from .types import Chunk, IndexStats
+
+logger = logging.getLogger(__name__)
+
+# Bump when the text given to the encoder for a chunk changes: stored vectors are then stale.
+EMBED_RECIPE = 1
+# Word pieces kept free in the window for the header `document_text` puts before a block.
+_HEADER_TOKENS = 24
+
+Progress = Callable[[int, int], None]  # (blocks encoded so far, blocks to encode)
+
+
+def encoder_key(encoder: Encoder) -> str:
+    """What must match for stored vectors to be reused."""
+    return f"{encoder.name}|recipe{EMBED_RECIPE}"
+
+
+def document_text(chunk: Chunk, block: str) -> str:
+    """What the encoder sees for one block of a chunk: kind, qualified name and the name's
+    words, then the code. The path is left out so that a rename keeps the vectors."""
+    name = chunk.qualified_name
+    spoken = " ".join(split_identifier(chunk.symbol))
+    header = f"{chunk.kind} {name} ({spoken})" if name else chunk.kind
+    return f"{header}\n{block}"
+
+
+def chunk_terms(chunk: Chunk) -> str:
+    """The BM25 terms of a chunk: its path, qualified name and code, split and stemmed."""
+    return " ".join(words(f"{chunk.path} {chunk.qualified_name} {chunk.text}"))
+
+
+def content_hash(chunk: Chunk) -> str:
+    key = "\0".join((chunk.language, chunk.kind, chunk.scope, chunk.symbol, chunk.text))
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFilter,
+           paths: list[str] | None = None, batch_size: int = 32,
+           progress: Progress | None = None, pause: Callable[[], None] | None = None,
+           ) -> tuple[Snapshot, IndexStats]:
+    """The next snapshot: all files under `root`, or only `paths` (relative to `root`)."""
+    start = time.perf_counter()
+    current, gone = _file_states(snapshot, root, file_filter, paths)
+    files = {p: r for p, r in snapshot.files.items() if p not in gone}
+    changed: dict[str, list[Chunk]] = {}
+    for state in current:
+        old = snapshot.files.get(state.path)
+        if old is not None and (old.size, old.mtime_ns) == (state.size, state.mtime_ns):
+            continue
+        text = read_text(root / state.path, file_filter.max_bytes)
+        sha = hashlib.sha1(text.encode("utf-8")).hexdigest() if text is not None else ""
+        files[state.path] = FileRecord(state.size, state.mtime_ns, sha)
+        if old is not None and old.sha == sha:
+            continue  # touched, not changed
+        changed[state.path] = [] if text is None else chunk_file(
+            state.path, text, language_for(state.path), encoder.max_tokens - _HEADER_TOKENS,
+            encoder.count_tokens)
+    replaced = set(changed) | set(gone)
+    keep = [row for row, chunk in enumerate(snapshot.chunks) if chunk.path not in replaced]
+    new_chunks = [c for path in sorted(changed) for c in changed[path]]
+    new_hashes = [content_hash(c) for c in new_chunks]
+    new_vectors, embedded = _vectors_for(snapshot, new_chunks, new_hashes, encoder, batch_size,
+                                         progress, pause)
+    chunks = [snapshot.chunks[r] for r in keep] + [_without_blocks(c) for c in new_chunks]
+    next_snapshot = Snapshot(
+        snapshot.encoder, snapshot.dim, chunks,
+        [snapshot.hashes[r] for r in keep] + new_hashes,
+        [snapshot.terms[r] for r in keep] + [chunk_terms(c) for c in new_chunks],
+        np.concatenate([np.asarray(snapshot.vectors[keep], np.float32), new_vectors]),
+        files,
+    )
+    stats = IndexStats(len(files), len(changed), len(gone & set(snapshot.files)), len(chunks),
+                       embedded, time.perf_counter() - start)
+    return next_snapshot, stats
+
+
+def _file_states(snapshot: Snapshot, root: Path, file_filter: FileFilter,
+                 paths: list[str] | None) -> tuple[list[FileState], set[str]]:
+    """(files to look at, indexed paths that are gone or no longer indexable)."""
+    if paths is None:
+        current = list(walk(root, file_filter))
+        present = {s.path for s in current}
+        return current, set(snapshot.files) - present
+    current, gone = [], set()
+    for path in dict.fromkeys(paths):
+        full = root / path
+        try:
+            stat = full.stat()
+        except OSError:
+            stat = None
+        if (stat is not None and full.is_file() and not full.is_symlink() and 0 < stat.st_size
+                <= file_filter.max_bytes and is_indexable(root, path, file_filter)):
+            current.append(FileState(path, stat.st_size, stat.st_mtime_ns))
+        else:
+            gone.add(path)
+    return current, gone
+
+
+def _vectors_for(snapshot: Snapshot, chunks: list[Chunk], hashes: list[str], encoder: Encoder,
+                 batch_size: int, progress: Progress | None, pause) -> tuple[np.ndarray, int]:
+    """Vectors of `chunks`: reused by content hash where the snapshot has one, else encoded
+    (the blocks of a long chunk are encoded separately and averaged: SEA)."""
+    known = {h: row for row, h in enumerate(snapshot.hashes)}
+    vectors = np.zeros((len(chunks), snapshot.dim), np.float32)
+    todo = []
+    for i, h in enumerate(hashes):
+        if h in known:
+            vectors[i] = snapshot.vectors[known[h]]
+        else:
+            todo.append(i)
+    texts, owners = [], []
+    for i in todo:
+        for block in chunks[i].blocks:
+            texts.append(document_text(chunks[i], block))
+            owners.append(i)
+    if texts:
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress(done, len(texts))
+
+        encoded = encoder.encode(texts, batch_size, advance, pause)
+        np.add.at(vectors, np.asarray(owners), encoded)
+        norms = np.linalg.norm(vectors[todo], axis=1, keepdims=True)
+        vectors[todo] /= np.maximum(norms, 1e-12)
+    return vectors, len(todo)
+
+
+def _without_blocks(chunk: Chunk) -> Chunk:
+    """Blocks are only needed to embed; snapshots keep the chunk's text."""
+    return replace(chunk, blocks=())

@@ -1,0 +1,98 @@
+"""Code search over LSP end to end: background indexing with progress, the codeassist.search
+command, workspace/symbol, re-indexing on didSave and on watched-file events."""
+
+import asyncio
+
+import pytest
+from lsprotocol import types
+
+from tests.lsp_helpers import start_server, status
+from tests.retrieval_helpers import write_repo
+
+
+@pytest.fixture
+async def indexed(tmp_path, tiny_model_dir):
+    root = write_repo(tmp_path / "search_repo")
+    options = {"model": str(tiny_model_dir("qwen2.5-coder")), "device": "cpu", "dtype": "fp32",
+               "indexEnabled": True}
+    client, result = await start_server(root, tmp_path / "server.log", options)
+
+    async def index_ready():
+        return (await status(client))["indexStatus"] == "ready"
+
+    await _eventually(index_ready, "the workspace index")
+    yield client, result, root
+    await client.shutdown_session()
+
+
+async def _eventually(check, what, timeout=120.0):
+    """Await `check()` (which sends requests) until it is true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def _search(client, query, k=5):
+    return await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(command="codeassist.search", arguments=[{"query": query, "k": k}]))
+
+
+async def test_background_index_then_search_command(indexed):
+    client, result, root = indexed
+    assert "codeassist.search" in result.capabilities.execute_command_provider.commands
+    assert result.capabilities.workspace_symbol_provider
+    titles = [r.title for reports in client.progress_reports.values() for r in reports
+              if r.kind == "begin"]
+    assert "Indexing workspace" in titles
+    hits = await _search(client, "area of a circle from its radius", k=3)
+    assert len(hits) == 3
+    best = hits[0]
+    assert best["symbol"] == "Circle.area"
+    assert best["uri"] == (root / "geometry" / "shapes.py").as_uri()
+    assert best["range"]["start"] == {"line": 7, "character": 0}  # 0-based: line 8 in the file
+    assert "math.pi" in best["snippet"]
+
+
+async def test_workspace_symbol_names_first(indexed):
+    client, _, root = indexed
+    symbols = await client.workspace_symbol_async(types.WorkspaceSymbolParams(query="perimeter"))
+    assert symbols[0].name == "perimeter_of_square"
+    assert symbols[0].kind == types.SymbolKind.Function
+    assert symbols[0].location.uri == (root / "geometry" / "shapes.py").as_uri()
+    methods = await client.workspace_symbol_async(types.WorkspaceSymbolParams(query="area"))
+    assert methods[0].name == "area" and methods[0].container_name == "Circle"
+
+
+async def test_reindex_on_save_and_on_watched_file_changes(indexed):
+    client, _, root = indexed
+    path = root / "web" / "app.ts"
+    path.write_text(path.read_text() + "\nexport function slugifyTitle(title: string) {\n"
+                    "  return title.toLowerCase();\n}\n")
+    client.text_document_did_save(types.DidSaveTextDocumentParams(
+        types.TextDocumentIdentifier(path.as_uri())))
+
+    async def found_new():
+        return any(h["symbol"] == "slugifyTitle" for h in await _search(client, "slugify title"))
+
+    await _eventually(found_new, "the saved file to be re-indexed")
+    gone = root / "net" / "http.go"
+    gone.unlink()
+    client.workspace_did_change_watched_files(types.DidChangeWatchedFilesParams(
+        changes=[types.FileEvent(gone.as_uri(), types.FileChangeType.Deleted)]))
+
+    async def removed():
+        return all(h["symbol"] != "ParseHeader" for h in await _search(client, "parse header line"))
+
+    await _eventually(removed, "the deleted file to leave the index")
+
+
+async def test_bad_search_arguments_get_a_clear_error(indexed):
+    client, _, _ = indexed
+    for arguments, message in ([{"query": "", "k": 3}], "empty"), ([{"query": "x", "k": 0}], "positive"), (
+            [42], "expected arguments"):
+        with pytest.raises(Exception, match=message):
+            await client.workspace_execute_command_async(
+                types.ExecuteCommandParams(command="codeassist.search", arguments=arguments))
+    assert (await status(client))["indexStatus"] == "ready"  # still serving

@@ -1,0 +1,49 @@
+"""`codeassist index` and `codeassist search` as a user runs them (real encoder)."""
+
+import json
+
+from codeassist.cli import main
+from tests.retrieval_helpers import write_repo
+from tests.test_cli import assert_clean_error
+
+
+def _run(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_index_then_search(tmp_path, capsys, monkeypatch):
+    root = write_repo(tmp_path / "repo")
+    code, out, _ = _run(capsys, "index", str(root))
+    assert code == 0 and out.startswith(f"indexed {root}: 4 files,") and "(index: " in out
+    monkeypatch.chdir(root)
+    code, out, _ = _run(capsys, "search", "area of a circle", "--k", "2", "--json")
+    assert code == 0
+    hits = json.loads(out)
+    assert len(hits) == 2
+    assert hits[0]["path"] == "geometry/shapes.py" and hits[0]["line"] == 8  # 1-based
+    assert hits[0]["symbol"] == "Circle.area" and "math.pi" in hits[0]["snippet"]
+    code, out, _ = _run(capsys, "search", "render page", "--k", "1")
+    assert code == 0 and out.splitlines()[0].startswith("web/app.ts:1  renderPage  ")
+    # A second index run reuses everything.
+    code, out, _ = _run(capsys, "index", str(root))
+    assert "0 changed, 0 deleted, 0 chunks embedded" in out
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
+    root = write_repo(tmp_path / "repo")
+
+    class Result:
+        def __init__(self, code, out, err):
+            self.returncode, self.stdout, self.stderr = code, out, err
+
+    def run(*args):
+        return Result(*_run(capsys, *args))
+
+    assert_clean_error(run("index", str(tmp_path / "missing")), "no such directory")
+    assert_clean_error(run("search", "", "--dir", str(root)), "query is empty")
+    assert_clean_error(run("search", "x", "--k", "0", "--dir", str(root)), "k must be a positive")
+    assert_clean_error(run("search", "x", "--mode", "magic", "--dir", str(root)), "valid: hybrid")
+    assert_clean_error(run("index", str(root), "--encoder", str(tmp_path / "no-model")),
+                       "cannot load encoder")

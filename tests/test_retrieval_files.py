@@ -1,0 +1,64 @@
+"""Which files are indexed: .gitignore, vendored folders, binary, huge and non-UTF-8 files."""
+
+import pytest
+
+from retrieval.files import FileFilter, is_indexable, read_text, walk
+from retrieval.tokens import split_identifier, words
+
+
+@pytest.fixture
+def tree(tmp_path):
+    files = {
+        "src/app.py": "print('hi')\n",
+        "src/generated/out.py": "x = 1\n",
+        "src/keep.log": "kept by negation\n",
+        "debug.log": "ignored\n",
+        "node_modules/lib/index.js": "module.exports = 1;\n",
+        "vendor/dep.go": "package dep\n",
+        "docs/guide.md": "# Guide\n",
+        "docs/.gitignore": "draft.md\n",
+        "docs/draft.md": "ignored by the nested .gitignore\n",
+        "big.py": "x = 1\n" * 2000,
+    }
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    (tmp_path / ".gitignore").write_text("*.log\n!src/keep.log\nsrc/generated/\n")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    (tmp_path / "latin1.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    return tmp_path
+
+
+def test_walk_honours_gitignore_vendor_and_size(tree):
+    found = {s.path for s in walk(tree, FileFilter(max_bytes=5000))}
+    assert found == {".gitignore", "src/app.py", "src/keep.log", "docs/guide.md",
+                     "docs/.gitignore", "image.png", "latin1.py"}
+    assert "big.py" in {s.path for s in walk(tree)}  # under the default limit
+    assert "vendor/dep.go" in {s.path for s in walk(tree, FileFilter(exclude=()))}
+
+
+def test_is_indexable_agrees_with_walk(tree):
+    file_filter = FileFilter(max_bytes=5000)
+    found = {s.path for s in walk(tree, file_filter)}
+    for path in ["src/app.py", "src/generated/out.py", "debug.log", "src/keep.log",
+                 "node_modules/lib/index.js", "docs/draft.md", "docs/guide.md"]:
+        assert is_indexable(tree, path, file_filter) == (path in found), path
+
+
+def test_read_text_skips_binary_and_undecodable(tree):
+    assert read_text(tree / "image.png") is None
+    assert read_text(tree / "latin1.py") is None
+    assert read_text(tree / "missing.py") is None
+    assert read_text(tree / "big.py", max_bytes=100) is None
+    assert read_text(tree / "src" / "app.py") == "print('hi')\n"
+
+
+def test_bad_filter_is_refused():
+    with pytest.raises(ValueError, match="max_bytes"):
+        FileFilter(max_bytes=0)
+
+
+def test_identifiers_split_for_bm25():
+    assert split_identifier("parseHTTPHeader_v2") == ["parse", "http", "header", "v", "2"]
+    assert words("def getUserName(self):") == ["getusernam", "get", "user", "name"]
+    assert words("Return the parsed headers") == ["pars", "header"]

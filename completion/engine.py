@@ -85,10 +85,14 @@ class CompletionEngine:
         """Complete `request`. With `session_key` (e.g. the document URI) the KV cache of that
         key's previous prompt is reused as the settings' `kv_mode` says."""
         start = time.perf_counter()
+        policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
         remaining = self._recycled(session_key, request)
         if remaining and self.settings.recycle_direct:
-            return self._answer_recycled(session_key, request, remaining, start)
-        policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
+            # The stop rules of the new position apply (typing into a block suggestion puts
+            # the cursor mid-line: the answer ends with that line).
+            direct = finalize(check_text(remaining, policy).text, policy)
+            if direct:
+                return self._answer_recycled(session_key, request, direct, start)
         prompt = self.build_prompt(request)
         old = self.sessions.get(session_key) if session_key is not None else None
         plan, mode = self._plan(old, prompt.ids)

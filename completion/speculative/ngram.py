@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 SEPARATOR = -1  # between documents: no match or continuation crosses it
+MAX_MATCHES = 32  # matches examined per n-gram length
 
 
 def find_continuations(haystack: np.ndarray, tail: Sequence[int], length: int, branches: int,
@@ -32,7 +33,8 @@ def find_continuations(haystack: np.ndarray, tail: Sequence[int], length: int, b
         hits = np.ones(size - n, dtype=bool)
         for offset in range(n):
             hits &= haystack[offset : size - n + offset] == key[offset]
-        for start in np.flatnonzero(hits)[::-1]:
+        # The most recent matches only: a common n-gram in a large haystack has thousands.
+        for start in np.flatnonzero(hits)[::-1][:MAX_MATCHES]:
             tokens = _continuation(haystack, int(start) + n, length, stop_ids)
             if tokens and tokens[0] not in firsts:
                 firsts.add(tokens[0])

@@ -264,3 +264,17 @@ def test_ngram_lookup_and_bounded_cache():
     assert find_continuations(cache.haystack(), [11], length=5, branches=2) == [([12], 1)]  # no crossing
     cache.drop("b")
     assert cache.total_tokens == 2
+
+
+def test_a_second_chain_joins_the_tree_only_if_it_pays():
+    cost = ForwardCost()
+    for size, ms in ((1, 10.0), (2, 12.0), (4, 12.0), (8, 60.0), (16, 60.0)):
+        cost.record(size, ms)  # up to 4 tokens cost about one; 5-16 cost 6x
+    two_chains = ScriptedSource([], lambda ref, gen, k: [[11, 12, 13], [21, 22, 23]])
+    drafter = Drafter([two_chains], AcceptanceStats(), cost, max_tokens=8, max_nodes=32)
+    assert len(drafter.tree([5])) == 4  # root + the first chain; the second would cost 6x
+    cheap = ForwardCost()
+    for size in (1, 2, 4, 8, 16):
+        cheap.record(size, 10.0)  # a GPU-like cost curve: both chains go in
+    drafter = Drafter([two_chains], AcceptanceStats(), cheap, max_tokens=8, max_nodes=32)
+    assert len(drafter.tree([5])) == 7

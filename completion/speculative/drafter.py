@@ -125,9 +125,11 @@ class Drafter:
         if self.cost is not None and not self.cost.measured(1):
             return DraftTree.rooted_at(generated[-1])  # measure a plain step first
         tree = DraftTree.rooted_at(generated[-1])
-        best = 1.0  # expected tokens of the best chain so far; 1 = the root alone
+        # Expected tokens of the pass. Chains with different first tokens are alternatives
+        # (at most one first token is the target's), so their expected gains add up.
+        expected = 1.0
         for source in self.sources:
-            if source.expensive and (best > 1.0 or not self._drafting_pays(source)):
+            if source.expensive and (expected > 1.0 or not self._drafting_pays(source)):
                 continue
             for chain in source.propose(generated, self.max_tokens):
                 chain = self._worth(chain) if self.cost is not None else chain
@@ -135,13 +137,22 @@ class Drafter:
                     continue
                 if not self.trees and self._chains:
                     break  # without tree attention only one chain fits a pass
+                gain = self.acceptance.expected_tokens(chain.kind, len(chain.tokens)) - 1.0
+                if not self._pays_in_tree(expected, gain, len(tree), len(chain.tokens)):
+                    continue
                 if tree.add_chain(chain.tokens, chain.kind, self.max_nodes):
                     self._chains.append((source, chain))
-                    best = max(best, self.acceptance.expected_tokens(chain.kind, len(chain.tokens)))
-        if self.cost is not None and len(tree) > 1 and best <= self.cost.ratio(len(tree)):
+                    expected += gain
+        if self.cost is not None and len(tree) > 1 and expected <= self.cost.ratio(len(tree)):
             self._chains = []  # a plain step yields more per ms than this tree
             return DraftTree.rooted_at(generated[-1])
         return tree
+
+    def _pays_in_tree(self, expected: float, gain: float, size: int, added: int) -> bool:
+        """Does adding a chain (`added` nodes at most) raise the tree's tokens per ms?"""
+        if self.cost is None or size == 1:
+            return True  # a first chain was already judged by _worth
+        return (expected + gain) / self.cost.ratio(size + added) > expected / self.cost.ratio(size)
 
     def _drafting_pays(self, source: DraftSource) -> bool:
         """For a source whose drafting itself costs time (a draft model): can any draft

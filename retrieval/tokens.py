@@ -10,6 +10,8 @@ from functools import lru_cache
 from bm25s.stopwords import STOPWORDS_EN
 
 logger = logging.getLogger(__name__)
+# bm25s sets its own logger to DEBUG when imported, which floods stderr with build messages.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
 # Parts of an identifier: "HTTPServer2Handler" -> HTTP, Server, 2, Handler

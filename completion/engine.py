@@ -12,6 +12,7 @@ from transformers import DynamicCache
 
 from .context import select_context
 from .fim import resolve_fim
+from .healing import Healing, TypedSuggestion, Vocabulary, align_typed
 from .kv_plan import ReusePlan, plan_reuse
 from .kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
 from .models import LoadedModel
@@ -44,6 +45,8 @@ class CompletionEngine:
         self.repo_ngrams = NgramCache(settings.repo_cache_tokens)
         self._suggestions: dict[str, _Suggestion] = {}
         self._past_suggestions = 0
+        # Token healing needs every token's text (~1.5 s for 152k tokens, once per tokenizer).
+        self._vocabulary = Vocabulary.of(loaded.tokenizer) if settings.token_healing else None
         self.draft: DraftModel | None = None
         if draft is not None:
             self.draft = DraftModel(draft, settings.kv_budget_tokens, settings.reencode_margin)
@@ -60,21 +63,38 @@ class CompletionEngine:
         )
 
     def build_prompt(self, request: CompletionRequest) -> FimPrompt:
+        """The prompt `complete` would use for `request` in a fresh session."""
+        return self._prompt(request, None)[0]
+
+    def _prompt(self, request: CompletionRequest,
+                typed: TypedSuggestion | None) -> tuple[FimPrompt, Healing | None, str]:
+        """The request's prompt, the text decoding must rewrite first (token healing) and the
+        prefix text the prompt encodes as text. With `typed`, the prefix ends with the tokens
+        of the previous suggestion that the user typed."""
         # Repository context gets its own budget on top of the prompt's (see context.py).
         files, context_tokens = select_context(request.context, self.encode,
                                                self.settings.context_budget_tokens)
         budget = PromptBudget(self.settings.max_prompt_tokens + context_tokens,
                               self.settings.suffix_share)
-        return build_fim_prompt(
-            self.fim,
-            self.encode,
-            request.text[: request.cursor],
-            request.text[request.cursor :],
-            budget,
-            path=request.path,
-            repo_name=request.repo_name,
-            repo_files=files,
-        )
+        before = request.text[: request.cursor]
+        head = typed.head if typed else before
+        heal = self.settings.token_healing and typed is None
+
+        def build(heal: bool) -> FimPrompt:
+            return build_fim_prompt(self.fim, self.encode, head, request.text[request.cursor :], budget,
+                                    path=request.path, repo_name=request.repo_name, repo_files=files,
+                                    prefix_tail=typed.tokens if typed else (), heal=heal)
+
+        prompt = build(heal)
+        healed = typed.leftover if typed else self.decode(prompt.healed)
+        if not before.endswith(healed):  # a token that is part of a character: keep it
+            prompt, healed = build(False), ""
+        if typed is None:
+            head = before[: len(before) - len(healed)]
+        return prompt, self._healing(healed), head
+
+    def _healing(self, text: str) -> Healing | None:
+        return Healing(text, self._vocabulary, self.decode) if text and self._vocabulary else None
 
     def complete(
         self,
@@ -86,26 +106,29 @@ class CompletionEngine:
         key's previous prompt is reused as the settings' `kv_mode` says."""
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
-        remaining = self._recycled(session_key, request)
+        last = self._suggestions.get(session_key) if session_key is not None else None
+        remaining = self._recycled(last, request)
         if remaining and self.settings.recycle_direct:
             # The stop rules of the new position apply (typing into a block suggestion puts
             # the cursor mid-line: the answer ends with that line).
             direct = finalize(check_text(remaining, policy).text, policy)
             if direct:
-                return self._answer_recycled(session_key, request, direct, start)
-        prompt = self.build_prompt(request)
+                return self._answer_recycled(session_key, last, request, direct, start)
+        typed = self._typed(last, request)
+        prompt, healing, head = self._prompt(request, typed)
         old = self.sessions.get(session_key) if session_key is not None else None
         plan, mode = self._plan(old, prompt.ids)
         cache, logits = build_cache(self.loaded.model, plan, prompt.ids, old, self.inv_freq)
-        drafter, draft_source = self._drafter(session_key, prompt.ids, remaining, cache)
+        drafter, draft_source = self._drafter(session_key, prompt.ids, remaining, typed, healing, cache)
         prompt_ms = (time.perf_counter() - start) * 1000
-        generated, reason, text = self._decode(cache, logits, policy, start, cancelled, drafter)
+        generated, reason, text = self._decode(cache, logits, policy, start, cancelled, drafter, healing)
         if draft_source is not None:
             self.draft.keep(draft_source)
         if session_key is not None:
             self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, plan.stale)
         final = finalize(text, policy) if reason != "cancelled" else ""
-        self._remember(session_key, request, final, generated)
+        # Kept for the next request: the token stream after `head`, typed tokens included.
+        self._remember(session_key, request, final, head, (typed.tokens if typed else []) + generated)
         kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
               "encoded": plan.encoded, "stale": plan.stale}
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
@@ -118,7 +141,7 @@ class CompletionEngine:
             stop_reason=reason,
             model=self.loaded.name,
             multiline=policy.multiline,
-            first_token=int(logits[0, -1].argmax()),
+            first_token=generated[0] if generated else int(logits[0, -1].argmax()),
             kv=kv,
             spec=drafter.stats.as_dict() if drafter else {},
         )
@@ -178,10 +201,9 @@ class CompletionEngine:
         if self.settings.speculative and "repo" in self.settings.draft_sources:
             self.repo_ngrams.add(key, self.encode([text])[0] if text else [])
 
-    def _recycled(self, session_key: str | None, request: CompletionRequest) -> str:
-        """The rest of the key's last suggestion if the user typed its first characters and
-        changed nothing else; "" otherwise."""
-        last = self._suggestions.get(session_key) if session_key is not None else None
+    def _recycled(self, last: _Suggestion | None, request: CompletionRequest) -> str:
+        """The rest of the last suggestion if the user typed its first characters and changed
+        nothing else; "" otherwise."""
         if last is None or "recycle" not in self.settings.draft_sources or not self.settings.speculative:
             return ""
         before, after = request.text[: request.cursor], request.text[request.cursor :]
@@ -192,30 +214,40 @@ class CompletionEngine:
             return ""
         return last.text[len(typed):]
 
-    def _answer_recycled(self, session_key: str, request: CompletionRequest, remaining: str,
-                         start: float) -> Completion:
+    def _typed(self, last: _Suggestion | None, request: CompletionRequest) -> TypedSuggestion | None:
+        """The last suggestion's tokens split at the cursor, if the user typed into it (and
+        changed nothing else): the prompt then ends as the model wrote it."""
+        if last is None or not self.settings.token_healing or request.text[request.cursor :] != last.after:
+            return None
+        return align_typed(last.head, last.ids, request.text[: request.cursor], self.decode)
+
+    def _answer_recycled(self, session_key: str, last: _Suggestion, request: CompletionRequest,
+                         remaining: str, start: float) -> Completion:
+        # The same token stream still describes the text after `head`: keep it for alignment.
         self._suggestions[session_key] = _Suggestion(request.text[: request.cursor],
-                                                     request.text[request.cursor :], remaining)
+                                                     request.text[request.cursor :], remaining,
+                                                     last.head, last.ids)
         elapsed = (time.perf_counter() - start) * 1000
         logger.info("complete %s: the rest of the previous suggestion (%d chars), no model call",
                     request.path or "<buffer>", len(remaining))
         return Completion(text=remaining, tokens=0, prompt_tokens=0, prompt_ms=elapsed, decode_ms=0.0,
                           stop_reason="recycled", model=self.loaded.name, multiline="\n" in remaining)
 
-    def _remember(self, session_key: str | None, request: CompletionRequest, text: str,
-                  generated: list[int]) -> None:
+    def _remember(self, session_key: str | None, request: CompletionRequest, text: str, head: str,
+                  ids: list[int]) -> None:
         if session_key is not None:
             if text:
                 self._suggestions[session_key] = _Suggestion(
-                    request.text[: request.cursor], request.text[request.cursor :], text)
+                    request.text[: request.cursor], request.text[request.cursor :], text, head,
+                    list(ids))
             else:
                 self._suggestions.pop(session_key, None)
-        if generated and self.settings.speculative and "repo" in self.settings.draft_sources:
+        if ids and self.settings.speculative and "repo" in self.settings.draft_sources:
             self._past_suggestions = (self._past_suggestions + 1) % 64
-            self.repo_ngrams.add(f"suggestion:{self._past_suggestions}", generated)
+            self.repo_ngrams.add(f"suggestion:{self._past_suggestions}", ids)
 
     def _drafter(self, session_key: str | None, prompt_ids: list[int], remaining: str,
-                 cache: DynamicCache):
+                 typed: TypedSuggestion | None, healing: Healing | None, cache: DynamicCache):
         """The request's drafter (None when speculation is off) and its draft-model source."""
         settings = self.settings
         if not settings.speculative:
@@ -223,7 +255,11 @@ class CompletionEngine:
         wanted = settings.draft_sources
         sources: list[DraftSource] = []
         if remaining and "recycle" in wanted:
-            sources.append(RecycledSuggestion(remaining, lambda t: self.encode([t])[0], self.decode))
+            # The suggestion's own tokens when the prompt was aligned to them, else its text
+            # (decoding writes the healed characters first).
+            sources.append(RecycledSuggestion((healing.text if healing else "") + remaining,
+                                              lambda t: self.encode([t])[0], self.decode,
+                                              ids=typed.rest if typed else None))
         if "prompt" in wanted:
             sources.append(PromptLookup(prompt_ids, self.fim.stop_ids, settings.draft_branches,
                                         settings.max_new_tokens))
@@ -240,14 +276,15 @@ class CompletionEngine:
         return drafter, draft_source
 
     def _decode(self, cache: DynamicCache, logits: torch.Tensor, policy: StopPolicy, start: float,
-                cancelled: Callable[[], bool] | None,
-                drafter: Drafter | None) -> tuple[list[int], str, str]:
+                cancelled: Callable[[], bool] | None, drafter: Drafter | None,
+                healing: Healing | None) -> tuple[list[int], str, str]:
         settings = self.settings
         text = ""
 
         def should_stop(generated: list[int]) -> str | None:
             nonlocal text
-            check = check_text(self.decode(generated), policy)
+            written = self.decode(generated)
+            check = check_text(healing.strip(written) if healing else written, policy)
             text = check.text
             if check.stop:
                 return check.reason
@@ -260,7 +297,7 @@ class CompletionEngine:
             return None
 
         generated, reason = greedy_decode(self.loaded.model, cache, logits, self.fim.stop_ids,
-                                          should_stop, drafter)
+                                          should_stop, drafter, healing)
         return generated, reason, text
 
 
@@ -271,6 +308,8 @@ class _Suggestion:
     before: str
     after: str
     text: str
+    head: str  # the prefix text the prompt encoded as text; `ids` were generated after it
+    ids: list[int]
 
 
 def _describe_spec(spec: dict) -> str:

@@ -8,7 +8,7 @@ gets at most a quarter of the space and the prefix takes whatever the suffix lef
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .fim import FimSpec
 
@@ -45,6 +45,7 @@ class FimPrompt:
     suffix_tokens: int
     prefix_truncated: bool
     suffix_truncated: bool
+    healed: list[int] = field(default_factory=list)  # prefix tokens taken off for token healing
 
 
 def build_fim_prompt(
@@ -56,7 +57,12 @@ def build_fim_prompt(
     path: str | None = None,
     repo_name: str | None = None,
     repo_files: Sequence[RepoFile] = (),
+    prefix_tail: Sequence[int] = (),
+    heal: bool = False,
 ) -> FimPrompt:
+    """`prefix_tail`: token ids that end the prefix after the encoded `prefix` text (the
+    tokens of a suggestion the user typed). `heal`: take the prefix's last token off (see
+    healing.py); it is returned in `healed`."""
     header = _repo_header(spec, encode, path, repo_name, repo_files)
     available = budget.max_tokens - len(header) - 3  # the three FIM markers
     if available < 2:
@@ -64,9 +70,14 @@ def build_fim_prompt(
             f"prompt budget {budget.max_tokens} leaves no room after {len(header)} context tokens"
         )
     suffix_ids, suffix_cut = _keep_head(suffix, int(available * budget.suffix_share), encode)
-    prefix_ids, prefix_cut = _keep_tail(prefix, available - len(suffix_ids), encode)
+    room = available - len(suffix_ids)
+    tail = list(prefix_tail)[-room:] if room > 0 else []
+    prefix_ids, prefix_cut = _keep_tail(prefix, room - len(tail), encode)
+    prefix_ids += tail
+    healed = prefix_ids[-1:] if heal else []
+    prefix_ids = prefix_ids[: len(prefix_ids) - len(healed)]
     ids = [*header, spec.prefix_id, *prefix_ids, spec.suffix_id, *suffix_ids, spec.middle_id]
-    return FimPrompt(ids, len(prefix_ids), len(suffix_ids), prefix_cut, suffix_cut)
+    return FimPrompt(ids, len(prefix_ids), len(suffix_ids), prefix_cut, suffix_cut, healed)
 
 
 def _repo_header(

@@ -45,6 +45,8 @@ class EngineSettings:
     draft_branches: int = 3  # alternative continuations an n-gram source may offer
     cost_aware_drafts: bool = True  # verify a draft only when it beats plain decoding per ms
     recycle_direct: bool = True  # typed into the last suggestion: answer its rest, no model call
+    # The prompt ends where the model would cut tokens (see healing.py)
+    token_healing: bool = True
     repo_cache_tokens: int = 200_000  # repository n-gram cache (open files, past suggestions)
 
     def __post_init__(self) -> None:

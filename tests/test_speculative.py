@@ -191,7 +191,9 @@ def test_typing_into_the_suggestion_recycles_it(tiny_model_dir):
     plain = CompletionEngine(loaded, EngineSettings(max_new_tokens=12, max_lines=1, speculative=False))
     verified.complete(CompletionRequest(text, cursor, "python"), session_key="doc")
     got = verified.complete(CompletionRequest(typed, cursor + 1, "python"), session_key="doc")
-    expected = plain.complete(CompletionRequest(typed, cursor + 1, "python"))
+    # Same history: both prompts end with the typed tokens of the same first suggestion.
+    plain.complete(CompletionRequest(text, cursor, "python"), session_key="doc")
+    expected = plain.complete(CompletionRequest(typed, cursor + 1, "python"), session_key="doc")
     assert got.text == expected.text and got.stop_reason != "recycled"
 
 
@@ -225,7 +227,8 @@ def test_acceptance_statistics_follow_results():
 
 @pytest.mark.embedded
 def test_embedded_model_output_is_identical(embedded_loaded):
-    common = dict(max_new_tokens=32, max_prompt_tokens=512, kv_mode="full")
+    # No time budget: a loaded machine must not cut one output shorter than the other.
+    common = dict(max_new_tokens=32, max_prompt_tokens=512, kv_mode="full", time_budget_ms=600_000)
     plain = CompletionEngine(embedded_loaded, EngineSettings(speculative=False, **common))
     fast = CompletionEngine(embedded_loaded, EngineSettings(cost_aware_drafts=False, **common))
     source = (

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 import torch
 from transformers import DynamicCache
 
+from ..healing import Healing
 from .drafter import Drafter
 from .tree import DraftTree
 from .verify import verify
@@ -22,11 +23,17 @@ StopCheck = Callable[[list[int]], "str | None"]
 
 @torch.inference_mode()
 def greedy_decode(model, cache: DynamicCache, logits: torch.Tensor, stop_ids: Collection[int],
-                  should_stop: StopCheck, drafter: Drafter | None = None) -> tuple[list[int], str]:
+                  should_stop: StopCheck, drafter: Drafter | None = None,
+                  healing: Healing | None = None) -> tuple[list[int], str]:
     """Decode from the prompt's last `logits`; returns the generated ids (stop ids excluded)
-    and why decoding stopped ("eos" or what `should_stop` said)."""
+    and why decoding stopped ("eos" or what `should_stop` said). While `healing` has text to
+    rewrite, tokens are chosen among those that keep it, one per pass (no drafts)."""
+
+    def choose(step_logits: torch.Tensor, before: list[int]) -> int:
+        return healing.choose(step_logits, before) if healing else int(step_logits.argmax())
+
     generated: list[int] = []
-    tokens = [int(logits[0, -1].argmax())]
+    tokens = [choose(logits[0, -1], generated)]
     while True:
         for token in tokens:
             if token in stop_ids:
@@ -36,8 +43,9 @@ def greedy_decode(model, cache: DynamicCache, logits: torch.Tensor, stop_ids: Co
             if reason:
                 return generated, reason
         # The last generated token is not in the cache yet: it is the root of the next pass.
-        tree = drafter.tree(generated) if drafter else DraftTree.rooted_at(generated[-1])
+        drafting = drafter if not (healing and healing.pending(generated) is not None) else None
+        tree = drafting.tree(generated) if drafting else DraftTree.rooted_at(generated[-1])
         verdict = verify(model, cache, tree)
-        if drafter:
-            drafter.update(tree, verdict)
-        tokens = [*verdict.accepted, int(verdict.logits[0, -1].argmax())]
+        if drafting:
+            drafting.update(tree, verdict)
+        tokens = [*verdict.accepted, choose(verdict.logits[0, -1], generated + verdict.accepted)]

@@ -35,19 +35,25 @@ class DraftSource(Protocol):
 
 
 class RecycledSuggestion:
-    """The rest of the previous suggestion, after the characters the user typed into it."""
+    """The rest of the previous suggestion, after the characters the user typed into it: its
+    own tokens (`ids`) when the prompt ends with the typed ones, else its text re-encoded."""
 
     name, expensive = "recycle", False
 
     def __init__(self, remaining: str, encode: Callable[[str], list[int]],
-                 decode: Callable[[Sequence[int]], str]):
+                 decode: Callable[[Sequence[int]], str], ids: Sequence[int] | None = None):
         self.remaining = remaining
         self.encode, self.decode = encode, decode
+        self.ids = list(ids) if ids is not None else None
         self.diverged = False
 
     def propose(self, generated: list[int], max_tokens: int) -> list[Chain]:
         if self.diverged:
             return []
+        if self.ids is not None:
+            self.diverged = generated != self.ids[: len(generated)]
+            rest = [] if self.diverged else self.ids[len(generated): len(generated) + max_tokens]
+            return [Chain(rest, self.name)] if rest else []
         written = self.decode(generated)
         if not self.remaining.startswith(written):
             self.diverged = True  # the model went another way: the rest cannot match

@@ -150,6 +150,7 @@ class CodeassistServer(LanguageServer):
             speculative=settings.speculative,
             draft_sources=tuple(name.strip() for name in settings.draft_sources.split(",") if name.strip()),
             max_draft_tokens=settings.max_draft_tokens,
+            token_healing=settings.token_healing,
         )
 
     async def ensure_model(self) -> None:

@@ -24,6 +24,7 @@ class ServerSettings:
     draft_sources: str = "recycle,prompt,repo,model"  # comma-separated, cheapest first
     draft_model: str = ""  # a model of the same tokenizer drafting for `model` ("" = none)
     max_draft_tokens: int = 16
+    token_healing: bool = True  # prompts end at a token boundary of the model's choosing
     index_enabled: bool = True  # code search: index the workspace in the background
     index_location: str = "workspace"  # ROOT/.codeassist/index, or "cache" (CODEASSIST_HOME)
     index_dir: str = ""  # an explicit index folder (overrides index_location)
@@ -50,7 +51,7 @@ _KEYS = {
     "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
     "inlineCompletion": "inline_completion", "completion": "completion",
     "speculative": "speculative", "draftSources": "draft_sources", "draftModel": "draft_model",
-    "maxDraftTokens": "max_draft_tokens",
+    "maxDraftTokens": "max_draft_tokens", "tokenHealing": "token_healing",
     "indexEnabled": "index_enabled", "indexLocation": "index_location", "indexDir": "index_dir",
     "embeddingModel": "embedding_model",
     "repoContext": "repo_context", "repoContextTokens": "repo_context_tokens",

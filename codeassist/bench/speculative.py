@@ -4,8 +4,9 @@ Holes are cut in modules of standard-library packages on this machine: at the st
 statement line inside a function (the line removed, the cursor after its indentation) and
 mid-line (the rest of the line removed, the cursor after `=` or `(`). The other modules of the
 same package fill the repository n-gram cache. The editing trace takes a hole's plain
-suggestion and types it up to the end of its first word, then of its middle word: every
-state is completed again (the previous suggestion is what the recycle source drafts from).
+suggestion and types it up to the end of its first word, then into and to the end of its
+middle word: every state is completed again (the previous suggestion is what the recycle
+source drafts from).
 
 Every configuration runs on the same prompts with full re-encoding (`kv_mode=full`), so the
 prompt phase is identical and only decoding differs. Speed is decode tokens per second
@@ -70,13 +71,15 @@ def _holes(text: str, count: int, rng: random.Random) -> list[tuple[str, int, st
 
 
 def _typing_states(text: str, cursor: int, suggestion: str) -> list[tuple[str, int]]:
-    """The user types the suggestion up to the end of its first word, then up to the end of
-    the word at its middle. Word ends, not the space after: a prompt ending in a space is a
-    token boundary the model rarely saw (without token healing it then writes something else)."""
-    ends = [m.end() for m in re.finditer(r"\w+", suggestion)]
-    marks = sorted({m for m in (ends[0] if ends else 0,
-                                next((e for e in ends if e >= len(suggestion) // 2), 0))
-                    if 0 < m < len(suggestion)})
+    """The user types the suggestion up to the end of its first word, into the middle of the
+    word at its middle, then to that word's end (mid-word states need token healing: the
+    typed characters end inside one of the suggestion's tokens)."""
+    words = list(re.finditer(r"\w+", suggestion))
+    middle = next((w for w in words if w.end() >= len(suggestion) // 2), None)
+    marks = [words[0].end() if words else 0]
+    if middle is not None:
+        marks += [(middle.start() + middle.end()) // 2, middle.end()]
+    marks = sorted({m for m in marks if 0 < m < len(suggestion)})
     return [(text[:cursor] + suggestion[:m] + text[cursor:], cursor + m) for m in marks]
 
 

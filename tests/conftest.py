@@ -8,6 +8,8 @@ import pytest
 from tests.tiny_models import FAMILIES, build_tiny_model
 
 TINY_ARCH_FAMILIES = ["qwen2.5-coder", "deepseek-coder", "starcoder"]
+# The lossless/KV-reuse/healing tests also run on a GPU: CODEASSIST_TEST_DEVICE=cuda.
+TEST_DEVICE = os.environ.get("CODEASSIST_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import pytest
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
 from completion.healing import Healing, Vocabulary, align_typed
+from tests.conftest import TEST_DEVICE
 from tests.tiny_models import force_next_token
 
 
@@ -41,7 +42,7 @@ def test_alignment_splits_the_suggestion_at_the_cursor():
 
 @pytest.mark.parametrize("healing", [True, False])
 def test_engine_heals_the_prompt_end(tiny_model_dir, healing):
-    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32")
+    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device=TEST_DEVICE, dtype="fp32")
     engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=4, token_healing=healing))
     force_next_token(loaded.model, loaded.tokenizer.eos_token_id)  # the model would stop at once
     text = "def add(a, b):\n    return a + b\n"

@@ -10,6 +10,7 @@ from completion import CompletionEngine, CompletionRequest, EngineSettings, load
 from completion.kv_plan import Segment, plan_reuse
 from completion.kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
 from kernels.rope import rotate_keys
+from tests.conftest import TEST_DEVICE
 
 VOCAB = 97
 ROPES = {
@@ -28,13 +29,14 @@ def tiny(rope=None, cls=LlamaForCausalLM, config_cls=LlamaConfig, **extra):
     config = config_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                         rope_parameters=rope or ROPES["default"], **extra)
-    return cls(config).eval()
+    return cls(config).to(TEST_DEVICE).eval()
 
 
 def encode(model, ids, start=0):
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(start, start + len(ids))[None],
+        positions = torch.arange(start, start + len(ids), device=model.device)[None]
+        out = model(input_ids=torch.tensor([ids], device=model.device), position_ids=positions,
                     cache=cache, use_cache=True)
     return cache, out.logits
 
@@ -195,7 +197,7 @@ def test_sessions_lru_by_token_budget():
 
 @pytest.mark.parametrize("family", ["qwen2.5-coder", "deepseek-coder"])
 def test_engine_reuses_the_session_across_edits(family, tiny_model_dir):
-    loaded = load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32")
+    loaded = load_model(str(tiny_model_dir(family)), device=TEST_DEVICE, dtype="fp32")
     engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=4))
     full = CompletionEngine(loaded, EngineSettings(max_new_tokens=4, kv_mode="full"))
     text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(30)) + "value = f3("

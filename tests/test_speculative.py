@@ -15,7 +15,7 @@ from completion.speculative import AcceptanceStats, Drafter, ForwardCost, greedy
 from completion.speculative.sources import Chain
 from completion.speculative.tree import DraftTree
 from completion.speculative.verify import supports_trees, verify
-from tests.conftest import TINY_ARCH_FAMILIES
+from tests.conftest import TEST_DEVICE, TINY_ARCH_FAMILIES
 
 MAX_NEW = 24
 
@@ -70,7 +70,7 @@ def _prompts(engine, count: int, seed: int = 0) -> list[list[int]]:
 def _prefill(model, ids: list[int]):
     cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits[:, -1:]
+        logits = model(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True).logits[:, -1:]
     return cache, logits
 
 
@@ -84,7 +84,7 @@ def _decode(engine, prompt, drafter=None, max_new=MAX_NEW):
 @pytest.fixture(scope="module")
 def engines(tiny_model_dir):
     return {
-        family: CompletionEngine(load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32"))
+        family: CompletionEngine(load_model(str(tiny_model_dir(family)), device=TEST_DEVICE, dtype="fp32"))
         for family in TINY_ARCH_FAMILIES
     }
 
@@ -119,7 +119,7 @@ def test_cache_after_verify_equals_plain_decoding(engines, family, shape):
     ref_cache, _ = _prefill(model, prompt)
     with torch.inference_mode():
         for token in plain[:5]:
-            model(input_ids=torch.tensor([[token]]), cache=ref_cache, use_cache=True)
+            model(input_ids=torch.tensor([[token]], device=model.device), cache=ref_cache, use_cache=True)
     cache, _ = _prefill(model, prompt)
     if shape == "tree" and not supports_trees(cache):
         pytest.skip("this architecture's cache does not allow tree compaction")
@@ -151,8 +151,8 @@ def _documents(count: int, seed: int) -> list[tuple[str, int]]:
 
 @pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
 def test_engine_output_is_identical_with_every_source(tiny_model_dir, family):
-    loaded = load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32")
-    draft = load_model(str(tiny_model_dir(family)), device="cpu", dtype="fp32")
+    loaded = load_model(str(tiny_model_dir(family)), device=TEST_DEVICE, dtype="fp32")
+    draft = load_model(str(tiny_model_dir(family)), device=TEST_DEVICE, dtype="fp32")
     with torch.no_grad():  # a different draft model with the same tokenizer
         for parameter in draft.model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)
@@ -170,7 +170,7 @@ def test_engine_output_is_identical_with_every_source(tiny_model_dir, family):
 
 
 def test_typing_into_the_suggestion_recycles_it(tiny_model_dir):
-    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32")
+    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device=TEST_DEVICE, dtype="fp32")
     text = "def add(a, b):\n    return \n"
     cursor = text.index("return ") + len("return ")
     direct = CompletionEngine(loaded, EngineSettings(max_new_tokens=12, max_lines=1))

@@ -20,7 +20,7 @@ def add_commands(commands) -> None:
     search.add_argument("query", help="words or code to look for")
     search.add_argument("--dir", default=".", help="the indexed folder (default: .)")
     search.add_argument("--k", type=int, default=10, help="number of results (default: 10)")
-    search.add_argument("--mode", default="hybrid", help="hybrid (default), dense or bm25")
+    search.add_argument("--mode", default="hybrid", help="hybrid (default: dense + weighted BM25 scores), dense, bm25 or rrf (reciprocal rank fusion)")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.add_argument("--no-refresh", action="store_true",
                         help="search the index as it is (by default changed files are re-indexed first)")

@@ -27,12 +27,20 @@ from .types import Chunk, IndexStats
 
 logger = logging.getLogger(__name__)
 
-# Bump when the text given to the encoder for a chunk changes: stored vectors are then stale.
-EMBED_RECIPE = 1
+# Bump when the text given to the encoder for a chunk, or how its vectors are combined,
+# changes: stored vectors are then stale.
+EMBED_RECIPE = 2
+# A chunk's vector: (1 - NAME_WEIGHT) * its blocks' mean (normalised) + NAME_WEIGHT * its name
+# text's vector, so its score is that weighted sum of cosines. Docstring queries of
+# `codeassist bench search`: dense MRR@10 0.558 without the name part, 0.592 at 0.2 (flat
+# from 0.2 to 0.3).
+NAME_WEIGHT = 0.2
+# Times a chunk's name is repeated in its BM25 terms.
+NAME_REPEAT = 3
 # Word pieces kept free in the window for the header `document_text` puts before a block.
 _HEADER_TOKENS = 24
 
-Progress = Callable[[int, int], None]  # (blocks encoded so far, blocks to encode)
+Progress = Callable[[int, int], None]  # (texts encoded so far, texts to encode): blocks, names
 
 
 def encoder_key(encoder: Encoder) -> str:
@@ -49,9 +57,24 @@ def document_text(chunk: Chunk, block: str) -> str:
     return f"{header}\n{block}"
 
 
+def name_text(chunk: Chunk) -> str | None:
+    """A short text of what the chunk is called: the name's and scope's words, then the line
+    that declares it ("area of circle: def area(self):"); None for anonymous chunks."""
+    if not chunk.symbol:
+        return None
+    spoken = " ".join(split_identifier(chunk.symbol))
+    scope = " ".join(split_identifier(chunk.scope))
+    lines = [line.strip() for line in chunk.text.split("\n") if line.strip()]
+    # The declaring line, not a decorator or a doc comment above it.
+    declaration = next((line for line in lines if chunk.symbol in line), lines[0] if lines else "")
+    return f"{spoken}{' of ' + scope if scope else ''}: {declaration}"
+
+
 def chunk_terms(chunk: Chunk) -> str:
-    """The BM25 terms of a chunk: its path, qualified name and code, split and stemmed."""
-    return " ".join(words(f"{chunk.path} {chunk.qualified_name} {chunk.text}"))
+    """The BM25 terms of a chunk: its path, qualified name and code, split and stemmed; the
+    name's terms count NAME_REPEAT times, as a name says more than any one line of code."""
+    name = chunk.qualified_name
+    return " ".join(words(f"{chunk.path} {' '.join([name] * NAME_REPEAT)} {chunk.text}"))
 
 
 def content_hash(chunk: Chunk) -> str:
@@ -123,8 +146,7 @@ def _file_states(snapshot: Snapshot, root: Path, file_filter: FileFilter,
 
 def _vectors_for(snapshot: Snapshot, chunks: list[Chunk], hashes: list[str], encoder: Encoder,
                  batch_size: int, progress: Progress | None, pause) -> tuple[np.ndarray, int]:
-    """Vectors of `chunks`: reused by content hash where the snapshot has one, else encoded
-    (the blocks of a long chunk are encoded separately and averaged: SEA)."""
+    """Vectors of `chunks`: reused by content hash where the snapshot has one, else encoded."""
     known = {h: row for row, h in enumerate(snapshot.hashes)}
     vectors = np.zeros((len(chunks), snapshot.dim), np.float32)
     todo = []
@@ -133,25 +155,42 @@ def _vectors_for(snapshot: Snapshot, chunks: list[Chunk], hashes: list[str], enc
             vectors[i] = snapshot.vectors[known[h]]
         else:
             todo.append(i)
-    texts, owners = [], []
-    for i in todo:
-        for block in chunks[i].blocks:
-            texts.append(document_text(chunks[i], block))
-            owners.append(i)
-    if texts:
-        done = 0
-
-        def advance(count: int) -> None:
-            nonlocal done
-            done += count
-            if progress is not None:
-                progress(done, len(texts))
-
-        encoded = encoder.encode(texts, batch_size, advance, pause)
-        np.add.at(vectors, np.asarray(owners), encoded)
-        norms = np.linalg.norm(vectors[todo], axis=1, keepdims=True)
-        vectors[todo] /= np.maximum(norms, 1e-12)
+    if todo:
+        vectors[todo] = embed([chunks[i] for i in todo], encoder, batch_size, progress, pause)
     return vectors, len(todo)
+
+
+def embed(chunks: list[Chunk], encoder: Encoder, batch_size: int = 32,
+          progress: Progress | None = None, pause=None, first_block_only: bool = False,
+          ) -> np.ndarray:
+    """One vector per chunk: its blocks encoded separately and averaged (SEA; only the
+    first block with `first_block_only`), combined with its name text's vector."""
+    texts, owners, named = [], [], []
+    for i, chunk in enumerate(chunks):
+        for block in chunk.blocks[:1] if first_block_only else chunk.blocks:
+            texts.append(document_text(chunk, block))
+            owners.append(i)
+    for i, chunk in enumerate(chunks):
+        name = name_text(chunk)
+        if name is not None:
+            texts.append(name)
+            named.append(i)
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, len(texts))
+
+    encoded = encoder.encode(texts, batch_size, advance, pause)
+    vectors = np.zeros((len(chunks), encoder.dim), np.float32)
+    np.add.at(vectors, np.asarray(owners, dtype=np.int64), encoded[: len(owners)])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors *= 1 - NAME_WEIGHT
+    if named:  # an anonymous chunk matches nothing by name: its name part is zero
+        vectors[named] += NAME_WEIGHT * encoded[len(owners):]
+    return vectors
 
 
 def _without_blocks(chunk: Chunk) -> Chunk:

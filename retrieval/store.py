@@ -25,7 +25,7 @@ from .types import Chunk
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunk names weigh more in the stored BM25 terms
 MANIFEST = "manifest.json"
 # Above this many chunks the vector index is HNSW: an exact search over 100k 384-d vectors
 # takes ~9 ms on one core here, HNSW ~1 ms (`codeassist bench search` measures both).
@@ -90,7 +90,7 @@ class Snapshot:
         return retriever
 
     def dense(self, query: np.ndarray, n: int) -> list[tuple[int, float]]:
-        """(row, cosine) of the `n` nearest chunks."""
+        """(row, inner product with the query) of the `n` nearest chunks (see `indexer.embed`)."""
         if not len(self):
             return []
         import faiss
@@ -98,6 +98,10 @@ class Snapshot:
         faiss.omp_set_num_threads(1)  # per calling thread; one query gains nothing from more
         scores, rows = self.vector_index.search(query.reshape(1, -1).astype(np.float32), min(n, len(self)))
         return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
+
+    def similarity(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
+        """The dense scores of `rows` (what `dense` would give them, exactly)."""
+        return np.asarray(self.vectors[rows], np.float32) @ np.asarray(query, np.float32)
 
     def lexical(self, terms: list[str], n: int) -> list[tuple[int, float]]:
         """(row, BM25 score) of the `n` best chunks with a positive score."""

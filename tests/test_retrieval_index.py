@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval import CodeIndex, IndexConfig
+from retrieval import indexer
 from retrieval import store as store_module
 from tests.retrieval_helpers import FakeEncoder, write_repo
 
@@ -46,9 +47,10 @@ def test_changed_file_embeds_only_its_changed_chunks(repo, encoder):
     encoder.encoded.clear()
     stats = index.update()
     assert stats.changed_files == 1 and stats.embedded_chunks == 1
-    assert len(encoder.encoded) == 1 and "perimeter_of_square" in encoder.encoded[0]
+    # Its one block and its name text.
+    assert len(encoder.encoded) == 2 and all("perimeter" in t for t in encoder.encoded)
     # Nothing changed: nothing is read or embedded.
-    assert index.update().changed_files == 0 and len(encoder.encoded) == 1
+    assert index.update().changed_files == 0 and len(encoder.encoded) == 2
 
 
 def test_update_of_named_paths_only(repo, encoder):
@@ -113,7 +115,7 @@ def test_corrupt_index_is_rebuilt_with_a_warning(repo, encoder, caplog, damage):
         (generation / "chunks.sqlite").unlink()
     elif damage == "other format":
         (folder / "manifest.json").write_text(
-            (folder / "manifest.json").read_text().replace('"format": 1', '"format": 99'))
+            (folder / "manifest.json").read_text().replace(f'"format": {store_module.FORMAT_VERSION}', '"format": 99'))
     else:
         for path in (generation / "bm25").iterdir():
             path.write_bytes(b"\x00garbage")
@@ -169,11 +171,16 @@ def test_long_chunks_are_split_encoded_and_aggregated(repo, encoder):
     (repo / "long.py").write_text(f"def blend(value):\n{body}    return value\n")
     index = _index(repo, encoder)
     index.update()
-    blocks = [t for t in encoder.encoded if "blend" in t]
+    blocks = [t for t in encoder.encoded if t.startswith("function blend (blend)\n")]
     assert len(blocks) > 1
+    assert "blend: def blend(value):" in encoder.encoded  # the name text
     row = next(i for i, c in enumerate(index.snapshot.chunks) if c.symbol == "blend")
     mean = np.mean([encoder._vector(t) for t in blocks], axis=0)
-    np.testing.assert_allclose(index.snapshot.vectors[row], mean / np.linalg.norm(mean), atol=1e-6)
+    code = mean / np.linalg.norm(mean)
+    name = encoder._vector("blend: def blend(value):")
+    weight = indexer.NAME_WEIGHT
+    np.testing.assert_allclose(index.snapshot.vectors[row], (1 - weight) * code + weight * name,
+                               atol=1e-6)
 
 
 def test_symbols_put_names_first_then_semantic_matches(repo, encoder):
@@ -209,3 +216,22 @@ def test_search_modes_and_an_empty_index(tmp_path, repo, encoder):
 def test_a_missing_root_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         CodeIndex(tmp_path / "missing", encoder=FakeEncoder())
+
+
+def test_name_text_is_the_declaration_with_the_names_words():
+    from retrieval.types import Chunk
+
+    method = Chunk("g.py", "python", "method", "area", "Circle", 3, 5,
+                   "# cached\n@property\ndef area(self):\n    return 1", ())
+    assert indexer.name_text(method) == "area of circle: def area(self):"
+    assert indexer.name_text(Chunk("g.py", "python", "module", "", "", 1, 1, "import os", ())) is None
+    assert indexer.chunk_terms(method).split().count("area") == indexer.NAME_REPEAT + 1
+
+
+def test_anonymous_chunks_have_no_name_part(repo, encoder):
+    index = _index(repo, encoder)
+    index.update()
+    norms = {(c.kind, c.symbol): float(np.linalg.norm(v))
+             for c, v in zip(index.snapshot.chunks, index.snapshot.vectors)}
+    assert norms[("lines", "")] == pytest.approx(1 - indexer.NAME_WEIGHT)
+    assert norms[("method", "area")] > 1 - indexer.NAME_WEIGHT

@@ -22,7 +22,7 @@ import numpy as np
 from completion.syntax import language_for
 from retrieval import CodeIndex, IndexConfig
 from retrieval.chunking import chunk_file
-from retrieval.indexer import document_text
+from retrieval.indexer import embed
 from retrieval.search import rank
 from retrieval.store import Snapshot, build_vector_index
 
@@ -47,7 +47,7 @@ def run_bench(args) -> BenchResult:
     build_s = time.perf_counter() - start
     snapshot = index.snapshot
     vectors = {q: encoder.encode_query(q) for q, _ in queries}
-    rows = [_quality(snapshot, queries, vectors, mode, "sea") for mode in ("bm25", "dense", "hybrid")]
+    rows = [_quality(snapshot, queries, vectors, mode, "sea") for mode in ("bm25", "dense", "hybrid", "rrf")]
     truncated = _without_sea(snapshot, work / "repo", encoder)
     rows += [_quality(truncated, queries, vectors, mode, "first block") for mode in ("dense", "hybrid")]
     rows += _latencies(snapshot, encoder, quick)
@@ -155,7 +155,7 @@ def _without_sea(snapshot: Snapshot, root: Path, encoder) -> Snapshot:
     """The same index with each multi-block chunk's vector taken from its first block only."""
     vectors = np.array(snapshot.vectors, dtype=np.float32)
     row_of = {(c.path, c.start_line, c.kind, c.qualified_name): i for i, c in enumerate(snapshot.chunks)}
-    rows, texts = [], []
+    rows, long_chunks = [], []
     for path in sorted({c.path for c in snapshot.chunks}):
         text = (root / path).read_text()
         for chunk in chunk_file(path, text, language_for(path), encoder.max_tokens - 24,
@@ -163,9 +163,9 @@ def _without_sea(snapshot: Snapshot, root: Path, encoder) -> Snapshot:
             row = row_of.get((chunk.path, chunk.start_line, chunk.kind, chunk.qualified_name))
             if row is not None and len(chunk.blocks) > 1:
                 rows.append(row)
-                texts.append(document_text(chunk, chunk.blocks[0]))
-    if texts:
-        vectors[rows] = encoder.encode(texts)
+                long_chunks.append(chunk)
+    if long_chunks:
+        vectors[rows] = embed(long_chunks, encoder, first_block_only=True)
     return Snapshot(snapshot.encoder, snapshot.dim, snapshot.chunks, snapshot.hashes,
                     snapshot.terms, vectors, snapshot.files)
 

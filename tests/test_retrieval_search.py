@@ -1,0 +1,82 @@
+"""Hybrid ranking: score fusion of dense and BM25, its weight by query shape."""
+
+import numpy as np
+import pytest
+
+from retrieval import search
+from retrieval.store import Snapshot
+from retrieval.types import Chunk
+
+DENSE = [(0, 0.80), (1, 0.60), (2, 0.56)]
+LEXICAL = [(2, 10.0), (3, 9.0)]  # row 3 is not among the dense candidates
+
+
+def _similarity(calls):
+    def similarity(rows):
+        calls.append(list(rows))
+        return np.array([0.1 for _ in rows], np.float32)
+
+    return similarity
+
+
+def test_a_sentence_keeps_the_dense_order_where_bm25_only_nudges():
+    calls = []
+    fused = search.fuse(DENSE, LEXICAL, search.SENTENCE_LEXICAL_WEIGHT, _similarity(calls))
+    # Reciprocal rank fusion would put row 2 first (ranks 3 and 1); here BM25's best match
+    # only moves it past row 1, whose dense score is nearly the same.
+    assert [row for row, _ in fused] == [0, 2, 1, 3]
+    assert fused[1][1] == pytest.approx(0.56 + search.SENTENCE_LEXICAL_WEIGHT)
+    assert fused[3][1] == pytest.approx(0.1 + search.SENTENCE_LEXICAL_WEIGHT * 0.9)
+    assert calls == [[3]]  # dense scores are computed only for lexical-only candidates
+
+
+def test_keywords_lean_on_bm25():
+    fused = search.fuse(DENSE, LEXICAL, search.KEYWORD_LEXICAL_WEIGHT, _similarity([]))
+    assert [row for row, _ in fused] == [2, 0, 1, 3]
+
+
+def test_without_lexical_matches_the_dense_ranking_stands():
+    calls = []
+    assert search.fuse(DENSE, [], 0.3, _similarity(calls)) == DENSE and calls == []
+
+
+@pytest.mark.parametrize("query", ["raw_decode", "JSONDecoder.raw_decode", "parseHeader",
+                                   "parse header", "os.path join", "Foo::bar(x) baz"])
+def test_names_and_keywords_get_the_keyword_weight(query):
+    assert search.lexical_weight(query) == search.KEYWORD_LEXICAL_WEIGHT
+
+
+@pytest.mark.parametrize("query", [
+    "Return the number of contained cookies",
+    "Write the file list in self.filelist to the manifest file",
+    "Test whether two pathnames reference the same actual file. Or directory.",
+])
+def test_sentences_get_the_sentence_weight(query):
+    assert search.lexical_weight(query) == search.SENTENCE_LEXICAL_WEIGHT
+
+
+def _chunk(name: str, text: str) -> Chunk:
+    return Chunk("m.py", "python", "function", name, "", 1, 2, text, ())
+
+
+def test_rank_gives_lexical_only_candidates_their_exact_dense_score():
+    # 60 chunks, dense scores 0.500, 0.499, ...: with k=1 the dense side sees the best 50,
+    # so row 59 (dense 0.441), BM25's only match, comes from the lexical side alone.
+    rows = 60
+    vectors = np.zeros((rows, 2), np.float32)
+    vectors[:, 0] = 0.5 - np.arange(rows) / 1000
+    chunks = [_chunk(f"f{i}", f"def f{i}():\n    pass") for i in range(rows)]
+    terms = ["alpha"] * (rows - 1) + ["delta"]
+    snapshot = Snapshot("fake", 2, chunks, ["h"] * rows, terms, vectors, {})
+    query = np.array([1.0, 0.0], np.float32)
+    assert snapshot.similarity(query, [59, 1]).tolist() == pytest.approx([0.441, 0.499])
+    assert search.rank(snapshot, "delta", 1, "dense", lambda q: query)[0][0] == 0
+    [(row, score)] = search.rank(snapshot, "delta", 1, "hybrid", lambda q: query)
+    assert row == 59 and score == pytest.approx(0.441 + search.KEYWORD_LEXICAL_WEIGHT)
+
+
+def test_reciprocal_rank_fusion_for_comparison():
+    fused = search.fuse_ranks([DENSE, LEXICAL])
+    # Row 2: 1/(60+3) + 1/(60+1) beats row 0's single 1/(60+1).
+    assert [row for row, _ in fused] == [2, 0, 1, 3]
+    assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)

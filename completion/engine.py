@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import DynamicCache
@@ -64,34 +64,28 @@ class CompletionEngine:
 
     def build_prompt(self, request: CompletionRequest) -> FimPrompt:
         """The prompt `complete` would use for `request` in a fresh session."""
-        return self._prompt(request, None)[0]
+        return self._prompt(request)[0]
 
-    def _prompt(self, request: CompletionRequest,
-                typed: TypedSuggestion | None) -> tuple[FimPrompt, Healing | None, str]:
+    def _prompt(self, request: CompletionRequest) -> tuple[FimPrompt, Healing | None, str]:
         """The request's prompt, the text decoding must rewrite first (token healing) and the
-        prefix text the prompt encodes as text. With `typed`, the prefix ends with the tokens
-        of the previous suggestion that the user typed."""
+        prefix text the prompt encodes as text."""
         # Repository context gets its own budget on top of the prompt's (see context.py).
         files, context_tokens = select_context(request.context, self.encode,
                                                self.settings.context_budget_tokens)
         budget = PromptBudget(self.settings.max_prompt_tokens + context_tokens,
                               self.settings.suffix_share)
         before = request.text[: request.cursor]
-        head = typed.head if typed else before
-        heal = self.settings.token_healing and typed is None
 
         def build(heal: bool) -> FimPrompt:
-            return build_fim_prompt(self.fim, self.encode, head, request.text[request.cursor :], budget,
+            return build_fim_prompt(self.fim, self.encode, before, request.text[request.cursor :], budget,
                                     path=request.path, repo_name=request.repo_name, repo_files=files,
-                                    prefix_tail=typed.tokens if typed else (), heal=heal)
+                                    heal=heal)
 
-        prompt = build(heal)
-        healed = typed.leftover if typed else self.decode(prompt.healed)
+        prompt = build(self.settings.token_healing)
+        healed = self.decode(prompt.healed)
         if not before.endswith(healed):  # a token that is part of a character: keep it
             prompt, healed = build(False), ""
-        if typed is None:
-            head = before[: len(before) - len(healed)]
-        return prompt, self._healing(healed), head
+        return prompt, self._healing(healed), before[: len(before) - len(healed)]
 
     def _healing(self, text: str) -> Healing | None:
         return Healing(text, self._vocabulary, self.decode) if text and self._vocabulary else None
@@ -115,7 +109,14 @@ class CompletionEngine:
             if direct:
                 return self._answer_recycled(session_key, last, request, direct, start)
         typed = self._typed(last, request)
-        prompt, healing, head = self._prompt(request, typed)
+        if typed is not None:
+            # The suggestion's own prompt, then the typed tokens after the middle marker: the
+            # model's context at that point of the suggestion (and a pure append to its cache).
+            base, head = last.prompt, last.head
+            prompt, healing = replace(base, ids=[*base.ids, *typed.tokens]), self._healing(typed.leftover)
+        else:
+            prompt, healing, head = self._prompt(request)
+            base = prompt
         old = self.sessions.get(session_key) if session_key is not None else None
         plan, mode = self._plan(old, prompt.ids)
         cache, logits = build_cache(self.loaded.model, plan, prompt.ids, old, self.inv_freq)
@@ -128,7 +129,7 @@ class CompletionEngine:
             self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, plan.stale)
         final = finalize(text, policy) if reason != "cancelled" else ""
         # Kept for the next request: the token stream after `head`, typed tokens included.
-        self._remember(session_key, request, final, head, (typed.tokens if typed else []) + generated)
+        self._remember(session_key, request, final, head, base, (typed.tokens if typed else []) + generated)
         kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
               "encoded": plan.encoded, "stale": plan.stale}
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
@@ -226,7 +227,7 @@ class CompletionEngine:
         # The same token stream still describes the text after `head`: keep it for alignment.
         self._suggestions[session_key] = _Suggestion(request.text[: request.cursor],
                                                      request.text[request.cursor :], remaining,
-                                                     last.head, last.ids)
+                                                     last.head, last.prompt, last.ids)
         elapsed = (time.perf_counter() - start) * 1000
         logger.info("complete %s: the rest of the previous suggestion (%d chars), no model call",
                     request.path or "<buffer>", len(remaining))
@@ -234,12 +235,12 @@ class CompletionEngine:
                           stop_reason="recycled", model=self.loaded.name, multiline="\n" in remaining)
 
     def _remember(self, session_key: str | None, request: CompletionRequest, text: str, head: str,
-                  ids: list[int]) -> None:
+                  prompt: FimPrompt, ids: list[int]) -> None:
         if session_key is not None:
             if text:
                 self._suggestions[session_key] = _Suggestion(
                     request.text[: request.cursor], request.text[request.cursor :], text, head,
-                    list(ids))
+                    prompt, list(ids))
             else:
                 self._suggestions.pop(session_key, None)
         if ids and self.settings.speculative and "repo" in self.settings.draft_sources:
@@ -308,7 +309,8 @@ class _Suggestion:
     before: str
     after: str
     text: str
-    head: str  # the prefix text the prompt encoded as text; `ids` were generated after it
+    head: str  # the prefix text `prompt` encodes (healed characters excluded)
+    prompt: FimPrompt  # what `ids` were generated from
     ids: list[int]
 
 

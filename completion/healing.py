@@ -6,9 +6,11 @@ the model knows ".return_value". Prompts ending like that get odd completions. S
 is backed up over its last token, and decoding is constrained until it has rewritten exactly
 the characters that were taken away (the same text, possibly in other, longer tokens).
 
-When the user typed into the previous suggestion, its own tokens are better still: the prompt
-ends with the tokens the model generated for the typed text (only a typed part of a token is
-healed), so greedy decoding goes on exactly as it did before.
+When the user typed into the previous suggestion, its own tokens are better still: the
+suggestion's prompt is kept and the tokens the model generated for the typed text follow the
+middle marker, exactly the model's context at that point of the suggestion (only a typed part
+of a token is healed). Greedy decoding goes on as it did before, and the KV cache of that
+prompt is reused as a pure append.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ class Healing:
 
 @dataclass(frozen=True)
 class TypedSuggestion:
-    """How the previous suggestion's tokens rebuild the end of the prompt after typing."""
+    """The previous suggestion's tokens, split at what the user typed into it."""
 
     head: str  # the prefix text encoded as text last time (the suggestion's tokens follow it)
     tokens: list[int]  # the suggestion's tokens whose text the user typed whole

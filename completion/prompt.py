@@ -57,12 +57,9 @@ def build_fim_prompt(
     path: str | None = None,
     repo_name: str | None = None,
     repo_files: Sequence[RepoFile] = (),
-    prefix_tail: Sequence[int] = (),
     heal: bool = False,
 ) -> FimPrompt:
-    """`prefix_tail`: token ids that end the prefix after the encoded `prefix` text (the
-    tokens of a suggestion the user typed). `heal`: take the prefix's last token off (see
-    healing.py); it is returned in `healed`."""
+    """`heal`: take the prefix's last token off (see healing.py); it is returned in `healed`."""
     header = _repo_header(spec, encode, path, repo_name, repo_files)
     available = budget.max_tokens - len(header) - 3  # the three FIM markers
     if available < 2:
@@ -70,10 +67,7 @@ def build_fim_prompt(
             f"prompt budget {budget.max_tokens} leaves no room after {len(header)} context tokens"
         )
     suffix_ids, suffix_cut = _keep_head(suffix, int(available * budget.suffix_share), encode)
-    room = available - len(suffix_ids)
-    tail = list(prefix_tail)[-room:] if room > 0 else []
-    prefix_ids, prefix_cut = _keep_tail(prefix, room - len(tail), encode)
-    prefix_ids += tail
+    prefix_ids, prefix_cut = _keep_tail(prefix, available - len(suffix_ids), encode)
     healed = prefix_ids[-1:] if heal else []
     prefix_ids = prefix_ids[: len(prefix_ids) - len(healed)]
     ids = [*header, spec.prefix_id, *prefix_ids, spec.suffix_id, *suffix_ids, spec.middle_id]

@@ -5,13 +5,14 @@ a definition: its enclosing class, the functions it calls, and its callers.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from completion.syntax import language_for
 
-from .outline import Definition, called_names, definitions, enclosing, python_imports
+from .outline import Definition, Import, called_names, definitions, enclosing, python_imports
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ class DefinitionFinder:
         self.index = index
         self.read = read or self._read_disk
         self._parsed: dict[str, tuple[str, list[Definition]]] = {}
+        self._imports: dict[str, tuple[str, list[Import]]] = {}
+        self._symbols: dict[str, list] = {}  # index lookups by name, for this finder's life
 
     def _read_disk(self, path: str) -> str | None:
         if self.root is None:
@@ -48,16 +51,39 @@ class DefinitionFinder:
             self._parsed[path] = cached
         return cached[1]
 
+    def imports_of(self, path: str, text: str) -> list[Import]:
+        """(Python) The file's imports (parsed once per distinct text)."""
+        if language_for(path) != "python":
+            return []
+        cached = self._imports.get(path)
+        if cached is None or cached[0] != text:
+            cached = (text, python_imports(text))
+            self._imports[path] = cached
+        return cached[1]
+
     # --- resolving names ---------------------------------------------------------------
     def resolve(self, name: str, owner: str, path: str, text: str,
-                line: int | None = None) -> Definition | None:
-        """The definition `name` (called as `owner.name` when `owner`) refers to in `path`."""
-        local = [d for d in self.definitions_of(path, text) if d.name == name]
-        if owner in ("self", "cls", "this") and line is not None:
-            cls = enclosing(self.definitions_of(path, text), line, ("class",))
-            mine = [d for d in local if cls is not None and d.scope == cls.qualified_name]
-            if mine:
-                return mine[0]
+                line: int | None = None, guess: bool = True, *,
+                use_index: bool = True) -> Definition | None:
+        """The definition `name` (called as `owner.name` when `owner`) refers to in `path`.
+
+        `owner` may be dotted (`pkg.mod`) or `self`/`cls`/`super()`; a method called on
+        `self` is also looked up in the enclosing class's base classes, across files. With
+        `guess`, a name the file does not explain (an object of unknown type, a name neither
+        defined nor imported) is looked up in the index by its name alone; without it such a
+        name resolves only to a function or class of that name, or (owner given) to a method
+        of a class named like the owner."""
+        defs = self.definitions_of(path, text)
+        local = [d for d in defs if d.name == name]
+        if owner in _SELF and line is not None:
+            cls = enclosing(defs, line, ("class",))
+            if cls is not None:
+                mine = [d for d in local if d.scope == cls.qualified_name] if owner != "super()" else []
+                found = mine[0] if mine else self._inherited(cls, name, 0)
+                if found is not None:
+                    return found
+            if not guess:
+                return None
         if not owner and local:
             top = [d for d in local if d.kind != "method"]
             if top:
@@ -65,41 +91,80 @@ class DefinitionFinder:
         found = self._through_imports(name, owner, path, text)
         if found is not None:
             return found
-        if owner and local:
+        if owner and owner not in _SELF and _is_name(owner):
+            rest, _, last = owner.rpartition(".")
+            cls = self.resolve(last, rest, path, text, line, guess=False,  # a variable? no lookup
+                               use_index=last[:1].isupper())
+            if cls is not None and cls.kind == "class":  # `Base.method(self)`, `Cls.create()`
+                found = self._member(cls, name, 0)
+                if found is not None:
+                    return found
+        if owner and local and guess:
             return local[0]
-        return self._through_index(name, owner, path)
+        return self._through_index(name, owner, path, guess) if use_index else None
 
     def _through_imports(self, name: str, owner: str, path: str, text: str) -> Definition | None:
         if language_for(path) != "python" or self.root is None:
             return None
-        for item in python_imports(text):
+        head, _, rest = owner.partition(".")
+        for item in self.imports_of(path, text):
             if not owner and item.alias == name and item.name is not None:
                 target = self.module_path(path, item.module, item.level)
                 found = self._named(target, item.name) if target else None
                 if found is None:  # `from pkg import module`? then not a definition
                     continue
                 return found
-            if owner and item.alias == owner:
+            if owner and item.alias in (owner, head):
                 module = item.module if item.name is None else _join(item.module, item.name)
+                if item.alias == head and item.alias != owner:
+                    module = _join(module, rest)  # `import pkg` ... `pkg.mod.f()`
                 target = self.module_path(path, module, item.level)
                 found = self._named(target, name) if target else None
                 if found is not None:
                     return found
         return None
 
+    def _member(self, cls: Definition, name: str, depth: int) -> Definition | None:
+        """The method (or nested class) `name` of `cls`, or of its bases."""
+        found = next((d for d in self.definitions_of(cls.path)
+                      if d.name == name and d.scope == cls.qualified_name), None)
+        return found if found is not None else self._inherited(cls, name, depth)
+
+    def _inherited(self, cls: Definition, name: str, depth: int) -> Definition | None:
+        """(Python) `name` defined in a base class of `cls` (resolved from cls's file)."""
+        if depth >= _BASE_DEPTH or language_for(cls.path) != "python":
+            return None
+        text = self.read(cls.path)
+        if text is None:
+            return None
+        for base in _bases(cls.signature):
+            base_owner, _, base_name = base.rpartition(".")
+            found = self.resolve(base_name, base_owner, cls.path, text, cls.start_line, guess=False)
+            if found is not None and found.kind == "class" and found != cls:
+                member = self._member(found, name, depth + 1)
+                if member is not None:
+                    return member
+        return None
+
     def _named(self, path: str, name: str) -> Definition | None:
         return next((d for d in self.definitions_of(path) if d.name == name and d.kind != "method"),
                     None)
 
-    def _through_index(self, name: str, owner: str, path: str) -> Definition | None:
-        if self.index is None:
+    def _through_index(self, name: str, owner: str, path: str, guess: bool = True) -> Definition | None:
+        if self.index is None or (owner in _SELF and not guess):
             return None
+        if not owner and language_for(path) == "python" and name in _BUILTINS:
+            return None  # neither defined nor imported in the file: Python's own
         try:
-            hits = self.index.symbols(name, k=20)
+            hits = self._symbol_hits(name)
         except Exception:  # an index being rebuilt or an encoder that failed: no answer
             logger.warning("symbol lookup of %s failed", name, exc_info=True)
             return None
         hits = [h for h in hits if h.symbol == name and h.kind in ("function", "method", "class")]
+        if not guess:  # a function or class of that name; a method only of a class like `owner`
+            owner_class = owner.rsplit(".", 1)[-1].lower()
+            hits = [h for h in hits if (h.kind != "method" and not owner)
+                    or (owner and h.kind == "method" and h.scope.rsplit(".", 1)[-1].lower() == owner_class)]
         hits.sort(key=lambda h: (h.path == path, not owner or owner not in h.scope))
         for hit in hits:
             found = next((d for d in self.definitions_of(hit.path)
@@ -108,6 +173,22 @@ class DefinitionFinder:
             if found is not None:
                 return found
         return None
+
+    def _symbol_hits(self, name: str) -> list:
+        """The index's chunks named like `name` (by name only: no semantic matches)."""
+        if name in self._symbols:
+            return self._symbols[name]
+        snapshot = getattr(self.index, "snapshot", None)
+        if snapshot is None or not hasattr(snapshot, "chunks"):
+            hits = self.index.symbols(name, k=20)
+        else:
+            from . import search
+
+            hits = [search.hit(snapshot, row, score) for row, score in search.symbol_rows(snapshot, name, 20)]
+        if len(self._symbols) >= _SYMBOLS_KEPT:
+            self._symbols.clear()
+        self._symbols[name] = hits
+        return hits
 
     def module_path(self, path: str, module: str, level: int) -> str | None:
         """The workspace file (relative) of a Python module imported from `path`."""
@@ -193,6 +274,37 @@ class DefinitionFinder:
             if len(found) >= _SUMMARY_CALLERS:
                 break
         return found
+
+
+_SELF = frozenset({"self", "cls", "this", "super()"})
+_BUILTINS = frozenset(dir(builtins))
+_SYMBOLS_KEPT = 512
+_BASE_DEPTH = 4  # base classes followed up to this many levels
+
+
+def _is_name(text: str) -> bool:
+    """`a` or `a.b.c` (identifiers only, not a call or subscript)."""
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _bases(signature: str) -> list[str]:
+    """(Python) The base classes of `class X(A, mod.B, metaclass=M)`: ["A", "mod.B"]."""
+    if "(" not in signature:
+        return []
+    inner = signature[signature.index("(") + 1 : signature.rindex(")") if ")" in signature else None]
+    parts, depth, current = [], 0, ""
+    for char in inner:
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p.strip() for p in parts if _is_name(p.strip()) and p.strip()]
 
 
 def _join(module: str, name: str) -> str:

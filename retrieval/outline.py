@@ -193,15 +193,80 @@ def called_names(text: str, language: str | None, first_line: int, last_line: in
     return [key for key in seen if key[0]]
 
 
-def _call_target(target, call, source: bytes) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Use:
+    """A name used in code: `owner.name(...)` or `name` (owner "" when bare)."""
+
+    name: str
+    owner: str  # the whole expression before the dot, e.g. "logging.handlers", "self", "super()"
+    line: int  # 1-based
+    call: bool  # called, not just referenced
+
+
+_NOT_USES = frozenset({"keyword_argument", "parameters", "default_parameter",
+                       "typed_default_parameter", "typed_parameter", "import_statement",
+                       "import_from_statement", "aliased_import", "dotted_name"})
+
+
+def used_names(text: str, language: str | None, first_line: int, last_line: int) -> list[Use]:
+    """The calls and name references within the lines, in source order: `f(...)`,
+    `mod.f(...)`, `self.m(...)`, and (Python) bare or dotted names such as `Error` in
+    `except Error` or `mod.CONSTANT`. A name definition's own name is not a use."""
+    tree, source = _parse(text, language)
+    if tree is None:
+        return []
+    found: list[Use] = []
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.end_point.row + 1 < first_line or node.start_point.row + 1 > last_line:
+            continue
+        if node.type in _NOT_USES:
+            value = node.child_by_field_name("value")  # `key=Value`, `param=Default`
+            if value is not None:
+                stack.append(value)
+            continue
+        line = node.start_point.row + 1
+        if node.type in _CALLS:
+            target = node.child_by_field_name("function") or node.child_by_field_name("name")
+            name, owner = _call_target(target, node, source, dotted=True) if target is not None else ("", "")
+            if name and first_line <= line <= last_line:
+                found.append(Use(name, owner, line, True))
+            arguments = node.child_by_field_name("arguments")
+            if target is not None and target.type in ("attribute", "member_expression") \
+                    and target.named_children:
+                stack.append(target.named_children[0])  # the object may itself be a use
+            if arguments is not None:
+                stack.append(arguments)
+            continue
+        if node.type == "attribute" and len(node.named_children) == 2:
+            obj, attr = node.named_children
+            if obj.type in ("identifier", "attribute") and first_line <= line <= last_line:
+                found.append(Use(_text(attr, source), _text(obj, source), line, False))
+            stack.append(obj)
+            continue
+        if node.type == "identifier" and first_line <= line <= last_line:
+            parent = node.parent
+            named = parent is not None and parent.child_by_field_name("name") == node \
+                and parent.type in _FUNCTIONS | _CLASSES
+            if not named:
+                found.append(Use(_text(node, source), "", line, False))
+            continue
+        stack.extend(reversed(node.named_children))
+    found.sort(key=lambda u: u.line)
+    return found
+
+
+def _call_target(target, call, source: bytes, dotted: bool = False) -> tuple[str, str]:
     if target.type in _IDENTIFIERS:
         owner = call.child_by_field_name("object")  # Java method_invocation
-        return _text(target, source), _text(owner, source).rsplit(".", 1)[-1] if owner else ""
+        owner_text = _text(owner, source) if owner else ""
+        return _text(target, source), owner_text if dotted else owner_text.rsplit(".", 1)[-1]
     if target.type in ("attribute", "member_expression", "field_expression"):
         children = target.named_children
         name = _text(children[-1], source) if children else ""
-        owner = _text(children[0], source).rsplit(".", 1)[-1] if len(children) > 1 else ""
-        return name, owner
+        owner = _text(children[0], source) if len(children) > 1 else ""
+        return name, " ".join(owner.split()) if dotted else owner.rsplit(".", 1)[-1]
     return "", ""
 
 

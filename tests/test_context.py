@@ -8,7 +8,7 @@ from completion.context import select_context
 from completion.prompt import RepoFile
 from retrieval.context import RepoContext
 from retrieval.definitions import DefinitionFinder
-from retrieval.outline import called_names, definitions, identifier_at, python_imports
+from retrieval.outline import called_names, definitions, identifier_at, python_imports, used_names
 
 FILES = {
     "pkg/__init__.py": "",
@@ -84,18 +84,109 @@ def test_context_is_chosen_once_per_scope_and_stays_while_typing(repo):
     text = FILES["pkg/app.py"]
     cursor = text.index("    return total")
     first = context.snippets("doc", finder, "pkg/app.py", text, cursor)
-    assert [s.path for s in first] == ["pkg/geometry.py"] * 3
-    assert first[0].content == "def circle_area(radius): ...  # Area of a circle."  # imported
-    assert first[1].content.startswith("class Box:")  # then the calls, nearest the cursor first
-    assert "def circle_area(radius):" in first[2].content
+    assert [s.path for s in first] == ["pkg/geometry.py"] * 2
+    # the definitions of the names used, nearest the cursor first: `geometry.Box()` is on
+    # the line above, `circle_area(r)` two lines up; a class by its methods' signatures
+    assert first[0].content == 'class Box:\n    """An axis-aligned box."""\n    def volume(self): ...'
+    assert first[1].content.startswith("def circle_area(radius):")
     typed = text[:cursor] + "    x = geometry.vol" + text[cursor:]
     assert context.snippets("doc", finder, "pkg/app.py", typed, cursor + 20) is first
     other = context.snippets("doc", finder, "pkg/app.py", text, text.index("return 2"))
-    # another scope, which calls nothing from other files: only the file's imports, briefly
-    assert other == (RepoFile("pkg/geometry.py", "def circle_area(radius): ...  # Area of a circle."),)
+    # another scope, which uses nothing from other files: one line per name of another file
+    # that the file uses (imported, or `module.name`), the most used first
+    assert other == (RepoFile("pkg/geometry.py", "def circle_area(radius): ..."),
+                     RepoFile("pkg/geometry.py", "class Box: ..."))
     (repo / "pkg/geometry.py").write_text(FILES["pkg/geometry.py"].replace("radius", "r"))
     changed = context.snippets("doc", finder, "pkg/app.py", text, cursor)
-    assert changed is not first and "def circle_area(r):" in changed[2].content
+    assert changed is not first and "def circle_area(r):" in changed[1].content
+
+
+INHERITING = {
+    "lib/__init__.py": "",
+    "lib/base.py": (
+        "class Base:\n"
+        '    """The base."""\n\n'
+        "    def helper(self, x, *, strict=False):\n"
+        '        """Check x.\n\n        Long explanation.\n        """\n'
+        + "".join(f"        x = x + {i}\n" for i in range(10)) +
+        "        return x\n"
+    ),
+    "lib/sub/__init__.py": "",
+    "lib/sub/tools.py": "def tool(a, b):\n    return a\n\n\nLIMIT = 3\n",
+    "lib/child.py": (
+        "import lib.sub.tools\n"
+        "from .base import Base\n\n\n"
+        "class Child(Base):\n"
+        "    def run(self, data):\n"
+        "        self.helper(data)\n"
+        "        super().helper(data)\n"
+        "        Base.helper(self, data)\n"
+        "        data.helper()\n"
+        "        return lib.sub.tools.tool(data, lib.sub.tools.LIMIT)\n"
+    ),
+}
+
+
+class _Index:
+    """An index whose symbol lookup knows one method, `Base.helper`."""
+
+    def symbols(self, name, k=50):
+        from retrieval.types import SearchHit
+
+        return [SearchHit("lib/base.py", 4, 20, "method", "helper", "Base", 1.0, "")]
+
+    def search(self, query, k=10, mode="hybrid"):
+        return []
+
+
+@pytest.fixture
+def inheriting(tmp_path):
+    for path, text in INHERITING.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    return tmp_path
+
+
+def test_used_names_give_calls_dotted_owners_and_references():
+    text = INHERITING["lib/child.py"]
+    uses = {(u.name, u.owner, u.line, u.call) for u in used_names(text, "python", 6, 11)}
+    assert {("helper", "self", 7, True), ("helper", "super()", 8, True), ("helper", "Base", 9, True),
+            ("tool", "lib.sub.tools", 11, True), ("LIMIT", "lib.sub.tools", 11, False),
+            ("data", "", 10, False)} <= uses
+    assert not any(u[0] == "run" for u in uses)  # a definition's own name is not a use
+    keyword = used_names("f(key=mod.VALUE)\n", "python", 1, 1)
+    assert ("VALUE", "mod") in {(u.name, u.owner) for u in keyword} and \
+        "key" not in {u.name for u in keyword}
+
+
+def test_finder_follows_base_classes_dotted_modules_and_does_not_guess(inheriting):
+    finder = DefinitionFinder(inheriting, _Index())
+    text = INHERITING["lib/child.py"]
+    for owner in ("self", "super()", "Base"):  # inherited from a class in another file
+        found = finder.resolve("helper", owner, "lib/child.py", text, 7)
+        assert (found.path, found.qualified_name) == ("lib/base.py", "Base.helper"), owner
+    tool = finder.resolve("tool", "lib.sub.tools", "lib/child.py", text, 11)
+    assert (tool.path, tool.name) == ("lib/sub/tools.py", "tool")
+    # `data` is of unknown type: only a guess (by the method's name alone) finds a `helper`
+    assert finder.resolve("helper", "data", "lib/child.py", text, 10).path == "lib/base.py"
+    assert finder.resolve("helper", "data", "lib/child.py", text, 10, guess=False) is None
+    assert finder.resolve("helper", "", "lib/child.py", text, 10, guess=False) is None
+
+
+def test_context_shows_inherited_methods_under_their_class_cut_to_the_docstring(inheriting):
+    finder = DefinitionFinder(inheriting, _Index())
+    text = INHERITING["lib/child.py"]
+    cursor = text.index("        data.helper()")
+    snippets = RepoContext().snippets("doc", finder, "lib/child.py", text, cursor)
+    # nearest the cursor first: `Base.helper(self, data)` and `Base` on the line above, then
+    # `lib.sub.tools.tool(...)` below; `data.helper()` (unknown type) is not guessed at
+    assert [s.path for s in snippets] == ["lib/base.py", "lib/base.py", "lib/sub/tools.py"]
+    assert snippets[0].content == (  # a long method: under its class, cut to the docstring
+        "class Base:\n    def helper(self, x, *, strict=False):\n"
+        '        """Check x."""\n        ...')
+    assert snippets[1].content == (
+        'class Base:\n    """The base."""\n    def helper(self, x, *, strict=False): ...')
+    assert snippets[2].content == "def tool(a, b):\n    return a"  # short: whole
 
 
 def test_select_context_budget_order_and_merge(tiny_tokenizer_of):
@@ -112,6 +203,13 @@ def test_select_context_budget_order_and_merge(tiny_tokenizer_of):
     small, small_used = select_context(candidates, encode, 12)
     assert small_used <= 12 and all(f.path == "a.py" for f in small)
     assert select_context(candidates, encode, 0) == ((), 0)
+    # one-line snippets of one file pay its header once, and sit on consecutive lines
+    stubs = [RepoFile("pkg/some/rather/long/module_path.py", f"def f{i}(x): ...") for i in range(10)]
+    merged = RepoFile(stubs[0].path, "\n".join(s.content for s in stubs))
+    exact = len(encode([f"{merged.path}\n{merged.content}\n"])[0]) + 1
+    assert select_context(stubs, encode, exact) == ((merged,), exact)
+    fewer, fewer_used = select_context(stubs, encode, exact - 1)
+    assert fewer_used <= exact - 1 and fewer[0].content.count("\n") == 8
 
 
 def test_prompt_with_context_holds_the_other_file_and_keeps_the_fim_budget(repo, tiny_model_dir):

@@ -3,6 +3,7 @@
 1. Accuracy: holes in standard-library package lines that call a function defined in
    another file of the package (context_set.py); exact match and edit similarity of the
    first suggested line, without and with repository context (same engine, same budgets).
+   "call" holes start at the called name, "args" holes after its "(" (reported apart).
 2. Latency: typing traces (the expected line typed character by character at a hole, KV
    reuse on) without and with context; time to first token includes gathering the context.
 3. Summaries: cold (generated) and cached latency, and a sample to read.
@@ -24,7 +25,7 @@ from retrieval import CodeIndex, IndexConfig
 from retrieval.context import RepoContext
 from retrieval.definitions import DefinitionFinder
 
-from .context_set import PACKAGES, QUICK_PACKAGES, Hole, copy_packages, find_holes
+from .context_set import PACKAGES, QUICK_PACKAGES, Hole, argument_holes, copy_packages, find_holes
 from .report import BenchResult, machine_info
 
 MODES = ("none", "context")
@@ -52,16 +53,17 @@ def run_bench(args) -> BenchResult:
         index_s = time.perf_counter() - started
         finder = DefinitionFinder(root, index)
         holes = [h for package in used for h in find_holes(root, package, per_package)]
-        rows = _accuracy(engine, finder, holes)
+        arguments = argument_holes(holes)
+        rows = _accuracy(engine, finder, holes + arguments)
         typing_holes = sorted(holes, key=lambda h: -len(h.expected))[:traces]
         rows += _typing(engine, finder, typing_holes, keystrokes)
         callees = list(dict.fromkeys(h.callee for h in holes))[: 4 if quick else 10]
         rows += _summaries(loaded, finder, callees, Path(scratch) / "summaries.json")
     summary = _summary(rows, budget)
-    summary.update(packages=",".join(used), holes=len(holes), index_chunks=stats.chunks,
-                   index_seconds=round(index_s, 1))
-    columns = ["kind", "mode", "path", "line", "step", "exact", "edit_sim", "prompt_tokens",
-               "context_tokens", "encoded", "ttft_ms", "total_ms"]
+    summary.update(packages=",".join(used), holes=len(holes), args_holes=len(arguments),
+                   index_chunks=stats.chunks, index_seconds=round(index_s, 1))
+    columns = ["kind", "mode", "path", "line", "step", "exact", "edit_sim", "callee_in_context",
+               "prompt_tokens", "context_tokens", "encoded", "ttft_ms", "total_ms"]
     print("summaries (a sample to read):")  # the command's own output, above its table
     for row in (r for r in rows if r["kind"] == "summary"):
         print(f"  {row['path']}:{row['line']} {row['signature']}\n    -> {row['summary']}")
@@ -92,12 +94,15 @@ def _accuracy(engine: CompletionEngine, finder: DefinitionFinder, holes: list[Ho
                                                f"hole-{number}", finder)
             result = engine.complete(request)
             got = result.text.split("\n", 1)[0].rstrip()
+            files, context_tokens = _selected(engine, request)
             rows.append({
-                "kind": "hole", "mode": mode, "path": hole.path, "line": hole.line,
+                "kind": "hole" if hole.kind == "call" else "args_hole", "mode": mode,
+                "path": hole.path, "line": hole.line,
                 "exact": got.strip() == hole.expected.strip(),
                 "edit_sim": difflib.SequenceMatcher(None, got.strip(), hole.expected.strip()).ratio(),
                 "prompt_tokens": result.prompt_tokens,
-                "context_tokens": _context_tokens(engine, request),
+                "context_tokens": context_tokens,
+                "callee_in_context": _shows(files, hole.callee),
                 "ttft_ms": gather_ms + result.prompt_ms,
                 "total_ms": gather_ms + result.prompt_ms + result.decode_ms,
                 "expected": hole.expected, "got": got, "callee": hole.callee,
@@ -105,10 +110,20 @@ def _accuracy(engine: CompletionEngine, finder: DefinitionFinder, holes: list[Ho
     return rows
 
 
-def _context_tokens(engine: CompletionEngine, request: CompletionRequest) -> int:
+def _selected(engine: CompletionEngine, request: CompletionRequest):
+    """(the snippets the prompt shows, their tokens)."""
     from completion.context import select_context
 
-    return select_context(request.context, engine.encode, engine.settings.context_budget_tokens)[1]
+    return select_context(request.context, engine.encode, engine.settings.context_budget_tokens)
+
+
+def _shows(files, callee: str) -> bool:
+    """Whether the snippets show the callee ("path:qualified.name") by a def or class line."""
+    path, name = callee.split(":", 1)
+    name = name.rsplit(".", 1)[-1]
+    return any(f.path == path and any(line.lstrip().startswith((f"def {name}(", f"class {name}(",
+                                                                   f"class {name}:"))
+                                      for line in f.content.split("\n")) for f in files)
 
 
 def _typing(engine: CompletionEngine, finder: DefinitionFinder, holes: list[Hole],
@@ -181,10 +196,21 @@ def _summary(rows: list[dict], budget: int) -> dict:
         typing = [r for r in rows if r["kind"] == "typing" and r["mode"] == mode and r["step"] > 0]
         summary[f"ttft_p50_ms_typing_{label}"] = _p50(r["ttft_ms"] for r in typing)
         summary[f"encoded_p50_typing_{label}"] = _p50(r["encoded"] for r in typing)
-    summary["context_tokens_p50"] = _p50(r["context_tokens"] for r in rows
-                                         if r["kind"] == "hole" and r["mode"] == "context")
+    for mode in MODES:
+        holes = [r for r in rows if r["kind"] == "args_hole" and r["mode"] == mode]
+        label = "with_context" if mode == "context" else "without_context"
+        summary[f"args_exact_match_{label}"] = round(
+            sum(r["exact"] for r in holes) / max(len(holes), 1), 3)
+        summary[f"args_edit_similarity_{label}"] = round(
+            sum(r["edit_sim"] for r in holes) / max(len(holes), 1), 3)
+    with_context = [r for r in rows if r["kind"] == "hole" and r["mode"] == "context"]
+    summary["context_tokens_p50"] = _p50(r["context_tokens"] for r in with_context)
+    summary["callee_in_context"] = round(
+        sum(r["callee_in_context"] for r in with_context) / max(len(with_context), 1), 3)
     summary["exact_match_gain"] = round(summary["exact_match_with_context"]
                                         - summary["exact_match_without_context"], 3)
+    summary["args_exact_match_gain"] = round(summary["args_exact_match_with_context"]
+                                             - summary["args_exact_match_without_context"], 3)
     summary["ttft_ratio_context_vs_none"] = round(
         summary["ttft_p50_ms_typing_with_context"] / summary["ttft_p50_ms_typing_without_context"], 3)
     summaries = [r for r in rows if r["kind"] == "summary"]

@@ -2,7 +2,10 @@
 library packages that call a function or class defined in another file of the package.
 
 Each package is copied into a scratch folder (the index never lands in the stdlib); a hole
-starts at the called name and runs to the end of its line (the expected middle).
+starts at the called name and runs to the end of its line (the expected middle). Which
+function is called is often not decidable from the code, so each such hole with arguments
+also gives an "args" hole: the name and "(" typed, the arguments to the end of the line
+expected, which the callee's signature can tell.
 """
 
 from __future__ import annotations
@@ -28,6 +31,21 @@ class Hole:
     cursor: int
     expected: str  # the middle: from the called name to the end of the line
     callee: str  # "path:name" of the definition in another file
+    kind: str = "call"  # call: from the called name; args: from after its "("
+
+
+def argument_holes(holes: list[Hole]) -> list[Hole]:
+    """The "args" hole of each hole whose call has arguments on its line."""
+    moved = []
+    for hole in holes:
+        at = hole.expected.find("(")
+        if at < 0 or hole.expected[at + 1 :].strip() in ("", ")"):
+            continue
+        typed = hole.expected[: at + 1]
+        moved.append(Hole(hole.package, hole.path, hole.line,
+                          hole.text[: hole.cursor] + typed + hole.text[hole.cursor :],
+                          hole.cursor + len(typed), hole.expected[at + 1 :], hole.callee, "args"))
+    return moved
 
 
 def copy_packages(names: tuple[str, ...], root: Path) -> list[str]:

@@ -69,13 +69,14 @@ class Healing:
     text: str
     vocabulary: Vocabulary
     decode: Decode
+    done: bool = False  # the healed text is written: no more decoding per step
 
     def pending(self, generated: Sequence[int]) -> str | None:
         """What is left to rewrite after `generated`; None once the healed text is written."""
-        written = self.decode(generated)
-        if len(written) >= len(self.text):
-            return None
-        return self.text[len(written):]
+        if not self.done:
+            written = self.decode(generated)
+            self.done = len(written) >= len(self.text)
+        return None if self.done else self.text[len(written):]
 
     def choose(self, logits: torch.Tensor, generated: Sequence[int]) -> int:
         """The greedy token at this step, among the tokens that keep the healed text."""
@@ -97,7 +98,6 @@ class Healing:
 class TypedSuggestion:
     """The previous suggestion's tokens, split at what the user typed into it."""
 
-    head: str  # the prefix text encoded as text last time (the suggestion's tokens follow it)
     tokens: list[int]  # the suggestion's tokens whose text the user typed whole
     rest: list[int]  # the suggestion's tokens after those (a draft)
     leftover: str  # typed characters inside the next token: to be healed
@@ -117,4 +117,4 @@ def align_typed(head: str, ids: Sequence[int], before: str, decode: Decode) -> T
     while count and not typed.startswith(decode(ids[:count])):
         count -= 1  # a token ending inside a multi-byte character: its text is not typed yet
     written = decode(ids[:count])
-    return TypedSuggestion(head, list(ids[:count]), list(ids[count:]), typed[len(written):])
+    return TypedSuggestion(list(ids[:count]), list(ids[count:]), typed[len(written):])

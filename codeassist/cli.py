@@ -81,6 +81,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keystrokes", type=int, help="characters typed in the typing trace")
     bench.add_argument("--margin", type=int, help="pie: tokens re-encoded after each change")
     bench.add_argument("--dir", help="search: folder of Python sources to evaluate on (default: the stdlib)")
+    bench.add_argument("--encoder", help="search: the embedding model (name, hub id or folder; "
+                       "default: the index's default)")
+    bench.add_argument("--trust-remote-code", action="store_true",
+                       help="search: allow an encoder that ships its own code")
     _add_model_options(bench)
     bench.set_defaults(run=_run_bench)
 

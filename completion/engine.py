@@ -14,7 +14,8 @@ from .context import select_context
 from .fim import resolve_fim
 from .healing import Healing, TypedSuggestion, Vocabulary, align_typed
 from .kv_plan import ReusePlan, plan_reuse
-from .kv_session import KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
+from .kv_session import (KvSession, KvSessions, build_cache, encode_in_chunks, rope_inv_freq,
+                         shift_support)
 from .models import LoadedModel
 from .prompt import FimPrompt, PromptBudget, build_fim_prompt
 from .speculative import AcceptanceStats, Drafter, ForwardCost, greedy_decode
@@ -45,6 +46,7 @@ class CompletionEngine:
         self.repo_ngrams = NgramCache(settings.repo_cache_tokens)
         self._suggestions: dict[str, _Suggestion] = {}
         self._past_suggestions = 0
+        self.refreshes = 0  # approximate sessions re-encoded from scratch (`refresh`)
         # Token healing needs every token's text (~1.5 s for 152k tokens, once per tokenizer).
         self._vocabulary = Vocabulary.of(loaded.tokenizer) if settings.token_healing else None
         self.draft: DraftModel | None = None
@@ -120,7 +122,8 @@ class CompletionEngine:
         old = self.sessions.get(session_key) if session_key is not None else None
         plan, mode = self._plan(old, prompt.ids)
         cache, logits = build_cache(self.loaded.model, plan, prompt.ids, old, self.inv_freq)
-        drafter, draft_source = self._drafter(session_key, prompt.ids, remaining, typed, healing, cache)
+        drafter, draft_source = self._drafter(session_key, prompt.ids, remaining, typed, healing, cache,
+                                              policy)
         prompt_ms = (time.perf_counter() - start) * 1000
         generated, reason, text = self._decode(cache, logits, policy, start, cancelled, drafter, healing)
         if draft_source is not None:
@@ -190,6 +193,35 @@ class CompletionEngine:
         session = KvSession(list(prompt_ids), cache, age + (1 if stale else 0), stale_before + stale)
         self.sessions.put(key, session)
 
+    def kv_status(self) -> dict:
+        sessions = self.sessions.snapshot()
+        return {"documents": len(sessions), "tokens": sum(len(s) for s in sessions),
+                "approximate": sum(1 for s in sessions if s.edits_since_full), "refreshed": self.refreshes}
+
+    def needs_refresh(self, session_key: str) -> bool:
+        """Whether the session's cache is approximate (reused across a change since its last
+        full encode)."""
+        session = self.sessions.get(session_key)
+        return session is not None and session.edits_since_full > 0
+
+    def refresh(self, session_key: str, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Re-encode an approximate session's prompt from scratch, so that the next request
+        starts from exact states and never pays a whole refresh itself (see `_choose_mode`).
+        For idle time: when `cancelled()` turns true the session stays as it was. True when
+        the session was refreshed."""
+        old = self.sessions.get(session_key)
+        if old is None or old.edits_since_full == 0:
+            return False
+        start = time.perf_counter()
+        cache = encode_in_chunks(self.loaded.model, old.ids, cancelled)
+        if cache is None or self.sessions.get(session_key) is not old:
+            return False
+        self.sessions.put(session_key, KvSession(old.ids, cache))
+        self.refreshes += 1
+        logger.info("refreshed the KV session of %s: %d tokens in %.0f ms (after %d approximate reuses)",
+                    session_key, len(old.ids), (time.perf_counter() - start) * 1000, old.edits_since_full)
+        return True
+
     def forget(self, session_key: str) -> None:
         """Free the KV session and the last suggestion of a closed document."""
         self.sessions.drop(session_key)
@@ -256,7 +288,8 @@ class CompletionEngine:
         return ids[:count]
 
     def _drafter(self, session_key: str | None, prompt_ids: list[int], remaining: str,
-                 typed: TypedSuggestion | None, healing: Healing | None, cache: DynamicCache):
+                 typed: TypedSuggestion | None, healing: Healing | None, cache: DynamicCache,
+                 policy: StopPolicy):
         """The request's drafter (None when speculation is off) and its draft-model source."""
         settings = self.settings
         if not settings.speculative:
@@ -282,8 +315,27 @@ class CompletionEngine:
             sources.append(draft_source)
         cost = self.forward_cost if settings.cost_aware_drafts else None
         drafter = Drafter(sources, self.acceptance, cost, settings.max_draft_tokens,
-                          settings.max_draft_nodes, trees=supports_trees(cache))
+                          settings.max_draft_nodes, trees=supports_trees(cache),
+                          room=self._draft_room(policy, healing))
         return drafter, draft_source
+
+    def _stop_check(self, generated: list[int], policy: StopPolicy, healing: Healing | None):
+        written = self.decode(generated)
+        return check_text(healing.strip(written) if healing else written, policy)
+
+    def _draft_room(self, policy: StopPolicy, healing: Healing | None):
+        """How many tokens of a draft can still be part of the suggestion. A draft running
+        past the token where the stop rules end it (the end of the line, for a one-line
+        suggestion) or past the token limit is verify work thrown away: on a CPU a pass
+        over 16 tokens costs several single steps."""
+        def room(generated: list[int], draft: list[int]) -> int:
+            # The pass's bonus token is one more: it may be the last one allowed.
+            limit = min(len(draft), self.settings.max_new_tokens - len(generated) - 1)
+            for count in range(max(limit, 0)):
+                if self._stop_check([*generated, *draft[: count + 1]], policy, healing).stop:
+                    return count  # the token that ends it comes as the bonus, if right
+            return max(limit, 0)
+        return room
 
     def _decode(self, cache: DynamicCache, logits: torch.Tensor, policy: StopPolicy, start: float,
                 cancelled: Callable[[], bool] | None, drafter: Drafter | None,
@@ -293,8 +345,7 @@ class CompletionEngine:
 
         def should_stop(generated: list[int]) -> str | None:
             nonlocal text
-            written = self.decode(generated)
-            check = check_text(healing.strip(written) if healing else written, policy)
+            check = self._stop_check(generated, policy, healing)
             text = check.text
             if check.stop:
                 return check.reason

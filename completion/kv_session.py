@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,20 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
     return cache, logits
 
 
+@torch.inference_mode()
+def encode_in_chunks(model, ids: list[int], cancelled: Callable[[], bool],
+                     chunk: int = 256) -> DynamicCache | None:
+    """A fresh cache for `ids`, `chunk` tokens per forward pass; None as soon as
+    `cancelled()` is true between passes (so background work yields within one chunk)."""
+    device = next(model.parameters()).device
+    cache = DynamicCache(config=model.config)
+    for start in range(0, len(ids), chunk):
+        if cancelled():
+            return None
+        _encode(model, cache, ids, Segment(start, min(start + chunk, len(ids))), device)
+    return cache
+
+
 def _encode(model, cache: DynamicCache, ids: list[int], segment: Segment, device) -> torch.Tensor:
     inputs = torch.tensor([ids[segment.start : segment.end]], dtype=torch.long, device=device)
     positions = torch.arange(segment.start, segment.end, device=device)[None, :]
@@ -114,6 +129,10 @@ class KvSessions:
         while len(self._sessions) > 1 and self.total_tokens > self.max_total_tokens:
             evicted, _ = self._sessions.popitem(last=False)
             logger.info("evicted the KV session of %s (token budget %d)", evicted, self.max_total_tokens)
+
+    def snapshot(self) -> list[KvSession]:
+        """The sessions now, least recently used first (safe to read from another thread)."""
+        return list(self._sessions.values())
 
     def drop(self, key: str) -> None:
         self._sessions.pop(key, None)

@@ -45,6 +45,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: CodeassistServer, params: types.DidCloseTextDocumentParams) -> None:
         logger.info("closed %s", params.text_document.uri)
+        ls.cancel_refresh(params.text_document.uri)
         if ls.engine is not None:
             ls.engine.forget(params.text_document.uri)  # free its KV session
         ls.insight.forget(params.text_document.uri)
@@ -107,6 +108,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
             "positionEncoding": ls.position_encoding,
             "ngramCacheTokens": engine.repo_ngrams.total_tokens if engine else 0,
+            "kvSessions": engine.kv_status() if engine else None,
             "indexStatus": ls.code_search.status,
             "summaries": ls.insight.stats(),
         }

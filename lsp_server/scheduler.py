@@ -71,6 +71,11 @@ class LatestWinsScheduler:
         with self._lock:
             return self._running is not None or bool(self._pending)
 
+    def waiting(self) -> bool:
+        """Whether a job waits to run (a running job of idle work should yield)."""
+        with self._lock:
+            return bool(self._pending)
+
     def cancel(self, job: Job) -> None:
         with self._lock:
             job.cancel()

@@ -112,6 +112,7 @@ class CodeassistServer(LanguageServer):
         self.code_search = WorkspaceSearch(self)
         self._remembered_folders: set[Path] = set()
         self.insight = CodeInsight(self)  # hover summaries, repository context
+        self._refresh_timers: dict[str, asyncio.TimerHandle] = {}  # by document URI
 
     # --- messages to the client -------------------------------------------------------
     def tell_client(self, level: int, message: str) -> None:
@@ -253,6 +254,7 @@ class CodeassistServer(LanguageServer):
         if engine is None:
             logger.info("completion for %s while the model is %s", prepared.uri, self.model_status)
             return None
+        self.cancel_refresh(prepared.uri)
         job = self.scheduler.submit(
             prepared.uri,
             lambda cancelled: engine.complete(self.insight.with_context(prepared), cancelled,
@@ -268,7 +270,35 @@ class CodeassistServer(LanguageServer):
         if result is None or document is None or document.version != prepared.version:
             logger.info("completion for %s v%s superseded", prepared.uri, prepared.version)
             return None
+        self._refresh_when_idle(prepared.uri, engine)
         return result
+
+    # --- KV refresh in idle time -----------------------------------------------------
+    def _refresh_when_idle(self, uri: str, engine: CompletionEngine) -> None:
+        """After a completion that reused an approximate (re-rotated) cache, re-encode the
+        document's prompt once the user pauses: the next keystroke then starts from exact
+        states, and the engine's own refresh after many edits (a whole prompt encoded on a
+        keystroke) does not happen while the user takes pauses."""
+        delay_ms = self.settings.kv_refresh_idle_ms
+        if delay_ms <= 0 or not engine.needs_refresh(uri):
+            return
+        self.cancel_refresh(uri)
+        loop = asyncio.get_running_loop()
+        self._refresh_timers[uri] = loop.call_later(delay_ms / 1000, self._start_refresh, uri, engine)
+
+    def _start_refresh(self, uri: str, engine: CompletionEngine) -> None:
+        self._refresh_timers.pop(uri, None)
+        if engine is not self.engine:
+            return
+        # Under the document's key: its next completion stops the refresh (latest wins);
+        # any other waiting request stops it too, between two chunks.
+        self.scheduler.submit(uri, lambda cancelled: engine.refresh(
+            uri, lambda: cancelled() or self.scheduler.waiting()))
+
+    def cancel_refresh(self, uri: str) -> None:
+        timer = self._refresh_timers.pop(uri, None)
+        if timer is not None:
+            timer.cancel()
 
     def _root(self) -> str | None:
         return self.workspace.root_path

@@ -18,6 +18,7 @@ class ServerSettings:
     context_tokens: int = 1024
     time_budget_ms: float = 5000.0
     kv_mode: str = "pie"  # full | prefix | pie
+    kv_refresh_idle_ms: float = 2000.0  # idle this long: re-encode an approximate KV cache (0: never)
     inline_completion: bool = True  # feature switches
     completion: bool = True
     speculative: bool = True  # greedy-lossless speculative decoding
@@ -49,6 +50,7 @@ class ServerSettings:
 _KEYS = {
     "model": "model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
     "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
+    "kvRefreshIdleMs": "kv_refresh_idle_ms",
     "inlineCompletion": "inline_completion", "completion": "completion",
     "speculative": "speculative", "draftSources": "draft_sources", "draftModel": "draft_model",
     "maxDraftTokens": "max_draft_tokens", "tokenHealing": "token_healing",

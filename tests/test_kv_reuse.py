@@ -212,3 +212,31 @@ def test_engine_reuses_the_session_across_edits(family, tiny_model_dir):
     assert moved.kv["rotated"] > 0.7 * moved.prompt_tokens and moved.kv["encoded"] < margin + 10
     engine.forget("doc")
     assert "doc" not in engine.sessions
+
+
+def test_refresh_makes_an_approximate_session_exact(tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device=TEST_DEVICE, dtype="fp32")
+    engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=4))
+    full = CompletionEngine(loaded, EngineSettings(max_new_tokens=4, kv_mode="full"))
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(30)) + "value = f3("
+    engine.complete(CompletionRequest(text, len(text), "python"), session_key="doc")
+    assert not engine.needs_refresh("doc") and not engine.refresh("doc")  # already exact
+    edited = "# header\n" + text
+    engine.complete(CompletionRequest(edited, len(edited), "python"), session_key="doc")
+    assert engine.needs_refresh("doc") and engine.kv_status()["approximate"] == 1
+    approximate = engine.sessions.get("doc")
+    assert not engine.refresh("doc", cancelled=lambda: True)  # yields: the session stays
+    assert engine.sessions.get("doc") is approximate
+    assert engine.refresh("doc") and not engine.needs_refresh("doc")
+    assert engine.kv_status() == {"documents": 1, "tokens": len(approximate), "approximate": 0,
+                                  "refreshed": 1}
+    full.complete(CompletionRequest(edited, len(edited), "python"), session_key="doc")
+    refreshed, reference = engine.sessions.get("doc"), full.sessions.get("doc")
+    assert refreshed.ids == reference.ids
+    for ours, theirs in zip(refreshed.cache.layers, reference.cache.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
+    # The next request starts from exact states: a pure append equals `full`.
+    longer = edited + "1"
+    assert (engine.complete(CompletionRequest(longer, len(longer), "python"), session_key="doc").text
+            == full.complete(CompletionRequest(longer, len(longer), "python")).text)

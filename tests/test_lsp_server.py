@@ -189,6 +189,24 @@ async def test_configuration_changes(server, workspace):
     assert await client.text_document_inline_completion_async(_inline(uri, 1, 15)) is None
 
 
+async def test_approximate_kv_cache_refreshed_when_the_user_pauses(server, workspace):
+    client, _, _, _ = server
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"kvRefreshIdleMs": 300}))
+    text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(30)) + "value = f3("
+    uri = open_document(client, workspace / "pkg" / "idle.py", text)
+    line, character = position_of(text, len(text))
+    await client.text_document_inline_completion_async(_inline(uri, line, character))
+    # A line inserted far above: the cache is reused re-rotated, approximate until refreshed.
+    client.text_document_did_change(_change(uri, 2, (0, 0), (0, 0), "# header\n"))
+    await client.text_document_inline_completion_async(_inline(uri, line + 1, character))
+    deadline = asyncio.get_running_loop().time() + 60
+    while (sessions := (await status(client))["kvSessions"])["refreshed"] < 1:
+        assert asyncio.get_running_loop().time() < deadline, sessions
+        await asyncio.sleep(0.1)
+    assert sessions["approximate"] == 0 and sessions["documents"] >= 1
+
+
 async def test_burst_of_edits_latest_wins(server, workspace):
     client, _, model, _ = server
     text = "def total(items):\n    return "

@@ -14,6 +14,7 @@ from completion import CompletionEngine, CompletionRequest, EngineSettings, load
 from completion.speculative import AcceptanceStats, Drafter, ForwardCost, greedy_decode
 from completion.speculative.sources import Chain
 from completion.speculative.tree import DraftTree
+from completion.stops import StopPolicy
 from completion.speculative.verify import supports_trees, verify
 from tests.conftest import TEST_DEVICE, TINY_ARCH_FAMILIES
 
@@ -209,6 +210,30 @@ def test_cost_model_refuses_drafts_that_do_not_pay(engines):
     drafter = Drafter([source], AcceptanceStats(), cost, max_tokens=8, max_nodes=16)
     fast, _, _ = _decode(engine, prompt, drafter)
     assert fast == plain and drafter.stats.drafted == 0
+
+
+def test_drafts_are_cut_where_the_output_can_no_longer_use_them(engines):
+    engine = engines["qwen2.5-coder"]
+    prompt = _prompts(engine, 1, seed=5)[0]
+    plain, _, _ = _decode(engine, prompt)
+    # Room for 3 tokens per draft: every pass verifies at most 3 drafted tokens.
+    drafter = Drafter([ScriptedSource(plain, SCRIPTS["all_right"])], AcceptanceStats(), None,
+                      max_tokens=8, max_nodes=16, room=lambda generated, draft: min(len(draft), 3))
+    fast, _, _ = _decode(engine, prompt, drafter)
+    assert fast == plain and drafter.stats.drafted <= 3 * drafter.stats.verify_steps
+    assert drafter.stats.accepted == drafter.stats.drafted > 0
+
+
+def test_draft_room_follows_the_stop_rules_and_the_token_limit(engines):
+    engine = CompletionEngine(engines["qwen2.5-coder"].loaded, EngineSettings(max_new_tokens=12))
+    one_line = StopPolicy(multiline=False, min_indent=4, line_suffix="", next_code_line="")
+    room = engine._draft_room(one_line, None)
+    draft = engine.encode(["values) + 1\n    return total"])[0]
+    newline = next(i for i, token in enumerate(draft) if "\n" in engine.decode([token]))
+    assert room([], draft) == newline  # the token that ends the line is the pass's bonus
+    ten = engine.encode(["x"])[0] * 10
+    assert room(ten, draft) == 1  # 12 tokens at most: one drafted, then the bonus
+    assert room(ten * 2, draft) == 0
 
 
 def test_acceptance_statistics_follow_results():

@@ -40,7 +40,9 @@ def run_bench(args) -> BenchResult:
         raise ValueError(f"{source}: no such directory")
     work = Path(tempfile.mkdtemp(prefix="codeassist-bench-search-"))
     queries = _build_corpus(source, work / "repo", 1200 if quick else 2500, 300 if quick else 800)
-    index = CodeIndex(work / "repo", IndexConfig(index_dir=str(work / "index")))
+    encoder_options = {"encoder": args.encoder} if getattr(args, "encoder", None) else {}
+    index = CodeIndex(work / "repo", IndexConfig(index_dir=str(work / "index"), **encoder_options,
+                                                 trust_remote_code=getattr(args, "trust_remote_code", False)))
     encoder = index.encoder
     start = time.perf_counter()
     stats = index.update()

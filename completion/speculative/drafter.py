@@ -11,6 +11,7 @@ once it matches, tends to go on); it is verified only if that beats plain decodi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .sources import Chain, DraftSource
@@ -24,6 +25,9 @@ PRIORS = {"recycle": (0.9, 0.95), "model": (0.7, 0.7), "prompt/1": (0.2, 0.6), "
           "repo/4": (0.5, 0.85)}
 DEFAULT_PRIOR = (0.3, 0.7)
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# (generated so far, a draft) -> how many of the draft's tokens decoding could still output
+Room = Callable[[list[int], list[int]], int]
 
 
 class AcceptanceStats:
@@ -111,10 +115,13 @@ class Drafter:
     """Builds one draft tree per decode step from the sources, cheapest first."""
 
     def __init__(self, sources: list[DraftSource], acceptance: AcceptanceStats,
-                 cost: ForwardCost | None, max_tokens: int, max_nodes: int, trees: bool = True):
-        """`cost` None: verify every draft at full length (no cost model)."""
+                 cost: ForwardCost | None, max_tokens: int, max_nodes: int, trees: bool = True,
+                 room: Room | None = None):
+        """`cost` None: verify every draft at full length (no cost model). `room`: how many
+        of a draft's tokens can still become part of the output (None: all)."""
         self.sources, self.acceptance, self.cost = sources, acceptance, cost
         self.max_tokens, self.max_nodes, self.trees = max_tokens, max_nodes, trees
+        self.room = room
         self.stats = DraftStats()
         self._chains: list[tuple[DraftSource, Chain]] = []
         self._started = 0.0
@@ -132,6 +139,8 @@ class Drafter:
             if source.expensive and (expected > 1.0 or not self._drafting_pays(source)):
                 continue
             for chain in source.propose(generated, self.max_tokens):
+                if self.room is not None:
+                    chain = Chain(chain.tokens[: self.room(generated, chain.tokens)], chain.kind)
                 chain = self._worth(chain) if self.cost is not None else chain
                 if chain is None or not chain.tokens:
                     continue

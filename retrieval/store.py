@@ -95,8 +95,16 @@ class Snapshot:
             return []
         import faiss
 
-        faiss.omp_set_num_threads(1)  # per calling thread; one query gains nothing from more
-        scores, rows = self.vector_index.search(query.reshape(1, -1).astype(np.float32), min(n, len(self)))
+        # One query gains nothing from more threads. The setting is the calling thread's
+        # OpenMP one, which torch shares: left at 1, it would halve the model's speed in a
+        # thread that also completes (the server's model worker gathers context).
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, rows = self.vector_index.search(query.reshape(1, -1).astype(np.float32),
+                                                    min(n, len(self)))
+        finally:
+            faiss.omp_set_num_threads(previous)
         return [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0]
 
     def similarity(self, query: np.ndarray, rows: list[int]) -> np.ndarray:

@@ -213,6 +213,21 @@ def test_search_modes_and_an_empty_index(tmp_path, repo, encoder):
     assert index.search("zzzz qqqq", k=3, mode="bm25") == []
 
 
+def test_a_search_leaves_the_threads_of_the_model_as_they_were(repo, encoder):
+    import torch
+
+    index = _index(repo, encoder)
+    index.update()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # what a 2-core machine runs the model with
+    try:
+        index.search("area of the circle", k=3, mode="dense")
+        # faiss and torch share the calling thread's OpenMP setting; the search sets it to 1.
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_missing_root_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         CodeIndex(tmp_path / "missing", encoder=FakeEncoder())

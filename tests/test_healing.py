@@ -77,4 +77,8 @@ def test_embedded_line_start_and_typed_suggestion(embedded_loaded):
         again = engine.complete(CompletionRequest(state, cursor + len(typed), "python", "stack.py"),
                                 session_key="s")
         assert again.text == first.text[len(typed):]
-        assert again.spec["accepted_by_source"].get("recycle", 0) >= 3
+        # The rest comes in at most two passes, every drafted token accepted (drafts stop at
+        # the end of the line, where the suggestion ends).
+        spec = again.spec
+        assert spec["verify_steps"] <= 2 and spec["accepted"] == spec["drafted"]
+        assert spec["accepted_by_source"].get("recycle", 0) >= 2

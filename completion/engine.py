@@ -201,7 +201,7 @@ class CompletionEngine:
     def needs_refresh(self, session_key: str) -> bool:
         """Whether the session's cache is approximate (reused across a change since its last
         full encode)."""
-        session = self.sessions.get(session_key)
+        session = self.sessions.peek(session_key)
         return session is not None and session.edits_since_full > 0
 
     def refresh(self, session_key: str, cancelled: Callable[[], bool] = lambda: False) -> bool:

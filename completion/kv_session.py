@@ -130,6 +130,10 @@ class KvSessions:
             evicted, _ = self._sessions.popitem(last=False)
             logger.info("evicted the KV session of %s (token budget %d)", evicted, self.max_total_tokens)
 
+    def peek(self, key: str) -> KvSession | None:
+        """The session without touching the LRU order (safe to call from another thread)."""
+        return self._sessions.get(key)
+
     def snapshot(self) -> list[KvSession]:
         """The sessions now, least recently used first (safe to read from another thread)."""
         return list(self._sessions.values())

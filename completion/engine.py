@@ -279,14 +279,6 @@ class CompletionEngine:
             self._past_suggestions = (self._past_suggestions + 1) % 64
             self.repo_ngrams.add(f"suggestion:{self._past_suggestions}", ids)
 
-    def _covering(self, ids: list[int], chars: int) -> list[int]:
-        """The first of `ids` that spell `chars` characters and one more: the suggestion was
-        cut there by its stop rules, so drafting past that point is wasted verify work."""
-        count = 0
-        while count < len(ids) and len(self.decode(ids[:count])) <= chars:
-            count += 1
-        return ids[:count]
-
     def _drafter(self, session_key: str | None, prompt_ids: list[int], remaining: str,
                  typed: TypedSuggestion | None, healing: Healing | None, cache: DynamicCache,
                  policy: StopPolicy):
@@ -301,8 +293,7 @@ class CompletionEngine:
             # (decoding writes the healed characters first).
             sources.append(RecycledSuggestion((healing.text if healing else "") + remaining,
                                               lambda t: self.encode([t])[0], self.decode,
-                                              ids=self._covering(typed.rest, len(typed.leftover + remaining))
-                                              if typed else None))
+                                              ids=typed.rest if typed else None))
         if "prompt" in wanted:
             sources.append(PromptLookup(prompt_ids, self.fim.stop_ids, settings.draft_branches,
                                         settings.max_new_tokens))

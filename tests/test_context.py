@@ -33,12 +33,16 @@ FILES = {
 }
 
 
+def _write(root, files: dict[str, str]):
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return root
+
+
 @pytest.fixture
 def repo(tmp_path):
-    for path, text in FILES.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(text)
-    return tmp_path
+    return _write(tmp_path, FILES)
 
 
 def test_outline_signatures_docstrings_and_scopes():
@@ -141,10 +145,7 @@ class _Index:
 
 @pytest.fixture
 def inheriting(tmp_path):
-    for path, text in INHERITING.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(text)
-    return tmp_path
+    return _write(tmp_path, INHERITING)
 
 
 def test_used_names_give_calls_dotted_owners_and_references():

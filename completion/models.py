@@ -107,7 +107,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **common, **weights)
     except (OSError, ValueError) as error:
         raise ModelUnavailableError(f"cannot load model {spec!r}: {error}") from error
-    model.to(torch_device).eval()
+    model.to(torch_device).eval().requires_grad_(False)  # inference only: no autograd bookkeeping
     if torch_device.type == "cpu" and torch_dtype == torch.float32:
         from kernels import use_small_batch_linear
 

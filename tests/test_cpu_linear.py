@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.cpu_linear import MAX_ROWS, onednn_linear_available, small_batch_linear, use_small_batch_linear
+from kernels.cpu_linear import (MAX_ROWS, onednn_linear_available, small_batch_linear, takes_onednn,
+                                use_small_batch_linear)
 
 pytestmark = pytest.mark.skipif(not onednn_linear_available(), reason="torch built without oneDNN")
 
@@ -37,3 +38,16 @@ def test_model_layers_are_routed_and_agree():
         expected = model(x)
         assert use_small_batch_linear(model) == 2
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_takes_onednn_although_parameters_require_grad():
+    # A loaded model's parameters keep requires_grad: inference must still take the fast path.
+    layer = torch.nn.Linear(16, 32)
+    x = torch.randn(1, 4, 16)
+    assert layer.weight.requires_grad
+    with torch.inference_mode():
+        assert takes_onednn(x, layer.weight)
+    with torch.no_grad():
+        assert takes_onednn(x, layer.weight)
+    assert not takes_onednn(x, layer.weight)  # grad mode: autograd records the default path
+    assert not takes_onednn(torch.randn(1, MAX_ROWS + 1, 16), layer.weight.detach())

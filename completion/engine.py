@@ -90,7 +90,7 @@ class CompletionEngine:
         return prompt, self._healing(healed), before[: len(before) - len(healed)]
 
     def _healing(self, text: str) -> Healing | None:
-        return Healing(text, self._vocabulary, self.decode) if text and self._vocabulary else None
+        return Healing(text, self._vocabulary, self.decode, self.encode) if text and self._vocabulary else None
 
     def complete(
         self,

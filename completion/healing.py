@@ -4,7 +4,8 @@ A cursor rarely sits where the tokenizer would cut: after an indentation the pro
 8 spaces, while code is tokenized as 7 spaces + " return"; mid-word it ends in ".ret" where
 the model knows ".return_value". Prompts ending like that get odd completions. So the prompt
 is backed up over its last token, and decoding is constrained until it has rewritten exactly
-the characters that were taken away (the same text, possibly in other, longer tokens).
+the characters that were taken away (the same text, possibly in other, longer tokens, split
+only where the tokenizer itself would split it: see `allowed_prefixes`).
 
 When the user typed into the previous suggestion, its own tokens are better still: the
 suggestion's prompt is kept and the tokens the model generated for the typed text follow the
@@ -16,12 +17,13 @@ prompt is reused as a pure append.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 
 Decode = Callable[[Sequence[int]], str]
+Encode = Callable[[Sequence[str]], list[list[int]]]  # a batch of texts -> their token ids
 _BUILT: dict[tuple[str, int], "Vocabulary"] = {}  # of the few tokenizers in use
 
 
@@ -49,17 +51,37 @@ class Vocabulary:
         return _BUILT[key]
 
 
-    def allowed(self, pending: str) -> list[int]:
+    def allowed(self, pending: str, prefixes: Collection[str] | None = None) -> list[int]:
         """Ids of tokens that may come next while `pending` is still to be written: tokens that
-        start with all of it, and tokens that are a first part of it."""
+        start with all of it, and tokens that are a first part of it (of those, only the ones
+        in `prefixes` when given)."""
         start = bisect.bisect_left(self._texts, pending)
         end = start
         while end < len(self._texts) and self._texts[end].startswith(pending):
             end += 1
         ids = self._ids[start:end]
         for cut in range(1, len(pending)):
-            ids += self._by_text.get(pending[:cut], [])
+            if prefixes is None or pending[:cut] in prefixes:
+                ids += self._by_text.get(pending[:cut], [])
         return ids
+
+
+# Text that often follows the healed characters in code (see `allowed_prefixes`).
+_PROBES = ("a", " a", "A", "_", "0", "(", ")", ".", ",", ":", " =", "\n", "#", "'", '"')
+
+
+def allowed_prefixes(pending: str, encode: Encode, decode: Decode) -> set[str]:
+    """The first parts of `pending` that may be written as a token of their own: those the
+    tokenizer itself starts `pending` + common code with, and any cut before a word character
+    (merges inside a word depend on how it goes on: ".ret" may become "." + "return").
+    Without this rule 28 spaces of indentation could be rewritten as 15 + 1 + 1 + ... spaces,
+    a split the model never saw, after which it went on writing spaces."""
+    firsts = {ids[0] for ids in encode([pending + probe for probe in _PROBES]) if ids}
+    allowed = {text for text in (decode([i]) for i in firsts)
+               if text and len(text) < len(pending) and pending.startswith(text)}
+    allowed.update(pending[:cut] for cut in range(1, len(pending))
+                   if pending[cut].isalnum() or pending[cut] == "_")
+    return allowed
 
 
 @dataclass
@@ -69,6 +91,7 @@ class Healing:
     text: str
     vocabulary: Vocabulary
     decode: Decode
+    encode: Encode | None = None  # given: only the tokenizer's own ways to split the text
     done: bool = False  # the healed text is written: no more decoding per step
 
     def pending(self, generated: Sequence[int]) -> str | None:
@@ -83,7 +106,8 @@ class Healing:
         pending = self.pending(generated)
         if pending is None:
             return int(logits.argmax())
-        allowed = self.vocabulary.allowed(pending)
+        prefixes = allowed_prefixes(pending, self.encode, self.decode) if self.encode else None
+        allowed = self.vocabulary.allowed(pending, prefixes)
         if not allowed:  # cannot happen for text that came from tokens; stay safe
             return int(logits.argmax())
         index = torch.tensor(allowed, device=logits.device)

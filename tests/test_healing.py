@@ -3,7 +3,7 @@
 import pytest
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
-from completion.healing import Healing, Vocabulary, align_typed
+from completion.healing import Healing, Vocabulary, align_typed, allowed_prefixes
 from tests.conftest import TEST_DEVICE
 from tests.tiny_models import force_next_token
 
@@ -26,6 +26,41 @@ def test_healing_is_written_first_then_stripped():
     assert healing.choose(torch.tensor([0.0, 5.0, 0.0, 9.0, 1.0]), [0]) == 1  # " return" beats " "
     assert healing.pending([0, 1]) is None and healing.choose(logits, [0, 1]) == 3
     assert healing.strip("        return x") == "return x" and healing.strip("   ") == ""
+
+
+def test_only_the_tokenizers_own_splits_of_the_pending_text_are_allowed():
+    import torch
+
+    # Indentation as Qwen's tokenizer writes it: a run of spaces before a word gives its last
+    # space to the word (27 + " params"); a run at the end stays whole (28).
+    texts = [" " * 15, " ", " " * 27, " " * 28, " params", "params", " " * 13]
+    ids = {text: i for i, text in enumerate(texts)}
+
+    def encode(batch):  # first tokens only: all that the rule looks at
+        runs = [len(text) - len(text.lstrip(" ")) for text in batch]
+        return [[ids[" " * (run - 1)] if text[run:run + 1].isalpha() else ids[" " * min(run, 28)]]
+                for text, run in zip(batch, runs)]
+
+    def decode(tokens):
+        return "".join(texts[i] for i in tokens)
+
+    healing = Healing(" " * 28, Vocabulary(texts), decode, encode)
+    favourite_15 = torch.tensor([0.0, 8.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    favourite_15[0] = 9.0  # the model's favourite: 15 spaces, then single spaces
+    assert healing.choose(favourite_15, []) == ids[" " * 27]
+    assert sorted(healing.vocabulary.allowed(" " * 28, allowed_prefixes(" " * 28, encode, decode))) == [2, 3]
+    without_rule = Healing(" " * 28, Vocabulary(texts), decode)
+    assert without_rule.choose(favourite_15, []) == ids[" " * 15]
+
+
+@pytest.mark.embedded
+def test_embedded_tokenizer_splits_indentation_before_a_word(embedded_loaded):
+    tokenizer = embedded_loaded.tokenizer
+    encode = lambda batch: tokenizer(list(batch), add_special_tokens=False)["input_ids"]  # noqa: E731
+    decode = lambda ids: tokenizer.decode(list(ids))  # noqa: E731
+    assert allowed_prefixes(" " * 28, encode, decode) == {" " * 27}
+    assert allowed_prefixes(".ret", encode, decode) == {".", ".r", ".re"}  # "." + "return" stays possible
+    assert " " * 7 in allowed_prefixes(" " * 8, encode, decode)  # 7 spaces + " return"
 
 
 def test_alignment_splits_the_suggestion_at_the_cursor():

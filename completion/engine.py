@@ -198,6 +198,11 @@ class CompletionEngine:
         return {"documents": len(sessions), "tokens": sum(len(s) for s in sessions),
                 "approximate": sum(1 for s in sessions if s.edits_since_full), "refreshed": self.refreshes}
 
+    def speculation_status(self) -> dict:
+        """What drafting learned while serving: acceptance per draft kind (first token, next
+        token), and verify-pass cost by size."""
+        return {"acceptance": self.acceptance.snapshot(), "passMs": self.forward_cost.snapshot()}
+
     def needs_refresh(self, session_key: str) -> bool:
         """Whether the session's cache is approximate (reused across a change since its last
         full encode)."""

@@ -109,6 +109,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "positionEncoding": ls.position_encoding,
             "ngramCacheTokens": engine.repo_ngrams.total_tokens if engine else 0,
             "kvSessions": engine.kv_status() if engine else None,
+            "speculation": engine.speculation_status() if engine else None,
             "indexStatus": ls.code_search.status,
             "summaries": ls.insight.stats(),
         }

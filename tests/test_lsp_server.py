@@ -66,6 +66,7 @@ async def test_capabilities_and_loading_progress(server):
     assert kinds[0] == "begin" and kinds[-1] == "end"
     info = await status(client)
     assert info["modelStatus"] == "ready" and info["dtype"] == "float32"
+    assert set(info["speculation"]) == {"acceptance", "passMs"}
 
 
 async def test_incremental_edits_then_inline_and_menu_completion(server, workspace):

@@ -250,6 +250,18 @@ def test_acceptance_statistics_follow_results():
     assert stats.expected_tokens("prompt/3", 8) > stats.expected_tokens("prompt/2", 8)
 
 
+def test_a_requests_own_failures_weigh_more_than_the_servers_history():
+    server = AcceptanceStats()
+    for _ in range(20):
+        server.record("prompt/3", proposed=8, accepted=6)
+    request = AcceptanceStats(decay=1.0, prior_weight=3.0, parent=server)
+    assert request.rates("prompt/3") == pytest.approx(server.rates("prompt/3"))
+    for _ in range(4):
+        request.record("prompt/3", proposed=8, accepted=0)
+    assert request.rates("prompt/3")[0] < server.rates("prompt/3")[0] / 2  # this context is different
+    assert server.rates("prompt/3")[0] > 0.6  # the server learned of the failures too, slowly
+
+
 @pytest.mark.embedded
 def test_embedded_model_output_is_identical(embedded_loaded):
     # No time budget: a loaded machine must not cut one output shorter than the other.
@@ -294,6 +306,17 @@ def test_ngram_lookup_and_bounded_cache():
     assert cache.total_tokens == 2
 
 
+def test_forward_cost_is_read_between_measured_sizes():
+    cost = ForwardCost()
+    for size, ms in ((1, 100.0), (2, 150.0), (8, 200.0), (9, 210.0)):
+        cost.record(size, ms)  # 9 tokens fall in the bucket of 16
+    assert cost.ratio(1) == 1.0 and cost.ratio(2) == 1.5
+    assert cost.ratio(5) == pytest.approx(1.75)  # halfway between 2 and 8 tokens
+    assert cost.ratio(9) == pytest.approx(2.1)  # not the cost of 16
+    assert cost.ratio(12) == pytest.approx(2.1)  # in a measured bucket, past its points
+    assert cost.ratio(17) < 1.5  # an unmeasured bucket: assumed cheap, so it gets tried
+
+
 def test_a_second_chain_joins_the_tree_only_if_it_pays():
     cost = ForwardCost()
     for size, ms in ((1, 10.0), (2, 12.0), (4, 12.0), (8, 60.0), (16, 60.0)):
@@ -306,3 +329,18 @@ def test_a_second_chain_joins_the_tree_only_if_it_pays():
         cheap.record(size, 10.0)  # a GPU-like cost curve: both chains go in
     drafter = Drafter([two_chains], AcceptanceStats(), cheap, max_tokens=8, max_nodes=32)
     assert len(drafter.tree([5])) == 7
+
+
+def test_alternative_first_tokens_share_one_chance():
+    cost = ForwardCost()
+    for size, ms in ((1, 100.0), (4, 120.0), (8, 146.67)):
+        cost.record(size, ms)
+    trusted = ScriptedSource([], lambda ref, gen, k: [[11, 12, 13]])
+    trusted.name = "recycle"  # first token right 90 % of the time
+    guess = ScriptedSource([], lambda ref, gen, k: [[21, 22, 23]])
+    guess.name = "prompt/2"
+    # Alone, the guess pays for its 3 nodes; next to the trusted chain at most 10 % is left
+    # for any other first token, and it does not.
+    assert len(Drafter([guess], AcceptanceStats(), cost, max_tokens=8, max_nodes=32).tree([5])) == 4
+    drafter = Drafter([trusted, guess], AcceptanceStats(), cost, max_tokens=8, max_nodes=32)
+    assert drafter.tree([5]).tokens == [5, 11, 12, 13]

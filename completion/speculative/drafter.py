@@ -32,14 +32,21 @@ Room = Callable[[list[int], list[int]], int]
 
 class AcceptanceStats:
     """Per draft kind: how often its first token is accepted, and how often each next token is
-    once the one before was. Exponentially forgetting, starting from a prior."""
+    once the one before was. Exponentially forgetting, starting from a prior: the fixed PRIORS,
+    or the current rates of a `parent` (a request's own evidence on top of the server's)."""
 
-    def __init__(self, decay: float = 0.95, prior_weight: float = 4.0):
-        self.decay, self.prior_weight = decay, prior_weight
+    def __init__(self, decay: float = 0.95, prior_weight: float = 4.0,
+                 parent: AcceptanceStats | None = None):
+        self.decay, self.prior_weight, self.parent = decay, prior_weight, parent
         self._counts: dict[str, list[float]] = {}  # kind -> [first ok, first tried, next ok, next tried]
 
+    def prior(self, kind: str) -> tuple[float, float]:
+        if self.parent is not None:
+            return self.parent.rates(kind)
+        return PRIORS.get(kind, PRIORS.get(kind.split("/")[0], DEFAULT_PRIOR))
+
     def rates(self, kind: str) -> tuple[float, float]:
-        first_prior, next_prior = PRIORS.get(kind, PRIORS.get(kind.split("/")[0], DEFAULT_PRIOR))
+        first_prior, next_prior = self.prior(kind)
         first_ok, first_tried, next_ok, next_tried = self._counts.get(kind, (0.0,) * 4)
         weight = self.prior_weight
         return ((first_ok + first_prior * weight) / (first_tried + weight),
@@ -56,18 +63,23 @@ class AcceptanceStats:
         tested_next = max(accepted - 1, 0) + (1 if 0 < accepted < proposed else 0)
         for index, value in enumerate((accepted > 0, 1, max(accepted - 1, 0), tested_next)):
             counts[index] = counts[index] * self.decay + value
+        if self.parent is not None:
+            self.parent.record(kind, proposed, accepted)
 
     def snapshot(self) -> dict[str, tuple[float, float]]:
-        return {kind: tuple(round(r, 3) for r in self.rates(kind)) for kind in sorted(self._counts)}
+        return {kind: tuple(round(r, 3) for r in self.rates(kind)) for kind in sorted(list(self._counts))}
 
 
 class ForwardCost:
-    """Milliseconds per target forward by input size (power-of-two buckets, moving average).
-    Unmeasured sizes are assumed nearly as cheap as one token, so they get tried once."""
+    """Milliseconds per target forward by input size. Each power-of-two bucket of sizes keeps a
+    moving average of (size, ms); a size is read off the line through the neighbouring
+    buckets' points. (Rounding 9 tokens up to the cost of 16 cut drafts one token short of
+    the end of a suggestion, and that token then took a pass of its own.) Sizes past the
+    largest measured bucket are assumed nearly as cheap as one token, so they get tried once."""
 
     def __init__(self, smoothing: float = 0.3):
         self.smoothing = smoothing
-        self._ms: dict[int, float] = {}
+        self._points: dict[int, tuple[float, float]] = {}  # bucket -> (mean size, mean ms)
 
     @staticmethod
     def bucket(tokens: int) -> int:
@@ -75,26 +87,43 @@ class ForwardCost:
 
     def record(self, tokens: int, ms: float) -> None:
         bucket = self.bucket(tokens)
-        old = self._ms.get(bucket)
-        self._ms[bucket] = ms if old is None else old + self.smoothing * (ms - old)
+        old = self._points.get(bucket)
+        if old is None:
+            self._points[bucket] = (float(tokens), ms)
+        else:
+            size, old_ms = old
+            self._points[bucket] = (size + self.smoothing * (tokens - size), old_ms + self.smoothing * (ms - old_ms))
 
     @property
     def single_ms(self) -> float | None:
-        return self._ms.get(1)
+        point = self._points.get(1)
+        return point[1] if point else None
 
     def measured(self, tokens: int) -> bool:
-        return self.bucket(tokens) in self._ms
+        return self.bucket(tokens) in self._points
+
+    def ms(self, tokens: int) -> float | None:
+        """Estimated ms of a pass over `tokens`; None past the largest measured bucket."""
+        points = sorted(self._points.values())
+        if not points or (tokens > points[-1][0] and not self.measured(tokens)):
+            return None
+        if tokens <= points[0][0]:
+            return points[0][1]
+        for (size0, ms0), (size1, ms1) in zip(points, points[1:]):
+            if tokens <= size1:
+                return ms0 + (ms1 - ms0) * (tokens - size0) / max(size1 - size0, 1e-9)
+        return points[-1][1]  # inside the last bucket, past its mean size
 
     def ratio(self, tokens: int) -> float:
         """cost(tokens) / cost(1)."""
-        single = self._ms.get(1)
-        measured = self._ms.get(self.bucket(tokens))
-        if single is None or measured is None:
+        single, estimate = self.single_ms, self.ms(tokens)
+        if single is None or estimate is None:
             return 1.0 + 0.02 * (tokens - 1)
-        return max(measured / single, 1.0)
+        return max(estimate / single, 1.0)
 
-    def snapshot(self) -> dict[int, float]:
-        return {bucket: round(ms, 1) for bucket, ms in sorted(self._ms.items())}
+    def snapshot(self) -> list[tuple[float, float]]:
+        """(mean pass size in tokens, mean ms) per measured bucket, smallest first."""
+        return [(round(size, 1), round(ms, 1)) for size, ms in sorted(list(self._points.values()))]
 
 
 @dataclass
@@ -119,7 +148,10 @@ class Drafter:
                  room: Room | None = None):
         """`cost` None: verify every draft at full length (no cost model). `room`: how many
         of a draft's tokens can still become part of the output (None: all)."""
-        self.sources, self.acceptance, self.cost = sources, acceptance, cost
+        self.sources, self.cost = sources, cost
+        # This request's own evidence counts as much as 3 drafts of the server's: a context
+        # where a source keeps failing (code unlike anything in the prompt) stops it quickly.
+        self.acceptance = AcceptanceStats(decay=1.0, prior_weight=3.0, parent=acceptance)
         self.max_tokens, self.max_nodes, self.trees = max_tokens, max_nodes, trees
         self.room = room
         self.stats = DraftStats()
@@ -132,9 +164,8 @@ class Drafter:
         if self.cost is not None and not self.cost.measured(1):
             return DraftTree.rooted_at(generated[-1])  # measure a plain step first
         tree = DraftTree.rooted_at(generated[-1])
-        # Expected tokens of the pass. Chains with different first tokens are alternatives
-        # (at most one first token is the target's), so their expected gains add up.
-        expected = 1.0
+        expected = 1.0  # tokens the pass is expected to yield
+        claimed = 0.0  # chance that one of the tree's first tokens is the target's
         for source in self.sources:
             if source.expensive and (expected > 1.0 or not self._drafting_pays(source)):
                 continue
@@ -146,16 +177,38 @@ class Drafter:
                     continue
                 if not self.trees and self._chains:
                     break  # without tree attention only one chain fits a pass
-                gain = self.acceptance.expected_tokens(chain.kind, len(chain.tokens)) - 1.0
-                if not self._pays_in_tree(expected, gain, len(tree), len(chain.tokens)):
+                gain, first, new = self._gain(tree, chain, claimed)
+                if not new or not self._pays_in_tree(expected, gain, len(tree), new):
                     continue
                 if tree.add_chain(chain.tokens, chain.kind, self.max_nodes):
                     self._chains.append((source, chain))
                     expected += gain
+                    claimed += first
         if self.cost is not None and len(tree) > 1 and expected <= self.cost.ratio(len(tree)):
             self._chains = []  # a plain step yields more per ms than this tree
             return DraftTree.rooted_at(generated[-1])
         return tree
+
+    def _gain(self, tree: DraftTree, chain: Chain, claimed: float) -> tuple[float, float, int]:
+        """Tokens `chain` adds to what the tree is expected to yield, the chance it adds to the
+        tree's first tokens, and how many nodes it adds. Chains are alternatives: at most one first token (and one
+        child of any node) is the target's, so a chain's own rates are capped by what the
+        tree's other branches leave."""
+        first, following = self.acceptance.rates(chain.kind)
+        shared, node = tree.follow(chain.tokens)
+        new = len(chain.tokens) - shared
+        if new == 0:
+            return 0.0, 0.0, 0
+        run = sum(following**i for i in range(new))
+        if shared == 0:
+            first = min(first, max(0.0, 1.0 - claimed))
+            return first * run, first, new
+        # Past the shared tokens the chain branches off (or goes on where the tree stops).
+        reach = first * following ** (shared - 1)
+        branch = following
+        for child in tree.children(node):
+            branch = min(branch, max(0.0, 1.0 - self.acceptance.rates(tree.sources[child])[1]))
+        return reach * branch * run, 0.0, new
 
     def _pays_in_tree(self, expected: float, gain: float, size: int, added: int) -> bool:
         """Does adding a chain (`added` nodes at most) raise the tree's tokens per ms?"""

@@ -34,6 +34,19 @@ class DraftTree:
     def child(self, node: int, token: int) -> int | None:
         return self._children.get((node, token))
 
+    def follow(self, chain: list[int]) -> tuple[int, int]:
+        """How many leading tokens of `chain` the tree already holds, and the node of the last."""
+        node, count = 0, 0
+        for token in chain:
+            child = self.child(node, token)
+            if child is None:
+                break
+            node, count = child, count + 1
+        return count, node
+
+    def children(self, node: int) -> list[int]:
+        return [index for index, parent in enumerate(self.parents) if parent == node]
+
     def add_chain(self, chain: list[int], source: str, max_nodes: int) -> int:
         """Merge `chain` (continuing the root) into the trie; returns how many nodes it added.
         Stops adding once the tree holds `max_nodes` nodes (the root included)."""

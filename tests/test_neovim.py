@@ -3,6 +3,7 @@ against `codeassist serve`; we assert on what Neovim received."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 from tests.lsp_helpers import expected_text
 
 SCRIPT = Path(__file__).parent / "nvim" / "complete.lua"
+PLUGIN_SCRIPT = Path(__file__).parent / "nvim" / "plugin.lua"
+PLUGIN = Path(__file__).parent.parent / "editors" / "nvim"
 
 
 def _nvim() -> str:
@@ -59,3 +62,59 @@ def test_neovim_lsp_client_gets_completions(tmp_path, tiny_model_dir):
         assert menu_items[0]["textEdit"]["newText"] == want
     else:
         assert menu_items == []
+
+
+def test_neovim_plugin_ghost_text_typed_into_dismissed_and_accepted(tmp_path, tiny_model_dir):
+    model = tiny_model_dir("qwen2.5-coder")
+    root = tmp_path / "plugin_repo"
+    (root / "pkg").mkdir(parents=True)
+    (root / ".git").mkdir()
+    base = "import math\n\n\ndef area(r):\n    return math.pi"
+    # Text to type after which the tiny model suggests something (it answers nothing to some).
+    for typed in (" * r", " * ", " + ", "("):
+        text = base + typed
+        want = expected_text(model, text, len(text), "pkg/shapes.py", "plugin_repo", time_budget_ms=5000)
+        if want.strip():
+            break
+    assert want.strip(), "the tiny model completes none of the candidate documents"
+    source = root / "pkg" / "shapes.py"
+    source.write_text(base)
+    out = tmp_path / "plugin.json"
+    env = {
+        **os.environ,
+        "CODEASSIST_PLUGIN": str(PLUGIN), "NVIM_TEST_FILE": str(source), "NVIM_TEST_OUT": str(out),
+        "NVIM_TEST_TYPED": typed,
+        "CODEASSIST_CMD": json.dumps([sys.executable, "-m", "codeassist", "serve",
+                                      "--log-file", str(tmp_path / "server.log")]),
+        "CODEASSIST_INIT": json.dumps({"model": str(model), "dtype": "fp32", "device": "cpu",
+                                       "indexEnabled": False}),
+    }
+    run = subprocess.run([_nvim(), "--headless", "--clean", "-S", str(PLUGIN_SCRIPT)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(out.read_text())
+    assert got["attached"] and got["ready"], got
+    assert got["mode"] == "i" and got["shown"] and got["suggestion"] == want, got
+    lines, row, col = want.split("\n"), text.count("\n"), len(text.split("\n")[-1])
+    # The first line inline at the cursor, the others as virtual lines below.
+    (ghost,) = got["ghost"]
+    assert (ghost["row"], ghost["col"], ghost["more"]) == (row, col, len(lines) - 1)
+    # As Neovim reports virtual text: up to a NUL, control characters as ^X (the tiny model
+    # writes any bytes).
+    shown = re.sub(r"[\x01-\x1f]", lambda m: "^" + chr(ord(m.group()) + 64), lines[0].split("\x00")[0])
+    assert ghost["first"] == shown
+    assert got["cursor_shown"] == [row + 1, col]
+    typed_first = "rest_after_typing" in got
+    if typed_first:
+        assert got["rest_after_typing"] == want[1:]  # shown at once, before the server answered
+    assert got["after_dismiss"] == [] and got["suggestion_after_dismiss"] is None
+    rest = want[1:] if typed_first else want
+    # Asked again: the same suggestion (the tiny model may run on differently where the first
+    # answer hit the token limit), inserted whole by <Tab>.
+    asked = got["asked"]
+    assert asked and asked[:20] == rest[:20]
+    inserted = (want[0] if typed_first else "") + asked
+    assert got["buffer"] == text + inserted and got["after_accept"] == []
+    inserted_lines = inserted.split("\n")
+    end_col = len(inserted_lines[-1].encode()) + (col if len(inserted_lines) == 1 else 0)  # bytes
+    assert got["cursor"] == [row + len(inserted_lines), end_col]

@@ -1,8 +1,8 @@
 """Which drafts are worth a verify pass: acceptance per draft kind, forward cost per size.
 
 A verify pass over n tokens costs `cost(n)`; plain decoding costs `cost(1)` per token. On this
-project's CPU a pass over 2-16 tokens costs about 2x a single token, on a GPU about 1x, so the
-same draft can pay off on one and not on the other. Both are measured while serving: a draft
+project's CPU a pass over 2-8 tokens costs about 1.6-1.9x a single token (16: 2.3x), on a GPU
+about 1x, so the same draft can pay off on one and not on the other. Both are measured while serving: a draft
 of length k is expected to yield 1 + a (1 + q + ... + q^(k-1)) tokens, a being how often the
 kind's first token is accepted and q how often a next one is after an accepted one (a copy,
 once it matches, tends to go on); it is verified only if that beats plain decoding per ms.
@@ -191,9 +191,9 @@ class Drafter:
 
     def _gain(self, tree: DraftTree, chain: Chain, claimed: float) -> tuple[float, float, int]:
         """Tokens `chain` adds to what the tree is expected to yield, the chance it adds to the
-        tree's first tokens, and how many nodes it adds. Chains are alternatives: at most one first token (and one
-        child of any node) is the target's, so a chain's own rates are capped by what the
-        tree's other branches leave."""
+        tree's first tokens, and how many nodes it adds. Chains are alternatives: at most one
+        first token (and one child of any node) is the target's, so a chain's own rates are
+        capped by what the tree's other branches leave."""
         first, following = self.acceptance.rates(chain.kind)
         shared, node = tree.follow(chain.tokens)
         new = len(chain.tokens) - shared

@@ -25,6 +25,22 @@ def _nvim() -> str:
     return path
 
 
+def _run_nvim(script_args: list[str], model: Path, source: Path, tmp_path: Path, **extra_env) -> dict:
+    """Headless Neovim runs a test script against `codeassist serve`; returns what it wrote."""
+    out = tmp_path / "nvim.json"
+    env = {
+        **os.environ, **extra_env, "NVIM_TEST_FILE": str(source), "NVIM_TEST_OUT": str(out),
+        "CODEASSIST_CMD": json.dumps([sys.executable, "-m", "codeassist", "serve",
+                                      "--log-file", str(tmp_path / "server.log")]),
+        "CODEASSIST_INIT": json.dumps({"model": str(model), "dtype": "fp32", "device": "cpu",
+                                       "indexEnabled": False}),
+    }
+    run = subprocess.run([_nvim(), "--headless", "--clean", *script_args], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return json.loads(out.read_text())
+
+
 def test_neovim_lsp_client_gets_completions(tmp_path, tiny_model_dir):
     version = subprocess.run([_nvim(), "--version"], capture_output=True, text=True).stdout
     assert version.startswith("NVIM v0.1") and int(version.split(".")[1]) >= 11, version
@@ -34,20 +50,8 @@ def test_neovim_lsp_client_gets_completions(tmp_path, tiny_model_dir):
     (root / ".git").mkdir()
     source = root / "pkg" / "shapes.py"
     source.write_text("import math\n\n\ndef area(r):\n    return math.pi * r")
-    out = tmp_path / "nvim.json"
-    env = {
-        **os.environ,
-        "NVIM_TEST_FILE": str(source), "NVIM_TEST_ROOT": str(root), "NVIM_TEST_OUT": str(out),
-        "NVIM_TEST_TYPED": " * ",
-        "CODEASSIST_CMD": json.dumps([sys.executable, "-m", "codeassist", "serve",
-                                      "--log-file", str(tmp_path / "server.log")]),
-        "CODEASSIST_INIT": json.dumps({"model": str(model), "dtype": "fp32", "device": "cpu",
-                                       "indexEnabled": False}),
-    }
-    run = subprocess.run([_nvim(), "--headless", "--clean", "-l", str(SCRIPT)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    got = json.loads(out.read_text())
+    got = _run_nvim(["-l", str(SCRIPT)], model, source, tmp_path,
+                    NVIM_TEST_ROOT=str(root), NVIM_TEST_TYPED=" * ")
     assert got["attached"] and got["ready"], got
     assert got["inline_provider"]
     assert got["offset_encoding"] == "utf-8"  # Neovim offers utf-8 first; the server takes it
@@ -79,20 +83,9 @@ def test_neovim_plugin_ghost_text_typed_into_dismissed_and_accepted(tmp_path, ti
     assert want.strip(), "the tiny model completes none of the candidate documents"
     source = root / "pkg" / "shapes.py"
     source.write_text(base)
-    out = tmp_path / "plugin.json"
-    env = {
-        **os.environ,
-        "CODEASSIST_PLUGIN": str(PLUGIN), "NVIM_TEST_FILE": str(source), "NVIM_TEST_OUT": str(out),
-        "NVIM_TEST_TYPED": typed,
-        "CODEASSIST_CMD": json.dumps([sys.executable, "-m", "codeassist", "serve",
-                                      "--log-file", str(tmp_path / "server.log")]),
-        "CODEASSIST_INIT": json.dumps({"model": str(model), "dtype": "fp32", "device": "cpu",
-                                       "indexEnabled": False}),
-    }
-    run = subprocess.run([_nvim(), "--headless", "--clean", "-S", str(PLUGIN_SCRIPT)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    got = json.loads(out.read_text())
+    # -S, not -l: the script yields to the main loop, which handles the typed keys.
+    got = _run_nvim(["-S", str(PLUGIN_SCRIPT)], model, source, tmp_path,
+                    CODEASSIST_PLUGIN=str(PLUGIN), NVIM_TEST_TYPED=typed)
     assert got["attached"] and got["ready"], got
     assert got["mode"] == "i" and got["shown"] and got["suggestion"] == want, got
     lines, row, col = want.split("\n"), text.count("\n"), len(text.split("\n")[-1])

@@ -14,7 +14,7 @@ let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
 
 /** The server's settings: the `codeassist` section without client-only keys or empty names. */
-export function serverSettings(section: { [key: string]: unknown }): { [key: string]: unknown } {
+function serverSettings(section: { [key: string]: unknown }): { [key: string]: unknown } {
   const settings: { [key: string]: unknown } = {};
   for (const [key, value] of Object.entries(section)) {
     if (CLIENT_ONLY.has(key) || typeof value === "function" || value === null || value === undefined) {

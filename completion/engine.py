@@ -109,7 +109,7 @@ class CompletionEngine:
             # the cursor mid-line: the answer ends with that line).
             direct = finalize(check_text(remaining, policy).text, policy)
             if direct:
-                return self._answer_recycled(session_key, last, request, direct, start)
+                return self._answer_recycled(session_key, last, request, direct, remaining, start)
         typed = self._typed(last, request)
         if typed is not None:
             # The suggestion's own prompt, then the typed tokens after the middle marker: the
@@ -132,7 +132,9 @@ class CompletionEngine:
             self._keep_session(session_key, prompt.ids, cache, old if plan.reused else None, plan.stale)
         final = finalize(text, policy) if reason != "cancelled" else ""
         # Kept for the next request: the token stream after `head`, typed tokens included.
-        self._remember(session_key, request, final, head, base, (typed.tokens if typed else []) + generated)
+        ids = (typed.tokens if typed else []) + generated
+        known, ids = _known_rest(last, self._rest_of(last, request), final, ids) if typed else (final, ids)
+        self._remember(session_key, request, known, head, base, ids)
         kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
               "encoded": plan.encoded, "stale": plan.stale}
         decode_ms = (time.perf_counter() - start) * 1000 - prompt_ms
@@ -240,9 +242,17 @@ class CompletionEngine:
             self.repo_ngrams.add(key, self.encode([text])[0] if text else [])
 
     def _recycled(self, last: _Suggestion | None, request: CompletionRequest) -> str:
+        """The rest of the last suggestion to draft from or answer with (see `_rest_of`), when
+        the recycle source is on."""
+        if "recycle" not in self.settings.draft_sources or not self.settings.speculative:
+            return ""
+        return self._rest_of(last, request)
+
+    @staticmethod
+    def _rest_of(last: _Suggestion | None, request: CompletionRequest) -> str:
         """The rest of the last suggestion if the user typed its first characters and changed
         nothing else; "" otherwise."""
-        if last is None or "recycle" not in self.settings.draft_sources or not self.settings.speculative:
+        if last is None:
             return ""
         before, after = request.text[: request.cursor], request.text[request.cursor :]
         if after != last.after or not before.startswith(last.before):
@@ -260,16 +270,17 @@ class CompletionEngine:
         return align_typed(last.head, last.ids, request.text[: request.cursor], self.decode)
 
     def _answer_recycled(self, session_key: str, last: _Suggestion, request: CompletionRequest,
-                         remaining: str, start: float) -> Completion:
-        # The same token stream still describes the text after `head`: keep it for alignment.
+                         answer: str, remaining: str, start: float) -> Completion:
+        # The same token stream still describes the text after `head`: keep it for alignment,
+        # and all of the rest (the answer may be its first line only).
         self._suggestions[session_key] = _Suggestion(request.text[: request.cursor],
                                                      request.text[request.cursor :], remaining,
                                                      last.head, last.prompt, last.ids)
         elapsed = (time.perf_counter() - start) * 1000
         logger.info("complete %s: the rest of the previous suggestion (%d chars), no model call",
-                    request.path or "<buffer>", len(remaining))
-        return Completion(text=remaining, tokens=0, prompt_tokens=0, prompt_ms=elapsed, decode_ms=0.0,
-                          stop_reason="recycled", model=self.loaded.name, multiline="\n" in remaining)
+                    request.path or "<buffer>", len(answer))
+        return Completion(text=answer, tokens=0, prompt_tokens=0, prompt_ms=elapsed, decode_ms=0.0,
+                          stop_reason="recycled", model=self.loaded.name, multiline="\n" in answer)
 
     def _remember(self, session_key: str | None, request: CompletionRequest, text: str, head: str,
                   prompt: FimPrompt, ids: list[int]) -> None:
@@ -368,6 +379,16 @@ class _Suggestion:
     head: str  # the prefix text `prompt` encodes (healed characters excluded)
     prompt: FimPrompt  # what `ids` were generated from
     ids: list[int]
+
+
+def _known_rest(last: _Suggestion, rest: str, text: str, ids: list[int]) -> tuple[str, list[int]]:
+    """What to remember after completing a typed-into suggestion: the previous suggestion's
+    longer rest when the new one is its start, token for token. The stop rules of a mid-line
+    cursor cut a block suggestion to its line; a user typing on into the next lines is still
+    typing the model's suggestion, and its tokens are still the model's greedy continuation."""
+    if text and rest.startswith(text) and last.ids[: len(ids)] == ids:
+        return rest, last.ids
+    return text, ids
 
 
 def _describe_spec(spec: dict) -> str:

@@ -42,10 +42,12 @@ def tiny_tokenizer_of():
 
 @pytest.fixture(scope="session")
 def embedded_loaded():
-    """The real embedded default model, loaded once (converted on first use)."""
+    """The real embedded default model, loaded once (converted on first use). Elsewhere (a GPU
+    machine without the chunk packages) CODEASSIST_TEST_MODEL names the same model's GGUF file."""
     from completion import load_model
 
-    return load_model("qwen2.5-coder-0.5b")
+    return load_model(os.environ.get("CODEASSIST_TEST_MODEL", "qwen2.5-coder-0.5b"),
+                      device=TEST_DEVICE if TEST_DEVICE != "cpu" else "auto")
 
 
 def pytest_configure(config):

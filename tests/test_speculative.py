@@ -283,6 +283,42 @@ def test_embedded_model_output_is_identical(embedded_loaded):
         assert got.text == expected.text and got.tokens == expected.tokens
 
 
+@pytest.mark.embedded
+def test_typing_on_past_a_line_of_a_block_suggestion_still_recycles_it(embedded_loaded):
+    # Typing into a block suggestion puts the cursor mid-line: that answer is one line. A user
+    # typing on into the next lines is still typing the block: its rest is still the answer
+    # (and, verified, the draft), and it is what plain greedy decoding writes there too.
+    common = dict(max_new_tokens=32, max_prompt_tokens=512, kv_mode="full", time_budget_ms=600_000)
+    source = (
+        "class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+        "    def push(self, item):\n        self.items.append(item)\n\n"
+        "    def pop(self):\n        return self.items.pop()\n\n"
+        "    def peek(self):\n        return self.items[-1]\n\n    \n"
+    )
+    cursor = len(source) - 1
+    engines = {"direct": CompletionEngine(embedded_loaded, EngineSettings(**common)),
+               "verified": CompletionEngine(embedded_loaded, EngineSettings(recycle_direct=False, **common)),
+               "plain": CompletionEngine(embedded_loaded, EngineSettings(speculative=False, **common))}
+    block = engines["plain"].complete(CompletionRequest(source, cursor, "python"), session_key="d").text
+    first_line, rest = block.split("\n", 1)
+    assert rest.strip(), block  # a block suggestion: a method, its body and more
+    second_line = rest.split("\n", 1)[0]
+    states = [block[:3], first_line + "\n" + second_line[: len(second_line) // 2]]
+    results = {}
+    for name, engine in engines.items():
+        engine.complete(CompletionRequest(source, cursor, "python"), session_key="d")
+        results[name] = [engine.complete(CompletionRequest(source[:cursor] + typed + source[cursor:],
+                                                           cursor + len(typed), "python"), session_key="d")
+                         for typed in states]
+    expected = [first_line[3:], second_line[len(second_line) // 2:]]
+    assert [r.text for r in results["plain"]] == expected
+    assert all(r.stop_reason == "recycled" for r in results["direct"])
+    assert [r.text for r in results["direct"]] == expected
+    past_the_line = results["verified"][1]
+    assert past_the_line.text == expected[1] and past_the_line.tokens == results["plain"][1].tokens
+    assert past_the_line.spec["accepted_by_source"].get("recycle", 0) >= past_the_line.tokens - 2
+
+
 def test_ngram_lookup_and_bounded_cache():
     import numpy as np
 

@@ -133,6 +133,12 @@ def run(loaded, draft, quick: bool, holes_per_file: int, max_new_tokens: int, co
     rows: list[dict] = []
     work = [(path, siblings, hole) for path, siblings in files
             for hole in _holes(path.read_text(encoding="utf-8"), holes_per_file, rng)]
+    # A process's first passes are slow (allocation, kernel choice, CUDA start-up): one untimed
+    # completion per engine first, or plain greedy's first row carries them.
+    warm_up = "def add(a, b):\n    return "
+    for engine in engines.values():
+        engine.complete(CompletionRequest(warm_up, len(warm_up), "python", "warm-up"), session_key="warm-up")
+        engine.forget("warm-up")
     bar = tqdm(total=len(work), desc="bench speculative", unit="hole")
     for path, siblings, (text, cursor, kind) in work:
         for engine in engines.values():

@@ -103,7 +103,8 @@ class CompletionEngine:
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, self.settings.max_lines)
         last = self._suggestions.get(session_key) if session_key is not None else None
-        remaining = self._recycled(last, request)
+        rest = _rest_of(last, request)
+        remaining = rest if self.settings.speculative and "recycle" in self.settings.draft_sources else ""
         if remaining and self.settings.recycle_direct:
             # The stop rules of the new position apply (typing into a block suggestion puts
             # the cursor mid-line: the answer ends with that line).
@@ -133,7 +134,7 @@ class CompletionEngine:
         final = finalize(text, policy) if reason != "cancelled" else ""
         # Kept for the next request: the token stream after `head`, typed tokens included.
         ids = (typed.tokens if typed else []) + generated
-        known, ids = _known_rest(last, self._rest_of(last, request), final, ids) if typed else (final, ids)
+        known, ids = _known_rest(last, rest, final, ids) if typed else (final, ids)
         self._remember(session_key, request, known, head, base, ids)
         kv = {"mode": mode, "reused": plan.reused, "rotated": plan.rotated,
               "encoded": plan.encoded, "stale": plan.stale}
@@ -240,27 +241,6 @@ class CompletionEngine:
         """Add a file's tokens to the repository n-gram cache (a draft source)."""
         if self.settings.speculative and "repo" in self.settings.draft_sources:
             self.repo_ngrams.add(key, self.encode([text])[0] if text else [])
-
-    def _recycled(self, last: _Suggestion | None, request: CompletionRequest) -> str:
-        """The rest of the last suggestion to draft from or answer with (see `_rest_of`), when
-        the recycle source is on."""
-        if "recycle" not in self.settings.draft_sources or not self.settings.speculative:
-            return ""
-        return self._rest_of(last, request)
-
-    @staticmethod
-    def _rest_of(last: _Suggestion | None, request: CompletionRequest) -> str:
-        """The rest of the last suggestion if the user typed its first characters and changed
-        nothing else; "" otherwise."""
-        if last is None:
-            return ""
-        before, after = request.text[: request.cursor], request.text[request.cursor :]
-        if after != last.after or not before.startswith(last.before):
-            return ""
-        typed = before[len(last.before):]
-        if not typed or not last.text.startswith(typed):
-            return ""
-        return last.text[len(typed):]
 
     def _typed(self, last: _Suggestion | None, request: CompletionRequest) -> TypedSuggestion | None:
         """The last suggestion's tokens split at the cursor, if the user typed into it (and
@@ -379,6 +359,20 @@ class _Suggestion:
     head: str  # the prefix text `prompt` encodes (healed characters excluded)
     prompt: FimPrompt  # what `ids` were generated from
     ids: list[int]
+
+
+def _rest_of(last: _Suggestion | None, request: CompletionRequest) -> str:
+    """The rest of the last suggestion if the user typed its first characters and changed
+    nothing else; "" otherwise."""
+    if last is None:
+        return ""
+    before, after = request.text[: request.cursor], request.text[request.cursor :]
+    if after != last.after or not before.startswith(last.before):
+        return ""
+    typed = before[len(last.before):]
+    if not typed or not last.text.startswith(typed):
+        return ""
+    return last.text[len(typed):]
 
 
 def _known_rest(last: _Suggestion, rest: str, text: str, ids: list[int]) -> tuple[str, list[int]]:

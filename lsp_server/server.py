@@ -175,6 +175,13 @@ class CodeassistServer(LanguageServer):
             if self._loaded_key != settings.model_key:
                 return  # settings changed while loading; the newer load owns the status
             self.engine = engine
+            # The model, tokenizer and vocabulary are ~540k long-lived objects: a full garbage
+            # collection scanning them paused a request for ~175 ms every few completions. Frozen
+            # only now that a previous engine is dropped, so that its objects are collected
+            # instead of frozen with the new ones.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
             self.model_status = "ready"
             self._remembered_folders.clear()
             for uri in list(self.workspace.text_documents):
@@ -191,17 +198,11 @@ class CodeassistServer(LanguageServer):
 
     def _load(self, settings: ServerSettings) -> CompletionEngine:
         with self._load_lock:
-            gc.unfreeze()  # a reload: the previous engine's objects may be garbage now
             loaded = load_model(settings.model, device=settings.device, dtype=settings.dtype)
             draft = None
             if settings.draft_model:
                 draft = load_model(settings.draft_model, device=settings.device, dtype=settings.dtype)
-            engine = CompletionEngine(loaded, self._engine_settings(settings), draft=draft)
-            # The model, tokenizer and vocabulary are ~540k long-lived objects: a full garbage
-            # collection scanning them paused a request for ~175 ms every few completions.
-            gc.collect()
-            gc.freeze()
-            return engine
+            return CompletionEngine(loaded, self._engine_settings(settings), draft=draft)
 
     async def _begin_progress(self, token: str, title: str) -> bool:
         capabilities = self.client_capabilities.window

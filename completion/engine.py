@@ -43,7 +43,8 @@ class CompletionEngine:
         # Speculation state that outlives requests: what drafts were worth, what passes cost.
         self.acceptance = AcceptanceStats()
         self.forward_cost = ForwardCost()
-        self.repo_ngrams = NgramCache(settings.repo_cache_tokens)
+        self.repo_ngrams = NgramCache(settings.repo_cache_tokens)  # open files
+        self.past_ngrams = NgramCache(settings.repo_cache_tokens)  # past suggestions
         self._suggestions: dict[str, _Suggestion] = {}
         self._past_suggestions = 0
         self.refreshes = 0  # approximate sessions re-encoded from scratch (`refresh`)
@@ -273,7 +274,7 @@ class CompletionEngine:
                 self._suggestions.pop(session_key, None)
         if ids and self.settings.speculative and "repo" in self.settings.draft_sources:
             self._past_suggestions = (self._past_suggestions + 1) % 64
-            self.repo_ngrams.add(f"suggestion:{self._past_suggestions}", ids)
+            self.past_ngrams.add(f"suggestion:{self._past_suggestions}", ids)
 
     def _drafter(self, session_key: str | None, prompt_ids: list[int], remaining: str,
                  typed: TypedSuggestion | None, healing: Healing | None, cache: DynamicCache,
@@ -294,8 +295,8 @@ class CompletionEngine:
             sources.append(PromptLookup(prompt_ids, self.fim.stop_ids, settings.draft_branches,
                                         settings.max_new_tokens))
         if "repo" in wanted:
-            sources.append(RepoLookup(self.repo_ngrams, prompt_ids, self.fim.stop_ids,
-                                      settings.draft_branches))
+            for ngrams, kind in ((self.past_ngrams, "past"), (self.repo_ngrams, "repo")):
+                sources.append(RepoLookup(ngrams, prompt_ids, self.fim.stop_ids, settings.draft_branches, kind))
         draft_source = None
         if "model" in wanted and self.draft is not None:
             draft_source = self.draft.start(session_key, prompt_ids)

@@ -1,25 +1,32 @@
-"""Small-batch linear layers on CPU through oneDNN.
+"""Small-batch linear layers on CPU: the AVX2 kernel of cpu_gemm.cpp, else oneDNN.
 
 Decoding feeds 1 to ~32 rows through every linear layer. On the project's CPU (AVX2, MKL)
 PyTorch's default fp32 GEMM is slow for 2-32 rows: Qwen2.5-Coder-0.5B's 151,936 x 896 output
 head takes 33 ms for one row and ~100 ms for 4-16 rows, oneDNN's `_linear_pointwise` 22 ms
-and ~40 ms. A whole forward over a 600-token cache, measured on that CPU with 2 threads,
-drops from 133 to 111 ms for one token and from 243-349 ms to ~175 ms for 2-4 tokens (8 tokens:
-280 -> 210 ms), the sizes of speculative verify passes. Larger batches (prefill) keep the
-default GEMM, which is as fast or faster there. The results agree with `F.linear` to float
-rounding (tests/test_cpu_linear.py).
+and ~40-50 ms, the AVX2 kernel 22 ms and 29 ms (4 rows). A whole forward over an 800-token
+cache with 2 threads: default GEMM 133 ms (1 token) and 243-349 ms (2-4 tokens); oneDNN ~120,
+~200 and ~250 ms (8 tokens); the AVX2 kernel (with grouped-head attention, see
+completion/attention.py) ~105, ~115 and ~185 ms. That is the cost of a speculative verify pass
+against a plain step. The kernel also sums every output in the same order whatever the row
+count, so verify passes reproduce single-token passes bit for bit in these layers.
+Larger batches (prefill) keep the default GEMM, which is as fast or faster there. Results
+agree with `F.linear` to float rounding (tests/test_cpu_linear.py).
 """
 
 from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from . import cpu_gemm
+
 logger = logging.getLogger(__name__)
 
-MAX_ROWS = 64  # above this the default GEMM is used (measured: prefill is not faster in oneDNN)
+MAX_ROWS = cpu_gemm.MAX_ROWS  # above this the default GEMM is used (prefill is not faster otherwise)
 
 
 def onednn_linear_available() -> bool:
@@ -37,31 +44,40 @@ def takes_onednn(x: torch.Tensor, weight: torch.Tensor, max_rows: int = MAX_ROWS
 
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       max_rows: int = MAX_ROWS) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through oneDNN for fp32 CPU inputs of at most `max_rows` rows."""
+                       max_rows: int = MAX_ROWS, gemm: cpu_gemm.SmallBatchGemm | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)`; fp32 CPU inputs of at most `max_rows` rows go through `gemm`
+    where it takes the shape, else through oneDNN."""
     if not takes_onednn(x, weight, max_rows):
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
-    out = torch.ops.mkldnn._linear_pointwise(x.reshape(rows, x.shape[-1]), weight, bias, "none", [], "")
+    flat = x.reshape(rows, x.shape[-1])
+    if gemm is not None and gemm.takes(rows, weight):
+        out = gemm(flat.contiguous(), weight, bias)
+    else:
+        out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def use_small_batch_linear(model: torch.nn.Module, max_rows: int = MAX_ROWS) -> int:
+def use_small_batch_linear(model: torch.nn.Module, max_rows: int = MAX_ROWS,
+                           build_dir: Path | None = None) -> int:
     """Route the fp32 CPU linear layers of `model` through `small_batch_linear`; returns how
-    many layers were routed (0 where oneDNN is unavailable)."""
+    many layers were routed (0 where oneDNN is unavailable). `build_dir`: where the AVX2
+    kernel is compiled and cached (None: oneDNN only)."""
     if not onednn_linear_available():
         logger.info("oneDNN linear unavailable: keeping the default GEMM")
         return 0
+    gemm = cpu_gemm.load(Path(build_dir)) if build_dir is not None else None
     routed = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear:
-            module.forward = _routed_forward(module, max_rows)
+            module.forward = _routed_forward(module, max_rows, gemm)
             routed += 1
+    logger.info("%d linear layers take the %s small-batch path", routed, "AVX2" if gemm else "oneDNN")
     return routed
 
 
-def _routed_forward(module: torch.nn.Linear, max_rows: int):
+def _routed_forward(module: torch.nn.Linear, max_rows: int, gemm: cpu_gemm.SmallBatchGemm | None):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return small_batch_linear(x, module.weight, module.bias, max_rows)
+        return small_batch_linear(x, module.weight, module.bias, max_rows, gemm)
 
     return forward

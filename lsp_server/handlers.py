@@ -107,7 +107,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "dtype": engine.loaded.dtype_name if engine else None,
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
             "positionEncoding": ls.position_encoding,
-            "ngramCacheTokens": engine.repo_ngrams.total_tokens if engine else 0,
+            "ngramCacheTokens": engine.repo_ngrams.total_tokens + engine.past_ngrams.total_tokens if engine else 0,
             "kvSessions": engine.kv_status() if engine else None,
             "speculation": engine.speculation_status() if engine else None,
             "indexStatus": ls.code_search.status,

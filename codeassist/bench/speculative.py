@@ -145,7 +145,9 @@ def run(loaded, draft, quick: bool, holes_per_file: int, max_new_tokens: int, co
     bar = tqdm(total=len(work), desc="bench speculative", unit="hole")
     for path, siblings, (text, cursor, kind) in work:
         for engine in engines.values():
+            # Each hole starts with its own repository: its siblings, no past suggestions.
             engine.repo_ngrams = type(engine.repo_ngrams)(engine.settings.repo_cache_tokens)
+            engine.past_ngrams = type(engine.past_ngrams)(engine.settings.repo_cache_tokens)
             for sibling in siblings:
                 engine.remember_text(str(sibling), sibling.read_text(encoding="utf-8", errors="replace"))
         label = f"{path.parent.name}/{path.name}"

@@ -23,7 +23,7 @@ from .verify import Verdict
 # accepted (copying, once started, tends to go on). Kinds without an entry use DEFAULT_PRIOR.
 PRIORS = {"recycle": (0.9, 0.95), "model": (0.7, 0.7), "prompt/1": (0.2, 0.6), "prompt/2": (0.35, 0.7),
           "prompt/3": (0.5, 0.8), "prompt/4": (0.6, 0.85), "repo/2": (0.3, 0.7), "repo/3": (0.4, 0.8),
-          "repo/4": (0.5, 0.85)}
+          "repo/4": (0.5, 0.85), "past/2": (0.3, 0.7), "past/3": (0.4, 0.8), "past/4": (0.5, 0.85)}
 DEFAULT_PRIOR = (0.3, 0.7)
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 

@@ -92,13 +92,16 @@ class PromptLookup:
 
 
 class RepoLookup:
-    """N-gram lookup in the repository cache: open files and past suggestions."""
+    """N-gram lookup in a repository cache: the open files ("repo"), or past suggestions
+    ("past"). The two are tracked as separate kinds: past suggestions match very well while the
+    user types into one, files rarely do on a new hole, and one shared rate made file drafts
+    look trustworthy on new holes."""
 
     name, expensive = "repo", False
 
     def __init__(self, cache: NgramCache, prompt_ids: Sequence[int], stop_ids: Collection[int],
-                 branches: int):
-        self.cache = cache
+                 branches: int, kind: str = "repo"):
+        self.cache, self.kind = cache, kind
         self.prompt_tail = list(prompt_ids[-4:])
         self.stop_ids, self.branches = stop_ids, branches
 
@@ -109,7 +112,7 @@ class RepoLookup:
         # 1-gram matches over a whole repository are noise: require two tokens.
         found = find_continuations(self.cache.haystack(), tail, max_tokens, self.branches,
                                    min_n=2, stop_ids=self.stop_ids)
-        return [Chain(tokens, f"{self.name}/{n}") for tokens, n in found]
+        return [Chain(tokens, f"{self.kind}/{n}") for tokens, n in found]
 
     def update(self, chain: Chain, accepted: int) -> None:
         pass

@@ -52,13 +52,17 @@ def cpu_supports_avx2() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
+def find_compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
 @functools.cache
 def load(build_dir: Path) -> SmallBatchGemm | None:
     """The compiled kernel, built into `build_dir` if needed; None (logged) where unavailable."""
     if not cpu_supports_avx2():
         logger.info("small-batch GEMM: CPU without AVX2/FMA, keeping oneDNN")
         return None
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    compiler = find_compiler()
     if not compiler:
         logger.info("small-batch GEMM: no C++ compiler found (set CXX), keeping oneDNN")
         return None

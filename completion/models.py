@@ -10,13 +10,15 @@ from typing import Any
 
 import torch
 
-from .embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ModelUnavailableError, ensure_cached
+from .embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ModelUnavailableError, ensure_cached, ensure_gguf
 from .home import codeassist_home
 
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# "packed": a GGUF model's quantized weights as they are (fp32 activations); what "auto"
+# picks on CPU where the model is a GGUF file of a packed architecture (completion/gguf_model.py).
+DTYPES = {"auto": None, "packed": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -25,13 +27,14 @@ class LoadedModel:
     model: Any  # a transformers PreTrainedModel
     tokenizer: Any  # a transformers tokenizer
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # of activations and KV caches
     load_ms: float
+    packed: bool = False  # weights kept GGUF-packed (dtype is then float32)
 
     @property
     def dtype_name(self) -> str:
-        """"float32", "bfloat16", ...: for caches, logs and reports."""
-        return _dtype_name(self.dtype)
+        """"packed", "float32", "bfloat16", ...: for logs and reports."""
+        return "packed" if self.packed else _dtype_name(self.dtype)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -60,8 +63,11 @@ def _cpu_has_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype of an unpacked model (the conversion path)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+    if dtype == "packed":
+        return torch.float32
     if DTYPES[dtype] is not None:
         return DTYPES[dtype]
     if device.type == "cuda":
@@ -92,13 +98,67 @@ def _source(spec: str, dtype: torch.dtype) -> tuple[Path | str, dict]:
     )
 
 
+def _gguf_file(spec: str) -> Path | None:
+    """The GGUF file behind `spec` (an embedded name or a .gguf path), else None."""
+    if spec in EMBEDDED_MODELS:
+        return ensure_gguf(EMBEDDED_MODELS[spec])
+    path = Path(spec).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
 def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load `spec` for inference. Never runs remote code, never unpickles weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load `spec` for inference. Never runs remote code, never unpickles weights.
+
+    GGUF models run packed on CPU ("auto") or wherever "packed" is asked for; other
+    formats, other dtypes and architectures without a packed path load through transformers.
+    """
+    from .gguf_model import PackedUnsupported
 
     start = time.perf_counter()
     torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    resolve_dtype(dtype, torch_device)  # validates the name
+    wants_packed = dtype == "packed" or (dtype == "auto" and torch_device.type == "cpu")
+    gguf = _gguf_file(spec) if wants_packed else None
+    if gguf is not None:
+        try:
+            return _load_packed(spec, gguf, torch_device, start)
+        except PackedUnsupported as reason:
+            if dtype == "packed":
+                raise ModelUnavailableError(f"cannot run {spec!r} packed: {reason}") from reason
+            logger.info("%s runs unpacked (fp32): %s", spec, reason)
+    elif dtype == "packed":
+        raise ModelUnavailableError(f"cannot run {spec!r} packed: only GGUF files (and embedded models) can be")
+    return _load_unpacked(spec, torch_device, resolve_dtype("fp32" if dtype == "packed" else dtype, torch_device),
+                          start)
+
+
+def _load_packed(spec: str, gguf: Path, device: torch.device, start: float) -> LoadedModel:
+    from kernels import cpu_gemm
+
+    from .gguf_file import GGUFError, read_gguf
+    from .gguf_model import build_packed_model, packed_config, packed_tokenizer
+
+    try:
+        parsed = read_gguf(gguf)
+        config = packed_config(parsed)
+        gemm = cpu_gemm.load(codeassist_home() / "kernels") if device.type == "cpu" else None
+        model = build_packed_model(parsed, config, gemm, device)
+        tokenizer = packed_tokenizer(gguf, config)
+    except (GGUFError, OSError) as error:
+        raise ModelUnavailableError(f"cannot load model {spec!r}: {error}") from error
+    if device.type == "cpu":
+        from .attention import use_grouped_sdpa
+
+        use_grouped_sdpa(model)
+    load_ms = (time.perf_counter() - start) * 1000
+    kernel = f"{gemm.isa} kernel" if gemm else "torch reference" if device.type == "cpu" else "Triton"
+    logger.info("loaded %s packed (%s) on %s in %.0f ms", spec, kernel, device, load_ms)
+    return LoadedModel(spec, model, tokenizer, device, torch.float32, load_ms, packed=True)
+
+
+def _load_unpacked(spec: str, torch_device: torch.device, torch_dtype: torch.dtype, start: float) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     location, extra = _source(spec, torch_dtype)
     # safetensors only, except that a GGUF file is its own (non-pickle) format.
     common = dict(trust_remote_code=False, **extra)

@@ -1,70 +1,348 @@
-// Small-batch fp32 linear layer for x86 CPUs with AVX2 and FMA: out = x @ w.T + bias, for
-// the 1 to MAX_ROWS rows of a decode or verify pass. Built by kernels/cpu_gemm.py.
+// Small-batch linear layers for CPUs: out = x @ w.T + bias for the 1 to kMaxRows rows of a
+// decode or verify pass, with fp32 weights or with GGUF-quantized (packed) weights that are
+// dequantized four rows at a time into a small buffer that stays in cache. Built by
+// kernels/cpu_gemm.py, once with AVX2/FMA and once portable (plain C++ vectors).
 //
 // Why: BLAS and oneDNN GEMMs are tuned for many rows. For 2-8 rows they cost 2-4x one row on
 // the project's CPU, although the weights (which dominate the memory traffic) are the same.
-// Here each weight vector is loaded once and multiplied with up to four input rows while it
-// sits in registers, so a verify pass over 4 tokens costs little more than a single token.
+// Here each weight vector is loaded (or dequantized) once and multiplied with up to four input
+// rows while it sits in registers, so a verify pass over 4 tokens costs little more than one.
+// Packed weights are read at 4.5-8.5 bits per weight instead of 32: a decode step reads
+// several times fewer bytes, which is what bounds it.
 //
 // Every output element is summed in the same order whatever the number of rows: 8 lanes
 // accumulate along k with FMA, then the lanes are added in a fixed tree. A verify pass over
-// n tokens therefore yields bit for bit the numbers of n single-token passes.
-#include <immintrin.h>
-
+// n tokens therefore yields bit for bit the numbers of n single-token passes. Dequantization
+// is plain float arithmetic (built with -ffp-contract=off), bit for bit the torch reference
+// of kernels/gguf_blocks.py.
+#include <cstdint>
+#include <cstring>
 #include <algorithm>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
 constexpr long kMaxRows = 64;
 
-inline float lane_sum(__m256 v) {
+// ---- 8-lane float vectors: AVX2 intrinsics, or GCC/Clang vector extensions elsewhere ----
+#if defined(__AVX2__) && defined(__FMA__)
+using V8 = __m256;
+inline V8 v_zero() { return _mm256_setzero_ps(); }
+inline V8 v_load(const float* p) { return _mm256_loadu_ps(p); }
+inline V8 v_fma(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
+inline float lane_sum(V8 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+#else
+typedef float V8 __attribute__((vector_size(32)));
+inline V8 v_zero() { return V8{}; }
+inline V8 v_load(const float* p) { V8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline V8 v_fma(V8 a, V8 b, V8 c) { return a * b + c; }
+inline float lane_sum(V8 v) {  // the same tree as the AVX2 version
+    float s[4] = {v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]};
+    s[0] += s[2];
+    s[1] += s[3];
+    return s[0] + s[1];
+}
+#endif
 
 // R weight rows times C input rows; acc[r * C + c] = dot(w row r, x row c).
 template <int R, int C>
 inline void tile(const float* x, const float* const* w, long k_len, float* acc) {
-    __m256 sums[R][C];
+    V8 sums[R][C];
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) sums[r][c] = _mm256_setzero_ps();
+        for (int c = 0; c < C; ++c) sums[r][c] = v_zero();
     for (long k = 0; k < k_len; k += 8) {
-        __m256 xs[C];
-        for (int c = 0; c < C; ++c) xs[c] = _mm256_loadu_ps(x + c * k_len + k);
+        V8 xs[C];
+        for (int c = 0; c < C; ++c) xs[c] = v_load(x + c * k_len + k);
         for (int r = 0; r < R; ++r) {
-            __m256 wv = _mm256_loadu_ps(w[r] + k);
-            for (int c = 0; c < C; ++c) sums[r][c] = _mm256_fmadd_ps(wv, xs[c], sums[r][c]);
+            V8 wv = v_load(w[r] + k);
+            for (int c = 0; c < C; ++c) sums[r][c] = v_fma(wv, xs[c], sums[r][c]);
         }
     }
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r * C + c] = lane_sum(sums[r][c]);
 }
 
-// Output rows [n_begin, n_end) of every input row. Four weight rows at a time (rows past the
-// end repeat the last row and are not written); input rows in groups of up to four.
-void output_rows(const float* x, const float* w, const float* bias, float* out, long m_len,
-                 long n_len, long k_len, long n_begin, long n_end) {
+// Four weight rows (fp32, k_len each) times every input row, into out columns n..n+3.
+void four_rows(const float* x, const float* const* rows, const float* bias, float* out, long m_len,
+               long n_len, long k_len, long n, long n_end) {
     constexpr int R = 4;
     float acc[R * 4];
-    for (long n = n_begin; n < n_end; n += R) {
-        const float* rows[R];
-        for (int r = 0; r < R; ++r) rows[r] = w + std::min(n + r, n_len - 1) * k_len;
-        for (long m = 0; m < m_len; m += 4) {
-            const long group = std::min(4L, m_len - m);
-            const float* xg = x + m * k_len;
-            // Tiles sized to AVX2's 16 registers: accumulators + inputs + one weight vector.
-            switch (group) {
-                case 1: tile<4, 1>(xg, rows, k_len, acc); break;
-                case 2: tile<4, 2>(xg, rows, k_len, acc); break;
-                case 3: tile<2, 3>(xg, rows, k_len, acc); tile<2, 3>(xg, rows + 2, k_len, acc + 6); break;
-                default: tile<2, 4>(xg, rows, k_len, acc); tile<2, 4>(xg, rows + 2, k_len, acc + 8); break;
-            }
-            for (int r = 0; r < R && n + r < n_end; ++r)
-                for (long c = 0; c < group; ++c)
-                    out[(m + c) * n_len + n + r] = acc[r * group + c] + (bias ? bias[n + r] : 0.0f);
+    for (long m = 0; m < m_len; m += 4) {
+        const long group = std::min(4L, m_len - m);
+        const float* xg = x + m * k_len;
+        // Tiles sized to AVX2's 16 registers: accumulators + inputs + one weight vector.
+        switch (group) {
+            case 1: tile<4, 1>(xg, rows, k_len, acc); break;
+            case 2: tile<4, 2>(xg, rows, k_len, acc); break;
+            case 3: tile<2, 3>(xg, rows, k_len, acc); tile<2, 3>(xg, rows + 2, k_len, acc + 6); break;
+            default: tile<2, 4>(xg, rows, k_len, acc); tile<2, 4>(xg, rows + 2, k_len, acc + 8); break;
         }
+        for (int r = 0; r < R && n + r < n_end; ++r)
+            for (long c = 0; c < group; ++c)
+                out[(m + c) * n_len + n + r] = acc[r * group + c] + (bias ? bias[n + r] : 0.0f);
+    }
+}
+
+// ---- GGUF blocks (ggml-common.h layouts) -> float ----
+
+float half_to_float(const uint8_t* p) {
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    uint32_t bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);  // inf / nan
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {  // subnormal half: normalise
+        int e = -1;
+        uint32_t m = man;
+        do { ++e; m <<= 1; } while (!(m & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3FF) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+enum Format { F32 = 0, F16 = 1, Q4_0 = 2, Q5_0 = 6, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+
+struct BlockShape { long weights, bytes; };
+
+BlockShape block_shape(int format) {
+    switch (format) {
+        case F32: return {1, 4};
+        case F16: return {1, 2};
+        case Q4_0: return {32, 18};
+        case Q5_0: return {32, 22};
+        case Q8_0: return {32, 34};
+        case Q4_K: return {256, 144};
+        case Q5_K: return {256, 176};
+        case Q6_K: return {256, 210};
+        default: return {0, 0};
+    }
+}
+
+// The eight 6-bit (scale, min) pairs of a Q4_K / Q5_K block (below).
+void k_scales(const uint8_t* s, float* scale, float* min);
+
+#if defined(__AVX2__) && defined(__FMA__)
+// AVX2 versions: the same float operations as the scalar ones below, 32 weights at a time.
+
+// 32 signed bytes -> 32 floats y = q * scale[i] (- min[i]), one scale (and min) per 8 weights.
+inline void bytes_to_floats(__m256i q, const float* scale, const float* min, float* y) {
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int i = 0; i < 4; ++i) {
+        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[i])), _mm256_set1_ps(scale[i]));
+        if (min) f = _mm256_sub_ps(f, _mm256_set1_ps(min[i]));
+        _mm256_storeu_ps(y + 8 * i, f);
+    }
+}
+
+// 16 bytes -> 32 nibbles as bytes: the low nibbles first, then the high ones.
+inline __m256i nibbles_32(const uint8_t* p) {
+    const __m128i v = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0xF);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+}
+
+// Byte j is 0xFF where bit j of the 32 bits at p is set (ggml's bytes_from_bits_32).
+inline __m256i bits_32(const uint8_t* p) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    return _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                             _mm256_set1_epi64x(-1));
+}
+
+inline void broadcast4(float v, float* out) { out[0] = out[1] = out[2] = out[3] = v; }
+
+void dequant_q4_0(const uint8_t* b, float* y) {
+    float d[4];
+    broadcast4(half_to_float(b), d);
+    bytes_to_floats(_mm256_sub_epi8(nibbles_32(b + 2), _mm256_set1_epi8(8)), d, nullptr, y);
+}
+
+void dequant_q5_0(const uint8_t* b, float* y) {
+    float d[4];
+    broadcast4(half_to_float(b), d);
+    const __m256i q = _mm256_or_si256(nibbles_32(b + 6), _mm256_and_si256(bits_32(b + 2), _mm256_set1_epi8(0x10)));
+    bytes_to_floats(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), d, nullptr, y);
+}
+
+void dequant_q8_0(const uint8_t* b, float* y) {
+    float d[4];
+    broadcast4(half_to_float(b), d);
+    bytes_to_floats(_mm256_loadu_si256((const __m256i*)(b + 2)), d, nullptr, y);
+}
+
+void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
+    const float d = half_to_float(b), dmin = half_to_float(b + 2);
+    float scale[8], min[8];
+    k_scales(b + 4, scale, min);
+    const __m256i mask = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+    const __m256i qh = high ? _mm256_loadu_si256((const __m256i*)high) : _mm256_setzero_si256();
+    for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)qs);
+        for (int half = 0; half < 2; ++half) {
+            const int j = 2 * chunk + half;
+            __m256i q = _mm256_and_si256(half ? _mm256_srli_epi16(v, 4) : v, mask);
+            if (high) {
+                const __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
+                q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+            }
+            float ds[4], dm[4];
+            broadcast4(d * scale[j], ds);
+            broadcast4(dmin * min[j], dm);
+            bytes_to_floats(q, ds, dm, y + 32 * j);
+        }
+    }
+}
+
+void dequant_q6_k(const uint8_t* b, float* y) {
+    const float d = half_to_float(b + 208);
+    const int8_t* scales = (const int8_t*)(b + 192);
+    const __m256i mask4 = _mm256_set1_epi8(0xF), mask2 = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
+    for (int half = 0; half < 2; ++half) {
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + 64 * half));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + 64 * half + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * half));
+        const __m256i low[4] = {ql0, ql1, _mm256_srli_epi16(ql0, 4), _mm256_srli_epi16(ql1, 4)};
+        for (int part = 0; part < 4; ++part) {  // weights 32 * part .. + 31 of this half
+            const __m256i h = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * part), mask2);
+            const __m256i q = _mm256_or_si256(_mm256_and_si256(low[part], mask4), _mm256_slli_epi16(h, 4));
+            const int8_t* sc = scales + 8 * half + 2 * part;  // one scale per 16 weights
+            const float ds[4] = {d * (float)sc[0], d * (float)sc[0], d * (float)sc[1], d * (float)sc[1]};
+            bytes_to_floats(_mm256_sub_epi8(q, offset), ds, nullptr, y + 128 * half + 32 * part);
+        }
+    }
+}
+
+#else
+void dequant_q4_0(const uint8_t* b, float* y) {
+    const float d = half_to_float(b);
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * (float)((b[2 + j] & 0xF) - 8);
+        y[j + 16] = d * (float)((b[2 + j] >> 4) - 8);
+    }
+}
+
+void dequant_q5_0(const uint8_t* b, float* y) {
+    const float d = half_to_float(b);
+    uint32_t qh;
+    std::memcpy(&qh, b + 2, 4);
+    for (int j = 0; j < 16; ++j) {
+        const int low = (b[6 + j] & 0xF) | (((qh >> j) & 1) << 4);
+        const int high = (b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+        y[j] = d * (float)(low - 16);
+        y[j + 16] = d * (float)(high - 16);
+    }
+}
+
+void dequant_q8_0(const uint8_t* b, float* y) {
+    const float d = half_to_float(b);
+    for (int j = 0; j < 32; ++j) y[j] = d * (float)(int8_t)b[2 + j];
+}
+
+// Q4_K (high == nullptr) and Q5_K: sub-block j holds 32 weights d * scale_j * q - dmin * min_j.
+void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
+    const float d = half_to_float(b), dmin = half_to_float(b + 2);
+    float scale[8], min[8];
+    k_scales(b + 4, scale, min);
+    for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
+        for (int half = 0; half < 2; ++half) {
+            const int j = 2 * chunk + half;
+            const float ds = d * scale[j], dm = dmin * min[j];
+            for (int l = 0; l < 32; ++l) {
+                int q = half ? qs[l] >> 4 : qs[l] & 0xF;
+                if (high) q |= ((high[l] >> j) & 1) << 4;
+                y[32 * j + l] = ds * (float)q - dm;
+            }
+        }
+    }
+}
+
+void dequant_q6_k(const uint8_t* b, float* y) {
+    const float d = half_to_float(b + 208);
+    const int8_t* scales = (const int8_t*)(b + 192);
+    for (int half = 0; half < 2; ++half) {
+        const uint8_t* ql = b + 64 * half;
+        const uint8_t* qh = b + 128 + 32 * half;
+        const int8_t* sc = scales + 8 * half;
+        float* out = y + 128 * half;
+        for (int l = 0; l < 32; ++l) {
+            const int is = l / 16;
+            const int q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
+            const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            out[l] = d * (float)sc[is] * (float)q1;
+            out[l + 32] = d * (float)sc[is + 2] * (float)q2;
+            out[l + 64] = d * (float)sc[is + 4] * (float)q3;
+            out[l + 96] = d * (float)sc[is + 6] * (float)q4;
+        }
+    }
+}
+
+#endif
+
+// The eight 6-bit (scale, min) pairs of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
+void k_scales(const uint8_t* s, float* scale, float* min) {
+    for (int j = 0; j < 4; ++j) {
+        scale[j] = (float)(s[j] & 63);
+        min[j] = (float)(s[j + 4] & 63);
+        scale[j + 4] = (float)((s[j + 8] & 0xF) | ((s[j] >> 6) << 4));
+        min[j + 4] = (float)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+// One packed row of k_len weights -> floats.
+void dequant_row(int format, const uint8_t* row, long k_len, float* y) {
+    const BlockShape shape = block_shape(format);
+    for (long k = 0; k < k_len; k += shape.weights, row += shape.bytes) {
+        switch (format) {
+            case F32: std::memcpy(y + k, row, 4); break;
+            case F16: y[k] = half_to_float(row); break;
+            case Q4_0: dequant_q4_0(row, y + k); break;
+            case Q5_0: dequant_q5_0(row, y + k); break;
+            case Q8_0: dequant_q8_0(row, y + k); break;
+            case Q4_K: dequant_k(row, row + 16, nullptr, y + k); break;
+            case Q5_K: dequant_k(row, row + 48, row + 16, y + k); break;
+            case Q6_K: dequant_q6_k(row, y + k); break;
+        }
+    }
+}
+
+bool valid_shape(int format, long m_len, long n_len, long k_len) {
+    const BlockShape shape = block_shape(format);
+    return shape.weights > 0 && m_len >= 1 && m_len <= kMaxRows && n_len >= 1 && k_len >= 8 &&
+           k_len % 8 == 0 && k_len % shape.weights == 0;
+}
+
+// Splits n_len output rows into per-thread runs of whole four-row tiles and calls
+// body(begin, end) on each thread.
+template <typename Body>
+void parallel_rows(long n_len, int threads, Body body) {
+    threads = std::max(1, std::min<int>(threads, (n_len + 63) / 64));
+    const long per_thread = (n_len + threads - 1) / threads;
+    const long chunk = (per_thread + 3) / 4 * 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < threads; ++t) {
+        const long begin = t * chunk, end = std::min(n_len, begin + chunk);
+        if (begin < end) body(begin, end);
     }
 }
 
@@ -74,14 +352,46 @@ void output_rows(const float* x, const float* w, const float* bias, float* out, 
 // Returns 0, or -1 for shapes this kernel does not take (the caller falls back).
 extern "C" int small_batch_gemm(const float* x, const float* w, const float* bias, float* out,
                                 long m_len, long n_len, long k_len, int threads) {
-    if (m_len < 1 || m_len > kMaxRows || n_len < 1 || k_len < 8 || k_len % 8 != 0) return -1;
-    threads = std::max(1, std::min<int>(threads, (n_len + 63) / 64));
-    const long per_thread = (n_len + threads - 1) / threads;
-    const long chunk = (per_thread + 3) / 4 * 4;  // whole 4-row tiles per thread
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int t = 0; t < threads; ++t) {
-        const long begin = t * chunk, end = std::min(n_len, begin + chunk);
-        if (begin < end) output_rows(x, w, bias, out, m_len, n_len, k_len, begin, end);
-    }
+    if (!valid_shape(F32, m_len, n_len, k_len)) return -1;
+    parallel_rows(n_len, threads, [&](long begin, long end) {
+        for (long n = begin; n < end; n += 4) {
+            const float* rows[4];  // rows past the end repeat the last row and are not written
+            for (int r = 0; r < 4; ++r) rows[r] = w + std::min(n + r, n_len - 1) * k_len;
+            four_rows(x, rows, bias, out, m_len, n_len, k_len, n, end);
+        }
+    });
+    return 0;
+}
+
+// As small_batch_gemm, with w the n_len packed rows of a GGUF tensor of type `format`
+// (each row k_len / block_weights blocks). Bit for bit small_batch_gemm over the
+// dequantized weights.
+extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out,
+                          long m_len, long n_len, long k_len, int threads) {
+    if (!valid_shape(format, m_len, n_len, k_len)) return -1;
+    const BlockShape shape = block_shape(format);
+    const long row_bytes = k_len / shape.weights * shape.bytes;
+    parallel_rows(n_len, threads, [&](long begin, long end) {
+        std::vector<float> scratch(4 * k_len);  // four dequantized rows: in L1/L2 while used
+        for (long n = begin; n < end; n += 4) {
+            const float* rows[4];
+            for (int r = 0; r < 4; ++r) {
+                const long source = std::min(n + r, n_len - 1);
+                if (source == n + r) dequant_row(format, w + source * row_bytes, k_len, &scratch[r * k_len]);
+                rows[r] = &scratch[(source - n) * k_len];
+            }
+            four_rows(x, rows, bias, out, m_len, n_len, k_len, n, end);
+        }
+    });
+    return 0;
+}
+
+// Rows [0, n_len) of a packed tensor -> out (n_len x k_len floats): prefill tiles, embeddings.
+extern "C" int dequantize_rows(int format, const uint8_t* w, float* out, long n_len, long k_len, int threads) {
+    const BlockShape shape = block_shape(format);
+    if (shape.weights == 0 || n_len < 0 || k_len < 1 || k_len % shape.weights) return -1;
+    const long row_bytes = k_len / shape.weights * shape.bytes;
+#pragma omp parallel for num_threads(std::max(1, threads)) schedule(static)
+    for (long n = 0; n < n_len; ++n) dequant_row(format, w + n * row_bytes, k_len, out + n * k_len);
     return 0;
 }

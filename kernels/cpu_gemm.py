@@ -1,9 +1,11 @@
-"""Build and load the AVX2 small-batch GEMM (cpu_gemm.cpp) with the system C++ compiler.
+"""Build and load the small-batch CPU kernels (cpu_gemm.cpp) with the system C++ compiler.
 
-The library is compiled once per source version into a cache folder the caller names and
-loaded with ctypes (no torch headers: it builds in about two seconds). Where there is no
-compiler, no AVX2/FMA, or the build fails, `load` returns None and logs why; the caller then
-keeps oneDNN. Calls release the GIL (ctypes does) and run on `torch.get_num_threads()` threads.
+The library is compiled once per source version and instruction set into a cache folder the
+caller names and loaded with ctypes (no torch headers: it builds in a few seconds). Two
+builds exist: AVX2/FMA intrinsics where the CPU has them, else portable C++ vectors (any
+CPU, slower, the same summation order). Where there is no compiler or the build fails,
+`load` returns None and logs why; the caller then keeps torch's own paths. Calls release the
+GIL (ctypes does) and run on `torch.get_num_threads()` threads.
 """
 
 from __future__ import annotations
@@ -20,20 +22,31 @@ from pathlib import Path
 
 import torch
 
+from .gguf_blocks import BlockFormat, row_bytes
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_gemm.cpp")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+COMMON_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off", "-Wno-psabi"]
+ISA_FLAGS = {"avx2": ["-mavx2", "-mfma", "-mf16c"], "portable": []}
 MAX_ROWS = 64  # kMaxRows in cpu_gemm.cpp
+_PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
 class SmallBatchGemm:
-    """`out = x @ weight.T + bias` for fp32 CPU tensors of 1 to MAX_ROWS rows."""
+    """`out = x @ weight.T + bias` for fp32 CPU inputs of 1 to MAX_ROWS rows, with fp32 or
+    GGUF-packed weights; and dequantization of packed rows."""
 
-    def __init__(self, library: ctypes.CDLL):
-        self._call = library.small_batch_gemm
-        self._call.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 3 + [ctypes.c_int]
-        self._call.restype = ctypes.c_int
+    def __init__(self, library: ctypes.CDLL, isa: str):
+        self.isa = isa
+        self._fp32 = library.small_batch_gemm
+        self._fp32.argtypes = [_PTR] * 4 + [_LONG] * 3 + [_INT]
+        self._packed = library.quant_gemm
+        self._packed.argtypes = [_INT] + [_PTR] * 4 + [_LONG] * 3 + [_INT]
+        self._dequantize = library.dequantize_rows
+        self._dequantize.argtypes = [_INT, _PTR, _PTR, _LONG, _LONG, _INT]
+        for function in (self._fp32, self._packed, self._dequantize):
+            function.restype = ctypes.c_int
 
     def takes(self, rows: int, weight: torch.Tensor) -> bool:
         out_features, in_features = weight.shape
@@ -41,13 +54,47 @@ class SmallBatchGemm:
                 and weight.is_contiguous())
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x: (rows, in_features) contiguous; `takes` must hold."""
+        """x: (rows, in_features) contiguous fp32; `takes` must hold."""
         out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
-        status = self._call(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(),
-                            out.data_ptr(), x.shape[0], weight.shape[0], x.shape[1], torch.get_num_threads())
-        if status != 0:
-            raise ValueError(f"small_batch_gemm refused shapes {tuple(x.shape)} x {tuple(weight.shape)}")
+        status = self._fp32(x.data_ptr(), weight.data_ptr(), _ptr(bias), out.data_ptr(),
+                            x.shape[0], weight.shape[0], x.shape[1], torch.get_num_threads())
+        _check(status, f"small_batch_gemm refused shapes {tuple(x.shape)} x {tuple(weight.shape)}")
         return out
+
+    def packed(self, x: torch.Tensor, data: torch.Tensor, fmt: BlockFormat, out_features: int,
+               bias: torch.Tensor | None) -> torch.Tensor:
+        """x: (rows <= MAX_ROWS, in_features) contiguous fp32; data: (out_features, row bytes) uint8."""
+        rows, in_features = x.shape
+        _check_packed(data, fmt, out_features, in_features)
+        out = torch.empty(rows, out_features, dtype=torch.float32)
+        status = self._packed(fmt.type_id, x.data_ptr(), data.data_ptr(), _ptr(bias), out.data_ptr(),
+                              rows, out_features, in_features, torch.get_num_threads())
+        _check(status, f"quant_gemm refused {fmt.name} {rows} x {in_features} -> {out_features}")
+        return out
+
+    def dequantize(self, data: torch.Tensor, fmt: BlockFormat, out_features: int, in_features: int) -> torch.Tensor:
+        _check_packed(data, fmt, out_features, in_features)
+        out = torch.empty(out_features, in_features, dtype=torch.float32)
+        status = self._dequantize(fmt.type_id, data.data_ptr(), out.data_ptr(), out_features, in_features,
+                                  torch.get_num_threads())
+        _check(status, f"dequantize_rows refused {fmt.name} {out_features} x {in_features}")
+        return out
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _check(status: int, message: str) -> None:
+    if status != 0:
+        raise ValueError(message)
+
+
+def _check_packed(data: torch.Tensor, fmt: BlockFormat, out_features: int, in_features: int) -> None:
+    if (data.dtype != torch.uint8 or not data.is_contiguous()
+            or tuple(data.shape) != (out_features, row_bytes(fmt, in_features))):
+        raise ValueError(f"{fmt.name} data {tuple(data.shape)} {data.dtype} does not hold "
+                         f"{out_features} contiguous rows of {in_features} weights")
 
 
 def cpu_supports_avx2() -> bool:
@@ -58,33 +105,40 @@ def find_compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 
+def best_isa() -> str:
+    """The instruction set this CPU runs the kernels with (detected at run time)."""
+    return "avx2" if cpu_supports_avx2() else "portable"
+
+
 @functools.cache
-def load(build_dir: Path) -> SmallBatchGemm | None:
-    """The compiled kernel, built into `build_dir` if needed; None (logged) where unavailable."""
-    if not cpu_supports_avx2():
-        logger.info("small-batch GEMM: CPU without AVX2/FMA, keeping oneDNN")
-        return None
+def load(build_dir: Path, isa: str | None = None) -> SmallBatchGemm | None:
+    """The compiled kernels for `isa` (default: the best this CPU has), built into `build_dir`
+    if needed; None (logged) where unavailable."""
+    isa = isa or best_isa()
+    if isa not in ISA_FLAGS:
+        raise ValueError(f"unknown instruction set {isa!r}; valid: {', '.join(ISA_FLAGS)}")
     compiler = find_compiler()
     if not compiler:
-        logger.info("small-batch GEMM: no C++ compiler found (set CXX), keeping oneDNN")
+        logger.info("small-batch kernels: no C++ compiler found (set CXX), keeping torch's GEMM")
         return None
+    flags = COMMON_FLAGS + ISA_FLAGS[isa]
     try:
-        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-        library = Path(build_dir) / f"cpu_gemm-{digest}.so"
+        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+        library = Path(build_dir) / f"cpu_gemm-{isa}-{digest}.so"
         if not library.exists():
-            _build(compiler, library)
-        return SmallBatchGemm(ctypes.CDLL(str(library)))
+            _build(compiler, flags, library)
+        return SmallBatchGemm(ctypes.CDLL(str(library)), isa)
     except (OSError, subprocess.SubprocessError) as error:
-        logger.warning("small-batch GEMM unavailable, keeping oneDNN: %s", error)
+        logger.warning("small-batch kernels unavailable, keeping torch's GEMM: %s", error)
         return None
 
 
-def _build(compiler: str, library: Path) -> None:
+def _build(compiler: str, flags: list[str], library: Path) -> None:
     library.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename: a concurrent process never loads a half-written file.
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
         partial = Path(scratch) / library.name
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(partial)],
+        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(partial)],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")

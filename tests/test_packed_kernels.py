@@ -1,0 +1,127 @@
+"""Packed (GGUF block) weights: the torch reference against gguf-py's dequantizer, the C++
+kernels (AVX2 and portable builds) against the reference bit for bit, rows independent of how
+many are passed together, and the packed layers on every path (kernel, prefill tiles, no kernel)."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import cpu_gemm
+from kernels.gguf_blocks import FORMATS, block_format, dequantize, row_bytes
+from kernels.packed_linear import PackedEmbedding, PackedLinear
+
+QUANTIZED = [name for name in FORMATS if name not in ("F32", "F16")]
+_SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}  # fp16 scales in each block
+
+
+def random_packed(name: str, out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
+    """Random rows of `name` blocks: random quants, finite fp16 scales of either sign."""
+    fmt = block_format(name)
+    generator = torch.Generator().manual_seed(seed)
+    if name in ("F32", "F16"):
+        values = torch.randn(out_features, in_features, generator=generator)
+        return values.to(torch.float32 if name == "F32" else torch.float16).view(torch.uint8).contiguous()
+    data = torch.randint(0, 256, (out_features, row_bytes(fmt, in_features)), dtype=torch.uint8, generator=generator)
+    blocks = data.view(-1, fmt.block_bytes)
+    for offset in _SCALE_OFFSETS.get(name, (0,)):
+        scales = ((torch.rand(len(blocks), generator=generator) - 0.5) * 0.02).half()
+        blocks[:, offset:offset + 2] = scales.view(torch.uint8).reshape(-1, 2)
+    return data
+
+
+def builds():
+    isas = ["portable"] + (["avx2"] if cpu_gemm.cpu_supports_avx2() else [])
+    return isas if cpu_gemm.find_compiler() else []
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("kernels")
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_reference_equals_gguf_py(name):
+    data = random_packed(name, 7, 512, seed=3)
+    expected = gguf.quants.dequantize(data.numpy(), getattr(gguf.GGMLQuantizationType, name))
+    ours = dequantize(data, block_format(name), 7, 512)
+    np.testing.assert_array_equal(ours.numpy(), np.asarray(expected, dtype=np.float32).reshape(7, 512))
+
+
+def test_reference_refuses_wrong_shapes():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        row_bytes(block_format("Q8_0"), 48)
+    with pytest.raises(ValueError, match="supported: F32"):
+        block_format("IQ2_XXS")
+    with pytest.raises(ValueError, match="expected"):
+        dequantize(torch.zeros(3, 10, dtype=torch.uint8), block_format("Q8_0"), 3, 32)
+
+
+@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
+@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_kernel_dequantizes_like_the_reference_bit_for_bit(kernel_dir, isa, name):
+    gemm = cpu_gemm.load(kernel_dir, isa)
+    assert gemm is not None
+    data = random_packed(name, 37, 768, seed=1)
+    fmt = block_format(name)
+    assert torch.equal(gemm.dequantize(data, fmt, 37, 768), dequantize(data, fmt, 37, 768))
+
+
+@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
+@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("name", list(FORMATS))
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, 64])
+def test_packed_gemm_matches_linear(kernel_dir, isa, name, rows):
+    gemm = cpu_gemm.load(kernel_dir, isa)
+    out_features, in_features = 37, 512  # not a multiple of the four-row tiles
+    data = random_packed(name, out_features, in_features, seed=rows)
+    weight = dequantize(data, block_format(name), out_features, in_features)
+    x = torch.randn(rows, in_features)
+    bias = torch.randn(out_features)
+    out = gemm.packed(x, data, block_format(name), out_features, bias)
+    torch.testing.assert_close(out, F.linear(x, weight, bias), atol=2e-4, rtol=1e-4)
+    # the same summation as the fp32 kernel over the dequantized weights
+    assert torch.equal(out, gemm(x, weight, bias))
+
+
+@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
+@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("name", ["Q5_0", "Q8_0", "Q4_K", "Q6_K"])
+def test_packed_rows_equal_single_row_passes_bit_for_bit(kernel_dir, isa, name):
+    # What keeps speculative decoding identical to plain greedy on packed weights.
+    gemm = cpu_gemm.load(kernel_dir, isa)
+    data = random_packed(name, 203, 1024, seed=5)
+    x = torch.randn(11, 1024)
+    together = gemm.packed(x, data, block_format(name), 203, None)
+    for i in range(len(x)):
+        alone = gemm.packed(x[i:i + 1].contiguous(), data, block_format(name), 203, None)
+        assert torch.equal(together[i], alone[0])
+
+
+@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
+def test_kernel_refuses_mismatched_data(kernel_dir):
+    gemm = cpu_gemm.load(kernel_dir, builds()[0])
+    with pytest.raises(ValueError, match="does not hold"):
+        gemm.packed(torch.randn(1, 64), torch.zeros(4, 10, dtype=torch.uint8), block_format("Q8_0"), 4, None)
+
+
+@pytest.mark.parametrize("with_kernel", [True, False])
+@pytest.mark.parametrize("rows", [1, 6, 65, 200])
+def test_packed_linear_every_path(kernel_dir, with_kernel, rows):
+    gemm = cpu_gemm.load(kernel_dir, builds()[-1]) if with_kernel and builds() else None
+    data = random_packed("Q4_K", 300, 256, seed=rows)
+    bias = torch.randn(300)
+    layer = PackedLinear(data, block_format("Q4_K"), 256, bias, gemm)
+    weight = dequantize(data, block_format("Q4_K"), 300, 256)
+    x = torch.randn(1, rows, 256)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, weight, bias), atol=2e-4, rtol=1e-4)
+
+
+def test_packed_embedding_dequantizes_the_rows_looked_up():
+    data = random_packed("Q5_0", 50, 64, seed=2)
+    table = dequantize(data, block_format("Q5_0"), 50, 64)
+    ids = torch.tensor([[3, 49, 3, 0], [7, 7, 1, 2]])
+    assert torch.equal(PackedEmbedding(data, block_format("Q5_0"), 64)(ids), F.embedding(ids, table))

@@ -64,7 +64,8 @@ def use_small_batch_linear(model: torch.nn.Module, max_rows: int = MAX_ROWS,
     if not onednn_linear_available():
         logger.info("oneDNN linear unavailable: keeping the default GEMM")
         return 0
-    gemm = cpu_gemm.load(Path(build_dir)) if build_dir is not None else None
+    # The portable build is for packed weights; fp32 layers without AVX2 keep oneDNN.
+    gemm = cpu_gemm.load(Path(build_dir)) if build_dir is not None and cpu_gemm.cpu_supports_avx2() else None
     routed = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear:

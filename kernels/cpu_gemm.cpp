@@ -94,9 +94,12 @@ void four_rows(const float* x, const float* const* rows, const float* bias, floa
 
 // ---- GGUF blocks (ggml-common.h layouts) -> float ----
 
-float half_to_float(const uint8_t* p) {
+inline float half_to_float(const uint8_t* p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#endif
     const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
     uint32_t bits;
     if (exp == 0x1F) {
@@ -170,26 +173,26 @@ inline __m256i bits_32(const uint8_t* p) {
 
 inline void broadcast4(float v, float* out) { out[0] = out[1] = out[2] = out[3] = v; }
 
-void dequant_q4_0(const uint8_t* b, float* y) {
+inline void dequant_q4_0(const uint8_t* b, float* y) {
     float d[4];
     broadcast4(half_to_float(b), d);
     bytes_to_floats(_mm256_sub_epi8(nibbles_32(b + 2), _mm256_set1_epi8(8)), d, nullptr, y);
 }
 
-void dequant_q5_0(const uint8_t* b, float* y) {
+inline void dequant_q5_0(const uint8_t* b, float* y) {
     float d[4];
     broadcast4(half_to_float(b), d);
     const __m256i q = _mm256_or_si256(nibbles_32(b + 6), _mm256_and_si256(bits_32(b + 2), _mm256_set1_epi8(0x10)));
     bytes_to_floats(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), d, nullptr, y);
 }
 
-void dequant_q8_0(const uint8_t* b, float* y) {
+inline void dequant_q8_0(const uint8_t* b, float* y) {
     float d[4];
     broadcast4(half_to_float(b), d);
     bytes_to_floats(_mm256_loadu_si256((const __m256i*)(b + 2)), d, nullptr, y);
 }
 
-void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
+inline void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
     const float d = half_to_float(b), dmin = half_to_float(b + 2);
     float scale[8], min[8];
     k_scales(b + 4, scale, min);
@@ -212,7 +215,7 @@ void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* 
     }
 }
 
-void dequant_q6_k(const uint8_t* b, float* y) {
+inline void dequant_q6_k(const uint8_t* b, float* y) {
     const float d = half_to_float(b + 208);
     const int8_t* scales = (const int8_t*)(b + 192);
     const __m256i mask4 = _mm256_set1_epi8(0xF), mask2 = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
@@ -232,7 +235,7 @@ void dequant_q6_k(const uint8_t* b, float* y) {
 }
 
 #else
-void dequant_q4_0(const uint8_t* b, float* y) {
+inline void dequant_q4_0(const uint8_t* b, float* y) {
     const float d = half_to_float(b);
     for (int j = 0; j < 16; ++j) {
         y[j] = d * (float)((b[2 + j] & 0xF) - 8);
@@ -240,7 +243,7 @@ void dequant_q4_0(const uint8_t* b, float* y) {
     }
 }
 
-void dequant_q5_0(const uint8_t* b, float* y) {
+inline void dequant_q5_0(const uint8_t* b, float* y) {
     const float d = half_to_float(b);
     uint32_t qh;
     std::memcpy(&qh, b + 2, 4);
@@ -252,13 +255,13 @@ void dequant_q5_0(const uint8_t* b, float* y) {
     }
 }
 
-void dequant_q8_0(const uint8_t* b, float* y) {
+inline void dequant_q8_0(const uint8_t* b, float* y) {
     const float d = half_to_float(b);
     for (int j = 0; j < 32; ++j) y[j] = d * (float)(int8_t)b[2 + j];
 }
 
 // Q4_K (high == nullptr) and Q5_K: sub-block j holds 32 weights d * scale_j * q - dmin * min_j.
-void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
+inline void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
     const float d = half_to_float(b), dmin = half_to_float(b + 2);
     float scale[8], min[8];
     k_scales(b + 4, scale, min);
@@ -275,7 +278,7 @@ void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* 
     }
 }
 
-void dequant_q6_k(const uint8_t* b, float* y) {
+inline void dequant_q6_k(const uint8_t* b, float* y) {
     const float d = half_to_float(b + 208);
     const int8_t* scales = (const int8_t*)(b + 192);
     for (int half = 0; half < 2; ++half) {
@@ -309,20 +312,23 @@ void k_scales(const uint8_t* s, float* scale, float* min) {
     }
 }
 
-// One packed row of k_len weights -> floats.
+// One packed row of k_len weights -> floats; the block decoder is inlined per format.
+template <typename Block>
+inline void dequant_blocks(const uint8_t* row, long k_len, long weights, long bytes, float* y, Block block) {
+    for (long k = 0; k < k_len; k += weights, row += bytes) block(row, y + k);
+}
+
 void dequant_row(int format, const uint8_t* row, long k_len, float* y) {
-    const BlockShape shape = block_shape(format);
-    for (long k = 0; k < k_len; k += shape.weights, row += shape.bytes) {
-        switch (format) {
-            case F32: std::memcpy(y + k, row, 4); break;
-            case F16: y[k] = half_to_float(row); break;
-            case Q4_0: dequant_q4_0(row, y + k); break;
-            case Q5_0: dequant_q5_0(row, y + k); break;
-            case Q8_0: dequant_q8_0(row, y + k); break;
-            case Q4_K: dequant_k(row, row + 16, nullptr, y + k); break;
-            case Q5_K: dequant_k(row, row + 48, row + 16, y + k); break;
-            case Q6_K: dequant_q6_k(row, y + k); break;
-        }
+    const BlockShape s = block_shape(format);
+    switch (format) {
+        case F32: std::memcpy(y, row, 4 * k_len); break;
+        case F16: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { *o = half_to_float(b); }); break;
+        case Q4_0: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { dequant_q4_0(b, o); }); break;
+        case Q5_0: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { dequant_q5_0(b, o); }); break;
+        case Q8_0: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { dequant_q8_0(b, o); }); break;
+        case Q4_K: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { dequant_k(b, b + 16, nullptr, o); }); break;
+        case Q5_K: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { dequant_k(b, b + 48, b + 16, o); }); break;
+        case Q6_K: dequant_blocks(row, k_len, s.weights, s.bytes, y, [](const uint8_t* b, float* o) { dequant_q6_k(b, o); }); break;
     }
 }
 
@@ -345,6 +351,217 @@ void parallel_rows(long n_len, int threads, Body body) {
         if (begin < end) body(begin, end);
     }
 }
+
+
+#if defined(__AVX2__) && defined(__FMA__)
+// ---- AVX2: quantized weights times int8-quantized activations (integer dot products) ----
+//
+// Converting every weight to float costs ~1 uop per weight, which bounds a decode step on a
+// small CPU long before memory does. Instead, as llama.cpp does, each activation row is
+// quantized to int8 in blocks of 32 (scale = max|x| / 127, round to nearest even), and each
+// 32-weight slice is multiplied as bytes (maddubs + madd: 8 int32 partial sums), then scaled
+// and accumulated in float in k order. Rows stay independent: a row's result never depends
+// on the other rows of the call.
+
+constexpr bool kHasInt8Path = true;
+
+struct QuantizedRows {  // m_len rows of k_len int8 values, one scale and sum per 32
+    std::vector<int8_t> q;
+    std::vector<float> scale;
+    std::vector<float> sum;  // sum of the block's q, as float (for the mins of Q4_K / Q5_K)
+};
+
+QuantizedRows quantize_rows(const float* x, long m_len, long k_len) {
+    QuantizedRows rows{std::vector<int8_t>(m_len * k_len), std::vector<float>(m_len * k_len / 32),
+                       std::vector<float>(m_len * k_len / 32)};
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (long b = 0; b < m_len * k_len / 32; ++b) {
+        const float* xb = x + 32 * b;
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float d = _mm_cvtss_f32(m4) / 127.0f;
+        const __m256 inverse = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        __m256i q[4];
+        for (int i = 0; i < 4; ++i)
+            q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], inverse),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        // int32 -> int8, undoing the lane interleave of the packs
+        const __m256i q16 = _mm256_packs_epi32(q[0], q[1]), r16 = _mm256_packs_epi32(q[2], q[3]);
+        const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16, r16),
+                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i*)&rows.q[32 * b], q8);
+        rows.scale[b] = d;
+        const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q8), _mm256_set1_epi16(1));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        rows.sum[b] = (float)_mm_cvtsi128_si32(s4);
+    }
+    return rows;
+}
+
+// 32 weights of one row, as bytes: signed (w) or unsigned (q, with a per-slice min).
+struct Slice {
+    __m256i w;
+    __m256 scale;  // per int32 lane (each lane sums 4 consecutive weights)
+    float min;     // Q4_K / Q5_K: weight = scale * q - min
+};
+
+struct DecodeQ8_0 {
+    static constexpr int kWeights = 32, kBytes = 34;
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        s[0] = {_mm256_loadu_si256((const __m256i*)(b + 2)), _mm256_set1_ps(half_to_float(b)), 0.0f};
+    }
+};
+
+struct DecodeQ4_0 {
+    static constexpr int kWeights = 32, kBytes = 18;
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        s[0] = {_mm256_sub_epi8(nibbles_32(b + 2), _mm256_set1_epi8(8)), _mm256_set1_ps(half_to_float(b)), 0.0f};
+    }
+};
+
+struct DecodeQ5_0 {
+    static constexpr int kWeights = 32, kBytes = 22;
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        const __m256i q = _mm256_or_si256(nibbles_32(b + 6), _mm256_and_si256(bits_32(b + 2), _mm256_set1_epi8(0x10)));
+        s[0] = {_mm256_sub_epi8(q, _mm256_set1_epi8(16)), _mm256_set1_ps(half_to_float(b)), 0.0f};
+    }
+};
+
+template <bool kFive>
+struct DecodeK {  // Q4_K, Q5_K
+    static constexpr int kWeights = 256, kBytes = kFive ? 176 : 144;
+    static constexpr bool kSigned = false, kHasMin = true;
+    static void decode(const uint8_t* b, Slice* s) {
+        const float d = half_to_float(b), dmin = half_to_float(b + 2);
+        float scale[8], min[8];
+        k_scales(b + 4, scale, min);
+        const uint8_t* qs = b + (kFive ? 48 : 16);
+        const __m256i mask = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+        const __m256i qh = kFive ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
+        for (int chunk = 0; chunk < 4; ++chunk) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * chunk));
+            for (int half = 0; half < 2; ++half) {
+                const int j = 2 * chunk + half;
+                __m256i q = _mm256_and_si256(half ? _mm256_srli_epi16(v, 4) : v, mask);
+                if (kFive) {
+                    const __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
+                    q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+                }
+                s[j] = {q, _mm256_set1_ps(d * scale[j]), dmin * min[j]};
+            }
+        }
+    }
+};
+
+struct DecodeQ6_K {
+    static constexpr int kWeights = 256, kBytes = 210;
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        const float d = half_to_float(b + 208);
+        const int8_t* scales = (const int8_t*)(b + 192);
+        const __m256i mask4 = _mm256_set1_epi8(0xF), mask2 = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
+        for (int half = 0; half < 2; ++half) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + 64 * half));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + 64 * half + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * half));
+            const __m256i low[4] = {ql0, ql1, _mm256_srli_epi16(ql0, 4), _mm256_srli_epi16(ql1, 4)};
+            for (int part = 0; part < 4; ++part) {
+                const __m256i h = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * part), mask2);
+                const __m256i q = _mm256_or_si256(_mm256_and_si256(low[part], mask4), _mm256_slli_epi16(h, 4));
+                const int8_t* sc = scales + 8 * half + 2 * part;  // lanes 0-3: first 16 weights
+                s[4 * half + part] = {_mm256_sub_epi8(q, offset),
+                                      _mm256_set_m128(_mm_set1_ps(d * (float)sc[1]), _mm_set1_ps(d * (float)sc[0])),
+                                      0.0f};
+            }
+        }
+    }
+};
+
+// C input rows times one packed weight row: out[c] = dot(x row c, w row), each output
+// accumulating its slices in k order whatever C. (Tiles of several weight rows, as the fp32
+// path uses, spill registers here and ran 2x slower on the project's CPU.)
+template <typename D, int C>
+inline void dot_row(const uint8_t* w, long k_len, const int8_t* const* xq, const float* const* xd,
+                    const float* const* xs, float* out) {
+    constexpr int kSlices = D::kWeights / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[C];
+    float min_acc[C];
+    for (int c = 0; c < C; ++c) { acc[c] = _mm256_setzero_ps(); min_acc[c] = 0.0f; }
+    Slice slices[kSlices];
+    for (long block = 0; block < k_len / D::kWeights; ++block) {
+        D::decode(w + block * D::kBytes, slices);
+        for (int s = 0; s < kSlices; ++s) {
+            const long xb = block * kSlices + s;
+            const Slice& slice = slices[s];
+            const __m256i magnitude = D::kSigned ? _mm256_sign_epi8(slice.w, slice.w) : slice.w;
+            for (int c = 0; c < C; ++c) {
+                __m256i x = _mm256_loadu_si256((const __m256i*)(xq[c] + 32 * xb));
+                if (D::kSigned) x = _mm256_sign_epi8(x, slice.w);
+                const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, x), ones);
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(slice.scale, _mm256_set1_ps(xd[c][xb])),
+                                         acc[c]);
+                if (D::kHasMin) min_acc[c] += slice.min * xd[c][xb] * xs[c][xb];
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c) out[c] = lane_sum(acc[c]) - min_acc[c];
+}
+
+template <typename D>
+void int8_rows(const QuantizedRows& x, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
+               long k_len, long begin, long end) {
+    const long row_bytes = k_len / D::kWeights * D::kBytes, blocks = k_len / 32;
+    float acc[4];
+    for (long n = begin; n < end; ++n) {
+        const uint8_t* row = w + n * row_bytes;
+        if (n + 2 < end)  // the row after next: streams from memory while this one is computed
+            for (long i = 0; i < row_bytes; i += 64) _mm_prefetch((const char*)(row + 2 * row_bytes + i), _MM_HINT_T0);
+        for (long m = 0; m < m_len; m += 4) {
+            const long group = std::min(4L, m_len - m);
+            const int8_t* xq[4];
+            const float *xd[4], *xs[4];
+            for (long c = 0; c < group; ++c) {
+                xq[c] = &x.q[(m + c) * k_len];
+                xd[c] = &x.scale[(m + c) * blocks];
+                xs[c] = &x.sum[(m + c) * blocks];
+            }
+            switch (group) {
+                case 1: dot_row<D, 1>(row, k_len, xq, xd, xs, acc); break;
+                case 2: dot_row<D, 2>(row, k_len, xq, xd, xs, acc); break;
+                case 3: dot_row<D, 3>(row, k_len, xq, xd, xs, acc); break;
+                default: dot_row<D, 4>(row, k_len, xq, xd, xs, acc); break;
+            }
+            for (long c = 0; c < group; ++c) out[(m + c) * n_len + n] = acc[c] + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+// Returns false where the format has no int8 path (the float path is used).
+template <typename Body>
+bool with_decoder(int format, Body body) {
+    switch (format) {
+        case Q4_0: body(DecodeQ4_0{}); return true;
+        case Q5_0: body(DecodeQ5_0{}); return true;
+        case Q8_0: body(DecodeQ8_0{}); return true;
+        case Q4_K: body(DecodeK<false>{}); return true;
+        case Q5_K: body(DecodeK<true>{}); return true;
+        case Q6_K: body(DecodeQ6_K{}); return true;
+        default: return false;
+    }
+}
+#endif
 
 }  // namespace
 
@@ -369,6 +586,17 @@ extern "C" int small_batch_gemm(const float* x, const float* w, const float* bia
 extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out,
                           long m_len, long n_len, long k_len, int threads) {
     if (!valid_shape(format, m_len, n_len, k_len)) return -1;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (format != F32 && format != F16) {
+        const QuantizedRows xq = quantize_rows(x, m_len, k_len);
+        return with_decoder(format, [&](auto decoder) {
+            using D = decltype(decoder);
+            parallel_rows(n_len, threads, [&](long begin, long end) {
+                int8_rows<D>(xq, w, bias, out, m_len, n_len, k_len, begin, end);
+            });
+        }) ? 0 : -1;
+    }
+#endif
     const BlockShape shape = block_shape(format);
     const long row_bytes = k_len / shape.weights * shape.bytes;
     parallel_rows(n_len, threads, [&](long begin, long end) {

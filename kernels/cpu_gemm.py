@@ -39,6 +39,9 @@ class SmallBatchGemm:
 
     def __init__(self, library: ctypes.CDLL, isa: str):
         self.isa = isa
+        # The AVX2 build multiplies quantized weights with int8-quantized activations (blocks
+        # of 32, as llama.cpp does); the portable one dequantizes weights to fp32 instead.
+        self.int8_activations = isa == "avx2"
         self._fp32 = library.small_batch_gemm
         self._fp32.argtypes = [_PTR] * 4 + [_LONG] * 3 + [_INT]
         self._packed = library.quant_gemm

@@ -69,6 +69,15 @@ def test_kernel_dequantizes_like_the_reference_bit_for_bit(kernel_dir, isa, name
     assert torch.equal(gemm.dequantize(data, fmt, 37, 768), dequantize(data, fmt, 37, 768))
 
 
+def int8_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the AVX2 kernel sees it: blocks of 32 quantized to int8 with scale max|x| / 127
+    (the same float32 operations, ties rounded to even), dequantized again."""
+    blocks = x.reshape(-1, 32)
+    scale = blocks.abs().amax(1, keepdim=True) / 127.0
+    inverse = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    return (torch.round(blocks * inverse) * scale).reshape(x.shape)
+
+
 @pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
 @pytest.mark.parametrize("isa", builds())
 @pytest.mark.parametrize("name", list(FORMATS))
@@ -81,9 +90,17 @@ def test_packed_gemm_matches_linear(kernel_dir, isa, name, rows):
     x = torch.randn(rows, in_features)
     bias = torch.randn(out_features)
     out = gemm.packed(x, data, block_format(name), out_features, bias)
-    torch.testing.assert_close(out, F.linear(x, weight, bias), atol=2e-4, rtol=1e-4)
-    # the same summation as the fp32 kernel over the dequantized weights
-    assert torch.equal(out, gemm(x, weight, bias))
+    if gemm.int8_activations and name in QUANTIZED:
+        # exact integer dot products of int8 activations: float64 over the same values
+        want = F.linear(int8_activations(x).double(), weight.double(), bias.double()).float()
+        torch.testing.assert_close(out, want, atol=2e-4, rtol=1e-4)
+        # and within activation-quantization error of the fp32 product
+        full = F.linear(x, weight, bias)
+        assert (out - full).norm() < 0.02 * full.norm()
+    else:
+        torch.testing.assert_close(out, F.linear(x, weight, bias), atol=2e-4, rtol=1e-4)
+        # the same summation as the fp32 kernel over the dequantized weights
+        assert torch.equal(out, gemm(x, weight, bias))
 
 
 @pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
@@ -116,8 +133,10 @@ def test_packed_linear_every_path(kernel_dir, with_kernel, rows):
     layer = PackedLinear(data, block_format("Q4_K"), 256, bias, gemm)
     weight = dequantize(data, block_format("Q4_K"), 300, 256)
     x = torch.randn(1, rows, 256)
+    kernel_rows = gemm is not None and rows <= cpu_gemm.MAX_ROWS
+    seen = int8_activations(x) if kernel_rows and gemm.int8_activations else x
     with torch.inference_mode():
-        torch.testing.assert_close(layer(x), F.linear(x, weight, bias), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(layer(x), F.linear(seen, weight, bias), atol=2e-4, rtol=1e-4)
 
 
 def test_packed_embedding_dequantizes_the_rows_looked_up():

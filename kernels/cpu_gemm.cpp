@@ -371,9 +371,11 @@ struct QuantizedRows {  // m_len rows of k_len int8 values, one scale and sum pe
     std::vector<float> sum;  // sum of the block's q, as float (for the mins of Q4_K / Q5_K)
 };
 
-QuantizedRows quantize_rows(const float* x, long m_len, long k_len) {
-    QuantizedRows rows{std::vector<int8_t>(m_len * k_len), std::vector<float>(m_len * k_len / 32),
-                       std::vector<float>(m_len * k_len / 32)};
+// Quantizes x into `rows` (a per-thread buffer reused across calls: no allocation per call).
+void quantize_rows(const float* x, long m_len, long k_len, QuantizedRows& rows) {
+    rows.q.resize(m_len * k_len);
+    rows.scale.resize(m_len * k_len / 32);
+    rows.sum.resize(m_len * k_len / 32);
     const __m256 sign_bit = _mm256_set1_ps(-0.0f);
     for (long b = 0; b < m_len * k_len / 32; ++b) {
         const float* xb = x + 32 * b;
@@ -403,7 +405,6 @@ QuantizedRows quantize_rows(const float* x, long m_len, long k_len) {
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
         rows.sum[b] = (float)_mm_cvtsi128_si32(s4);
     }
-    return rows;
 }
 
 // 32 weights of one row, as bytes: signed (w) or unsigned (q, with a per-slice min).
@@ -588,7 +589,9 @@ extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const fl
     if (!valid_shape(format, m_len, n_len, k_len)) return -1;
 #if defined(__AVX2__) && defined(__FMA__)
     if (format != F32 && format != F16) {
-        const QuantizedRows xq = quantize_rows(x, m_len, k_len);
+        static thread_local QuantizedRows buffer;
+        const QuantizedRows& xq = buffer;  // a reference: OpenMP workers must read the caller's buffer
+        quantize_rows(x, m_len, k_len, buffer);
         return with_decoder(format, [&](auto decoder) {
             using D = decltype(decoder);
             parallel_rows(n_len, threads, [&](long begin, long end) {

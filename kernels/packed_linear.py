@@ -30,25 +30,31 @@ class PackedLinear(torch.nn.Module):
         if tuple(data.shape) != (out_features, gguf_blocks.row_bytes(fmt, in_features)) or data.dtype != torch.uint8:
             raise ValueError(f"{fmt.name} data {tuple(data.shape)} does not hold rows of {in_features} weights")
         self.fmt, self.in_features, self.out_features = fmt, in_features, out_features
-        self.register_buffer("data", data, persistent=False)
-        self.register_buffer("bias", bias, persistent=False)
-        self.gemm = gemm
+        # Plain attributes, not buffers: a decode step calls ~170 of these layers and a buffer
+        # lookup goes through nn.Module.__getattr__. The model is built on its device.
+        self.data, self.bias, self.gemm = data, bias, gemm
+        self.kernel_takes = gemm is not None and in_features % 8 == 0 and data.is_contiguous() and not data.is_cuda
 
     def extra_repr(self) -> str:
         return f"{self.fmt.name}, in_features={self.in_features}, out_features={self.out_features}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
+        if self.kernel_takes and 1 <= rows <= MAX_ROWS and x.dtype == torch.float32:
+            # the decode/verify path: as few tensor operations as possible around the kernel
+            out = torch.empty(*x.shape[:-1], self.out_features)
+            self.gemm.packed_into(out, x.reshape(rows, self.in_features).contiguous(), self.data,
+                                  self.fmt.type_id, self.bias)
+            return out
         flat = x.reshape(rows, self.in_features).float().contiguous()
         if flat.is_cuda:
             from .triton_packed import packed_matmul
 
             out = packed_matmul(flat, self.data, self.fmt, self.out_features, self.bias)
-        elif self.gemm is not None and 1 <= rows <= MAX_ROWS and self.in_features % 8 == 0:
-            out = self.gemm.packed(flat, self.data, self.fmt, self.out_features, self.bias)
         else:
             out = self._by_tiles(flat)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
 
     def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) of the weight as fp32."""
@@ -73,7 +79,7 @@ class PackedEmbedding(torch.nn.Module):
         super().__init__()
         self.fmt, self.embedding_dim, self.num_embeddings = fmt, embedding_dim, data.shape[0]
         gguf_blocks.row_bytes(fmt, embedding_dim)  # validates the row length
-        self.register_buffer("data", data, persistent=False)
+        self.data = data
 
     def extra_repr(self) -> str:
         return f"{self.fmt.name}, {self.num_embeddings}, {self.embedding_dim}"

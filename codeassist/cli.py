@@ -23,7 +23,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help=f"embedded name, .gguf file, local model directory or hub id (default: {DEFAULT_MODEL})",
     )
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto|bf16|fp16|fp32 (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto|packed|bf16|fp16|fp32 (default: auto: GGUF models "
+                        "run packed on CPU)")
     parser.add_argument(
         "--draft-model", help="a smaller model of the same tokenizer drafting for --model (speculative decoding)"
     )
@@ -83,6 +84,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dir", help="search: folder of Python sources to evaluate on (default: the stdlib)")
     bench.add_argument("--encoder", help="search: the embedding model (name, hub id or folder; "
                        "default: the index's default)")
+    bench.add_argument("--llama-bench", help="decode: llama.cpp's llama-bench binary, the reference column "
+                       "(default: $CODEASSIST_LLAMA_BENCH)")
     bench.add_argument("--trust-remote-code", action="store_true",
                        help="search: allow an encoder that ships its own code")
     _add_model_options(bench)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,17 @@ def _load_packed(spec: str, gguf: Path, device: torch.device, start: float) -> L
     from .gguf_file import GGUFError, read_gguf
     from .gguf_model import build_packed_model, packed_config, packed_tokenizer
 
-    try:
-        parsed = read_gguf(gguf)
-        config = packed_config(parsed)
-        gemm = cpu_gemm.load(codeassist_home() / "kernels") if device.type == "cpu" else None
-        model = build_packed_model(parsed, config, gemm, device)
-        tokenizer = packed_tokenizer(gguf, config)
-    except (GGUFError, OSError) as error:
-        raise ModelUnavailableError(f"cannot load model {spec!r}: {error}") from error
+    with ThreadPoolExecutor(1) as pool:
+        # A first run compiles the kernel (seconds, in a subprocess): meanwhile read the file.
+        building = pool.submit(cpu_gemm.load, codeassist_home() / "kernels") if device.type == "cpu" else None
+        try:
+            parsed = read_gguf(gguf)
+            config = packed_config(parsed)
+            tokenizer = packed_tokenizer(gguf, config)
+            gemm = building.result() if building else None
+            model = build_packed_model(parsed, config, gemm, device)
+        except (GGUFError, OSError) as error:
+            raise ModelUnavailableError(f"cannot load model {spec!r}: {error}") from error
     if device.type == "cpu":
         from .attention import use_grouped_sdpa
 

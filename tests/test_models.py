@@ -125,5 +125,10 @@ def test_device_and_dtype_choices():
         resolve_device("tpu")
     assert resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) in {torch.float32, torch.bfloat16}
-    with pytest.raises(ValueError, match="valid: auto, bf16, fp16, fp32"):
+    with pytest.raises(ValueError, match="valid: auto, packed, bf16, fp16, fp32"):
         resolve_dtype("int3", torch.device("cpu"))
+
+
+def test_packed_is_refused_where_the_model_is_not_a_gguf_file(tiny_model_dir):
+    with pytest.raises(ModelUnavailableError, match="only GGUF files"):
+        load_model(str(tiny_model_dir("qwen2.5-coder")), dtype="packed")

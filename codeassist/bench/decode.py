@@ -1,0 +1,287 @@
+"""`codeassist bench decode`: the cost of one model pass, packed GGUF weights against the fp32
+path and llama.cpp on the same file, threads and machine, in one run.
+
+Rows, per model and path:
+- prefill tokens/s over 512 and 2048 tokens of real code (a fresh cache, one pass);
+- decode tokens/s: greedy steps one token at a time after a 512-token prompt (median step);
+- for llama.cpp, `llama-bench` on the same GGUF (pp512, pp2048, tg64 at depth 512), found
+  through `--llama-bench PATH` or `$CODEASSIST_LLAMA_BENCH` (the column is skipped, with a
+  message, when absent).
+Then, for the default model: greedy completions of the speculative bench's holes on the
+packed path against the fp32 path (the share with the same text), speculative decoding
+against plain greedy on the packed path (identical share and tokens/s), the time from an
+empty CODEASSIST_HOME to the first suggestion (`codeassist complete` in a fresh process),
+and the resident memory of `codeassist serve` once its model is loaded.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ensure_gguf, is_installed
+
+from .report import BenchResult, machine_info
+from .speculative import _holes, _source_files
+
+PROMPTS = (512, 2048)
+DEPTH = 512  # decode steps run after a prompt of this many tokens
+
+
+def run_bench(args) -> BenchResult:
+    quick = args.quick
+    models = [m for m in (DEFAULT_MODEL, "qwen2.5-coder-1.5b") if is_installed(EMBEDDED_MODELS[m])]
+    rows: list[dict] = []
+    for model in models:
+        paths = ["packed", "fp32"] if model == DEFAULT_MODEL or not quick else ["packed"]
+        for path in paths:
+            rows.append(_pass_speed(model, path, repeats=1 if quick else 3, steps=24 if quick else 48))
+        rows.extend(_llama_bench(model, args, repeats=1 if quick else 3))
+    summary = _speed_summary(rows)
+    summary.update(_exactness(quick))
+    summary["first_suggestion_s_fresh_home"] = _first_suggestion_s()
+    summary["serve_rss_mb_after_load"] = _serve_rss_mb()
+    columns = ["model", "path", "prefill_512_tok_s", "prefill_2048_tok_s", "decode_tok_s", "load_s"]
+    machine = machine_info()
+    machine["kernel_isa"] = _kernel_isa()
+    return BenchResult(summary, rows, columns, machine, _plot(rows))
+
+
+def _code_tokens(tokenizer, count: int) -> torch.Tensor:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((stdlib / "json").glob("*.py")))
+    ids = tokenizer(text * 4, return_tensors="pt").input_ids[:, :count]
+    if ids.shape[1] < count:
+        raise ValueError(f"need {count} tokens of code, found {ids.shape[1]}")
+    return ids
+
+
+def _pass_speed(model: str, path: str, repeats: int, steps: int) -> dict:
+    from transformers import DynamicCache
+
+    loaded = load_model(model, dtype=path)
+    ids = _code_tokens(loaded.tokenizer, max(PROMPTS))
+    row = {"model": model, "path": path, "load_s": round(loaded.load_ms / 1000, 1)}
+    with torch.inference_mode():
+        loaded.model(input_ids=ids[:, :16], use_cache=True, logits_to_keep=1)  # warm-up, untimed
+        for count in PROMPTS:
+            times = []
+            for _ in range(repeats):
+                began = time.perf_counter()
+                loaded.model(input_ids=ids[:, :count], past_key_values=DynamicCache(), use_cache=True,
+                             logits_to_keep=1)
+                times.append(time.perf_counter() - began)
+            row[f"prefill_{count}_tok_s"] = round(count / statistics.median(times), 1)
+        cache = DynamicCache()
+        out = loaded.model(input_ids=ids[:, :DEPTH], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1:].argmax(-1)
+        times = []
+        for _ in range(steps):
+            began = time.perf_counter()
+            out = loaded.model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1:].argmax(-1)
+            times.append(time.perf_counter() - began)
+    row["decode_tok_s"] = round(1 / statistics.median(times), 2)
+    del loaded, cache, out
+    gc.collect()
+    return row
+
+
+def _llama_bench_binary(args) -> str | None:
+    found = getattr(args, "llama_bench", None) or os.environ.get("CODEASSIST_LLAMA_BENCH")
+    if found and Path(found).is_file():
+        return found
+    print(f"bench decode: no llama-bench ({'not found: ' + found if found else 'give --llama-bench PATH or '
+          'set CODEASSIST_LLAMA_BENCH'}); the llama.cpp rows are skipped", file=sys.stderr)
+    return None
+
+
+def _llama_bench(model: str, args, repeats: int) -> list[dict]:
+    binary = _llama_bench_binary(args)
+    if binary is None:
+        return []
+    gguf = ensure_gguf(EMBEDDED_MODELS[model])
+    threads = str(torch.get_num_threads())
+    command = [binary, "-m", str(gguf), "-t", threads, "-r", str(repeats), "-o", "json",
+               "-p", ",".join(map(str, PROMPTS)), "-n", "0"]
+    decode = [binary, "-m", str(gguf), "-t", threads, "-r", str(repeats), "-o", "json",
+              "-p", "0", "-n", "64", "-d", str(DEPTH)]
+    row = {"model": model, "path": "llama.cpp", "load_s": None}
+    for argv in (command, decode):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+        if result.returncode != 0:
+            print(f"bench decode: llama-bench failed: {result.stderr[-500:]}", file=sys.stderr)
+            return []
+        for test in json.loads(result.stdout):
+            if test["n_gen"]:
+                row["decode_tok_s"] = round(test["avg_ts"], 2)
+            else:
+                row[f"prefill_{test['n_prompt']}_tok_s"] = round(test["avg_ts"], 1)
+    return [row]
+
+
+def _speed_summary(rows: list[dict]) -> dict:
+    summary = {}
+    for row in rows:
+        stem = f"{row['model'].removeprefix('qwen2.5-coder-')}_{row['path'].replace('.', '')}"
+        for key in ("decode_tok_s", "prefill_512_tok_s", "prefill_2048_tok_s"):
+            if row.get(key) is not None:
+                summary[f"{key}_{stem}"] = row[key]
+    for size in ("0.5b", "1.5b"):
+        packed, fp32, llama = (summary.get(f"decode_tok_s_{size}_{p}") for p in ("packed", "fp32", "llamacpp"))
+        if packed and fp32:
+            summary[f"decode_packed_vs_fp32_{size}"] = round(packed / fp32, 2)
+        if packed and llama:
+            summary[f"decode_packed_vs_llamacpp_{size}"] = round(packed / llama, 2)
+    return summary
+
+
+def _exactness(quick: bool) -> dict:
+    """Greedy texts packed vs fp32; speculative vs plain greedy on the packed path."""
+    rng = random.Random(0)
+    work = [(path, hole) for path, _ in _source_files(quick)
+            for hole in _holes(path.read_text(encoding="utf-8"), 3 if quick else 6, rng)]
+    texts: dict[str, list[str]] = {}
+    speeds: dict[str, tuple[int, float]] = {}
+    for path, configs in (("fp32", {"plain": dict(speculative=False)}),
+                          ("packed", {"plain": dict(speculative=False), "speculative": {}})):
+        loaded = load_model(DEFAULT_MODEL, dtype=path)
+        for name, overrides in configs.items():
+            engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=48, max_prompt_tokens=1024, kv_mode="full",
+                                                             time_budget_ms=600_000, **overrides))
+            key = f"{path}_{name}"
+            texts[key], tokens, decode_ms = [], 0, 0.0
+            for file, (text, cursor, _) in work:
+                result = engine.complete(CompletionRequest(text, cursor, "python", file.name))
+                texts[key].append(result.text)
+                if result.tokens > 1:
+                    tokens, decode_ms = tokens + result.tokens - 1, decode_ms + result.decode_ms
+            speeds[key] = (tokens, decode_ms)
+        del loaded
+        gc.collect()
+
+    def share(a: str, b: str) -> float:
+        return round(statistics.mean(x == y for x, y in zip(texts[a], texts[b])), 3)
+
+    def rate(key: str) -> float:
+        tokens, ms = speeds[key]
+        return round(tokens / ms * 1000, 2) if ms else 0.0
+
+    return {"holes": len(work),
+            "greedy_identical_packed_vs_fp32": share("packed_plain", "fp32_plain"),
+            "speculative_identical_to_greedy_packed": share("packed_speculative", "packed_plain"),
+            "engine_decode_tok_s_fp32_plain": rate("fp32_plain"),
+            "engine_decode_tok_s_packed_plain": rate("packed_plain"),
+            "engine_decode_tok_s_packed_speculative": rate("packed_speculative")}
+
+
+def _first_suggestion_s() -> float:
+    """`codeassist complete` in a fresh process with an empty CODEASSIST_HOME."""
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "circle.py"
+        source.write_text("import math\n\n\ndef circumference(radius):\n    return \n")
+        env = {**os.environ, "CODEASSIST_HOME": str(Path(scratch) / "home")}
+        began = time.perf_counter()
+        subprocess.run([_console_script(), "complete", f"{source}:5:12"], env=env, check=True,
+                       capture_output=True, timeout=900)
+        return round(time.perf_counter() - began, 1)
+
+
+def _serve_rss_mb() -> float | None:
+    """Resident memory of `codeassist serve` (stdio) once it reports its model ready."""
+    process = subprocess.Popen([_console_script(), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        _send(process, 1, "initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {}})
+        _send(process, None, "initialized", {})
+        for attempt in range(600):
+            _send(process, 100 + attempt, "workspace/executeCommand", {"command": "codeassist.status"})
+            status = _reply(process, 100 + attempt)
+            if status.get("modelStatus") == "ready":
+                time.sleep(2)  # let the background start-up settle
+                return round(_rss_kb(process.pid) / 1024, 1)
+            time.sleep(1)
+        return None
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _send(process, request_id, method: str, params) -> None:
+    message = {"jsonrpc": "2.0", "method": method, "params": params}
+    if request_id is not None:
+        message["id"] = request_id
+    body = json.dumps(message).encode()
+    process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    process.stdin.flush()
+
+
+def _reply(process, request_id) -> dict:
+    """The result of `request_id`, skipping notifications and server requests."""
+    while True:
+        length = None
+        while (line := process.stdout.readline().strip()):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        message = json.loads(process.stdout.read(length))
+        if message.get("id") == request_id and "method" not in message:
+            return message.get("result") or {}
+        if "method" in message and "id" in message:  # a request from the server: answer it
+            _send_result(process, message["id"])
+
+
+def _send_result(process, request_id) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": None}).encode()
+    process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    process.stdin.flush()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _console_script() -> str:
+    """The `codeassist` script beside the running interpreter (a venv need not be activated)."""
+    beside = Path(sys.executable).with_name("codeassist")
+    return str(beside) if beside.exists() else shutil.which("codeassist") or "codeassist"
+
+
+def _kernel_isa() -> str:
+    from kernels import cpu_gemm
+
+    return cpu_gemm.best_isa()
+
+
+def _plot(rows: list[dict]):
+    def draw(figure) -> None:
+        axes = figure.subplots(1, 2)
+        labels = [f"{r['model'].removeprefix('qwen2.5-coder-')}\n{r['path']}" for r in rows]
+        colors = ["tab:blue" if r["path"] == "packed" else "grey" if r["path"] == "fp32" else "tab:orange"
+                  for r in rows]
+        axes[0].bar(labels, [r.get("decode_tok_s") or 0 for r in rows], color=colors)
+        axes[0].set(ylabel="tokens/s", title=f"greedy decode after {DEPTH} tokens")
+        width = 0.4
+        for offset, count in zip((-width / 2, width / 2), PROMPTS):
+            axes[1].bar([i + offset for i in range(len(rows))], [r.get(f"prefill_{count}_tok_s") or 0 for r in rows],
+                        width, label=f"{count} tokens")
+        axes[1].set_xticks(range(len(rows)), labels)
+        axes[1].set(ylabel="tokens/s", title="prefill")
+        axes[1].legend()
+
+    return draw

@@ -42,3 +42,51 @@ def test_cpu_models_use_it_and_agree_with_sdpa(tiny_model_dir):
     ours = verify_pass()
     model.set_attn_implementation("sdpa")
     torch.testing.assert_close(ours, verify_pass(), atol=1e-4, rtol=1e-4)
+
+
+def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path):
+    # The lossless promise on the packed path: int8-quantized activations turn any last-bit
+    # difference between a verify pass and single-token steps into a different token, so
+    # every row of a chain or tree pass must reproduce its single-token step exactly.
+    from transformers import DynamicCache
+
+    from completion.attention import use_grouped_sdpa
+    from completion.gguf_file import read_gguf
+    from completion.gguf_model import build_packed_model, packed_config
+    from kernels import cpu_gemm
+    from tests.tiny_gguf import write_tiny_gguf
+
+    write_tiny_gguf("qwen2", tmp_path / "tiny.gguf")
+    parsed = read_gguf(tmp_path / "tiny.gguf")
+    model = build_packed_model(parsed, packed_config(parsed), cpu_gemm.load(tmp_path / "kernels"), torch.device("cpu"))
+    use_grouped_sdpa(model)
+    prefix = torch.randint(0, 300, (1, 30))
+    a, b, c = 11, 22, 33  # tree: a, then b or c after a
+
+    def primed():
+        cache = DynamicCache()
+        with torch.inference_mode():
+            model(input_ids=prefix, past_key_values=cache, use_cache=True)
+        return cache
+
+    def step(cache, token, position):
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]),
+                         past_key_values=cache, use_cache=True).logits[0, -1]
+
+    cache = primed()
+    want_a, want_b = step(cache, a, 30), step(cache, b, 31)
+    cache = primed()
+    step(cache, a, 30)
+    want_c = step(cache, c, 31)
+    mask = torch.zeros(1, 1, 3, 33)
+    blocked = torch.finfo(torch.float32).min
+    mask[0, 0, 0, 31:] = blocked  # a sees the prefix and itself
+    mask[0, 0, 1, 32] = mask[0, 0, 2, 31] = blocked  # b and c see a, never each other
+    with torch.inference_mode():
+        tree = model(input_ids=torch.tensor([[a, b, c]]), position_ids=torch.tensor([[30, 31, 31]]),
+                     attention_mask=mask, past_key_values=primed(), use_cache=True).logits[0]
+        chain = model(input_ids=torch.tensor([[a, b]]), position_ids=torch.tensor([[30, 31]]),
+                      past_key_values=primed(), use_cache=True).logits[0]
+    assert torch.equal(tree[0], want_a) and torch.equal(tree[1], want_b) and torch.equal(tree[2], want_c)
+    assert torch.equal(chain[0], want_a) and torch.equal(chain[1], want_b)

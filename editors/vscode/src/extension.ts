@@ -109,9 +109,11 @@ export function activate(context: vscode.ExtensionContext): void {
   client = startClient();
   context.subscriptions.push(
     output,
-    vscode.commands.registerCommand("codeassist.status", showStatus),
-    vscode.commands.registerCommand("codeassist.search", search),
-    vscode.commands.registerCommand("codeassist.restart", async () => {
+    // Client command ids must differ from the server's executeCommand ids: vscode-languageclient
+    // registers a VS Code command for each of those, and a clash stops the client from starting.
+    vscode.commands.registerCommand("codeassist.showStatus", showStatus),
+    vscode.commands.registerCommand("codeassist.searchCode", search),
+    vscode.commands.registerCommand("codeassist.restartServer", async () => {
       await client?.stop();
       client = startClient();
     }),

@@ -27,6 +27,17 @@ Encode = Callable[[Sequence[str]], list[list[int]]]  # a batch of texts -> their
 _BUILT: dict[tuple[str, int], "Vocabulary"] = {}  # of the few tokenizers in use
 
 
+def _token_texts(tokenizer) -> list[str]:
+    """The text of every token id. The Rust backend decodes the batch ~13x faster than
+    transformers' per-item `batch_decode` (0.14 s against 1.9 s for 152k tokens), with the
+    same texts."""
+    ids = [[i] for i in range(len(tokenizer))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.decode_batch(ids, skip_special_tokens=False)
+    return tokenizer.batch_decode(ids, clean_up_tokenization_spaces=False)
+
+
 class Vocabulary:
     """Token texts, searchable by text prefix (built once per tokenizer: ~1.5 s for 152k)."""
 
@@ -46,8 +57,7 @@ class Vocabulary:
         if key not in _BUILT:
             if len(_BUILT) >= 4:
                 _BUILT.pop(next(iter(_BUILT)))
-            _BUILT[key] = cls(tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
-                                                     clean_up_tokenization_spaces=False))
+            _BUILT[key] = cls(_token_texts(tokenizer))
         return _BUILT[key]
 
 

@@ -201,20 +201,28 @@ def _first_suggestion_s() -> float:
 
 
 def _serve_rss_mb() -> float | None:
-    """Resident memory of `codeassist serve` (stdio) once it reports its model ready."""
+    """Resident memory of `codeassist serve` (stdio) once its model is ready and has answered
+    a completion (every weight page read from the memory-mapped file)."""
     process = subprocess.Popen([_console_script(), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL)
     try:
         _send(process, 1, "initialize", {"processId": os.getpid(), "rootUri": None, "capabilities": {}})
+        _reply(process, 1)
         _send(process, None, "initialized", {})
         for attempt in range(600):
             _send(process, 100 + attempt, "workspace/executeCommand", {"command": "codeassist.status"})
-            status = _reply(process, 100 + attempt)
-            if status.get("modelStatus") == "ready":
-                time.sleep(2)  # let the background start-up settle
-                return round(_rss_kb(process.pid) / 1024, 1)
+            if _reply(process, 100 + attempt).get("modelStatus") == "ready":
+                break
             time.sleep(1)
-        return None
+        else:
+            return None
+        uri, text = "file:///tmp/codeassist-bench/circle.py", "import math\n\n\ndef area(radius):\n    return "
+        _send(process, None, "textDocument/didOpen",
+              {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": text}})
+        _send(process, 2, "textDocument/completion",
+              {"textDocument": {"uri": uri}, "position": {"line": 4, "character": 11}})
+        _reply(process, 2)
+        return round(_rss_kb(process.pid) / 1024, 1)
     finally:
         process.kill()
         process.wait()
@@ -238,7 +246,8 @@ def _reply(process, request_id) -> dict:
                 length = int(line.split(b":")[1])
         message = json.loads(process.stdout.read(length))
         if message.get("id") == request_id and "method" not in message:
-            return message.get("result") or {}
+            result = message.get("result")
+            return result if isinstance(result, dict) else {}
         if "method" in message and "id" in message:  # a request from the server: answer it
             _send_result(process, message["id"])
 

@@ -10,8 +10,8 @@ to the file's. Norms and biases (F32 in GGUF) are copied. Files this cannot take
 
 from __future__ import annotations
 
-import logging
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +21,6 @@ from kernels.cpu_gemm import SmallBatchGemm
 from kernels.packed_linear import PackedEmbedding, PackedLinear
 
 from .gguf_file import GGUFFile, GGUFTensor
-
-logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("qwen2", "llama")
 _LINEAR = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -78,6 +76,17 @@ def build_packed_model(gguf: GGUFFile, config, gemm: SmallBatchGemm | None, devi
         raise PackedUnsupported(f"block formats without a kernel: {', '.join(unsupported)}")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    try:
+        _put_tensors(model, gguf, config, gemm, device)
+    except KeyError as missing:
+        raise PackedUnsupported(f"tensor {missing} is not in the GGUF file") from None
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise PackedUnsupported(f"tensors not found in the GGUF file: {', '.join(left[:5])}")
+    return model.eval().requires_grad_(False)
+
+
+def _put_tensors(model, gguf: GGUFFile, config, gemm: SmallBatchGemm | None, device: torch.device) -> None:
     inner = model.model
     embed = gguf.tensors["token_embd.weight"]
     inner.embed_tokens = PackedEmbedding(_bytes(embed, device), _format(embed), config.hidden_size)
@@ -98,10 +107,6 @@ def build_packed_model(gguf: GGUFFile, config, gemm: SmallBatchGemm | None, devi
         for short, name in _NORMS.items():
             getattr(layer, name).weight = _parameter(gguf.tensors[f"blk.{index}.{short}.weight"], device)
     inner.rotary_emb = type(inner.rotary_emb)(config=config).to(device)
-    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:
-        raise PackedUnsupported(f"tensors not found in the GGUF file: {', '.join(left[:5])}")
-    return model.eval().requires_grad_(False)
 
 
 def _format(tensor: GGUFTensor) -> gguf_blocks.BlockFormat:
@@ -136,8 +141,6 @@ def _unpermute_rows(data: torch.Tensor, heads: int) -> torch.Tensor:
 def packed_tokenizer(gguf_path, config):
     """The tokenizer stored in the GGUF file, of the class transformers pairs with `config`
     (what AutoTokenizer builds, without its second parse of the whole file: ~2 s, not ~30)."""
-    from pathlib import Path
-
     from transformers import PreTrainedTokenizerFast
     from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING
 

@@ -1,20 +1,20 @@
 // Small-batch linear layers for CPUs: out = x @ w.T + bias for the 1 to kMaxRows rows of a
-// decode or verify pass, with fp32 weights or with GGUF-quantized (packed) weights that are
-// dequantized four rows at a time into a small buffer that stays in cache. Built by
+// decode or verify pass, with fp32 weights or GGUF-quantized (packed) weights. Built by
 // kernels/cpu_gemm.py, once with AVX2/FMA and once portable (plain C++ vectors).
 //
-// Why: BLAS and oneDNN GEMMs are tuned for many rows. For 2-8 rows they cost 2-4x one row on
-// the project's CPU, although the weights (which dominate the memory traffic) are the same.
-// Here each weight vector is loaded (or dequantized) once and multiplied with up to four input
-// rows while it sits in registers, so a verify pass over 4 tokens costs little more than one.
-// Packed weights are read at 4.5-8.5 bits per weight instead of 32: a decode step reads
-// several times fewer bytes, which is what bounds it.
+// fp32 weights: BLAS and oneDNN GEMMs are tuned for many rows; for 2-8 rows they cost 2-4x
+// one row on the project's CPU, although the weights (which dominate the memory traffic) are
+// the same. Here each weight vector is loaded once and multiplied with up to four input rows
+// while it sits in registers, so a verify pass over 4 tokens costs little more than one.
 //
-// Every output element is summed in the same order whatever the number of rows: 8 lanes
-// accumulate along k with FMA, then the lanes are added in a fixed tree. A verify pass over
-// n tokens therefore yields bit for bit the numbers of n single-token passes. Dequantization
-// is plain float arithmetic (built with -ffp-contract=off), bit for bit the torch reference
-// of kernels/gguf_blocks.py.
+// Packed weights are read at 4.5-8.5 bits per weight instead of 32. The AVX2 build multiplies
+// them with int8-quantized activations (below); the portable build dequantizes four weight
+// rows at a time into a buffer that stays in cache and runs the fp32 tiles over it.
+//
+// Every output element is summed in the same order whatever the number of rows, so a verify
+// pass over n tokens yields bit for bit the numbers of n single-token passes.
+// Dequantization is plain float arithmetic (built with -ffp-contract=off), bit for bit the
+// torch reference of kernels/gguf_blocks.py.
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
@@ -140,101 +140,6 @@ BlockShape block_shape(int format) {
 // The eight 6-bit (scale, min) pairs of a Q4_K / Q5_K block (below).
 void k_scales(const uint8_t* s, float* scale, float* min);
 
-#if defined(__AVX2__) && defined(__FMA__)
-// AVX2 versions: the same float operations as the scalar ones below, 32 weights at a time.
-
-// 32 signed bytes -> 32 floats y = q * scale[i] (- min[i]), one scale (and min) per 8 weights.
-inline void bytes_to_floats(__m256i q, const float* scale, const float* min, float* y) {
-    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-    for (int i = 0; i < 4; ++i) {
-        __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[i])), _mm256_set1_ps(scale[i]));
-        if (min) f = _mm256_sub_ps(f, _mm256_set1_ps(min[i]));
-        _mm256_storeu_ps(y + 8 * i, f);
-    }
-}
-
-// 16 bytes -> 32 nibbles as bytes: the low nibbles first, then the high ones.
-inline __m256i nibbles_32(const uint8_t* p) {
-    const __m128i v = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0xF);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
-}
-
-// Byte j is 0xFF where bit j of the 32 bits at p is set (ggml's bytes_from_bits_32).
-inline __m256i bits_32(const uint8_t* p) {
-    uint32_t bits;
-    std::memcpy(&bits, p, 4);
-    const __m256i spread = _mm256_shuffle_epi8(
-        _mm256_set1_epi32((int)bits),
-        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
-    return _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
-                             _mm256_set1_epi64x(-1));
-}
-
-inline void broadcast4(float v, float* out) { out[0] = out[1] = out[2] = out[3] = v; }
-
-inline void dequant_q4_0(const uint8_t* b, float* y) {
-    float d[4];
-    broadcast4(half_to_float(b), d);
-    bytes_to_floats(_mm256_sub_epi8(nibbles_32(b + 2), _mm256_set1_epi8(8)), d, nullptr, y);
-}
-
-inline void dequant_q5_0(const uint8_t* b, float* y) {
-    float d[4];
-    broadcast4(half_to_float(b), d);
-    const __m256i q = _mm256_or_si256(nibbles_32(b + 6), _mm256_and_si256(bits_32(b + 2), _mm256_set1_epi8(0x10)));
-    bytes_to_floats(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), d, nullptr, y);
-}
-
-inline void dequant_q8_0(const uint8_t* b, float* y) {
-    float d[4];
-    broadcast4(half_to_float(b), d);
-    bytes_to_floats(_mm256_loadu_si256((const __m256i*)(b + 2)), d, nullptr, y);
-}
-
-inline void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
-    const float d = half_to_float(b), dmin = half_to_float(b + 2);
-    float scale[8], min[8];
-    k_scales(b + 4, scale, min);
-    const __m256i mask = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
-    const __m256i qh = high ? _mm256_loadu_si256((const __m256i*)high) : _mm256_setzero_si256();
-    for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
-        const __m256i v = _mm256_loadu_si256((const __m256i*)qs);
-        for (int half = 0; half < 2; ++half) {
-            const int j = 2 * chunk + half;
-            __m256i q = _mm256_and_si256(half ? _mm256_srli_epi16(v, 4) : v, mask);
-            if (high) {
-                const __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
-                q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
-            }
-            float ds[4], dm[4];
-            broadcast4(d * scale[j], ds);
-            broadcast4(dmin * min[j], dm);
-            bytes_to_floats(q, ds, dm, y + 32 * j);
-        }
-    }
-}
-
-inline void dequant_q6_k(const uint8_t* b, float* y) {
-    const float d = half_to_float(b + 208);
-    const int8_t* scales = (const int8_t*)(b + 192);
-    const __m256i mask4 = _mm256_set1_epi8(0xF), mask2 = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
-    for (int half = 0; half < 2; ++half) {
-        const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + 64 * half));
-        const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + 64 * half + 32));
-        const __m256i qh = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * half));
-        const __m256i low[4] = {ql0, ql1, _mm256_srli_epi16(ql0, 4), _mm256_srli_epi16(ql1, 4)};
-        for (int part = 0; part < 4; ++part) {  // weights 32 * part .. + 31 of this half
-            const __m256i h = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * part), mask2);
-            const __m256i q = _mm256_or_si256(_mm256_and_si256(low[part], mask4), _mm256_slli_epi16(h, 4));
-            const int8_t* sc = scales + 8 * half + 2 * part;  // one scale per 16 weights
-            const float ds[4] = {d * (float)sc[0], d * (float)sc[0], d * (float)sc[1], d * (float)sc[1]};
-            bytes_to_floats(_mm256_sub_epi8(q, offset), ds, nullptr, y + 128 * half + 32 * part);
-        }
-    }
-}
-
-#else
 inline void dequant_q4_0(const uint8_t* b, float* y) {
     const float d = half_to_float(b);
     for (int j = 0; j < 16; ++j) {
@@ -300,7 +205,6 @@ inline void dequant_q6_k(const uint8_t* b, float* y) {
     }
 }
 
-#endif
 
 // The eight 6-bit (scale, min) pairs of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
 void k_scales(const uint8_t* s, float* scale, float* min) {
@@ -363,7 +267,23 @@ void parallel_rows(long n_len, int threads, Body body) {
 // and accumulated in float in k order. Rows stay independent: a row's result never depends
 // on the other rows of the call.
 
-constexpr bool kHasInt8Path = true;
+// 16 bytes -> 32 nibbles as bytes: the low nibbles first, then the high ones.
+inline __m256i nibbles_32(const uint8_t* p) {
+    const __m128i v = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0xF);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+}
+
+// Byte j is 0xFF where bit j of the 32 bits at p is set (ggml's bytes_from_bits_32).
+inline __m256i bits_32(const uint8_t* p) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    return _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                             _mm256_set1_epi64x(-1));
+}
+
 
 struct QuantizedRows {  // m_len rows of k_len int8 values, one scale and sum per 32
     std::vector<int8_t> q;

@@ -66,13 +66,13 @@ def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path):
     def primed():
         cache = DynamicCache()
         with torch.inference_mode():
-            model(input_ids=prefix, past_key_values=cache, use_cache=True)
+            model(input_ids=prefix, cache=cache, use_cache=True)
         return cache
 
     def step(cache, token, position):
         with torch.inference_mode():
             return model(input_ids=torch.tensor([[token]]), position_ids=torch.tensor([[position]]),
-                         past_key_values=cache, use_cache=True).logits[0, -1]
+                         cache=cache, use_cache=True).logits[0, -1]
 
     cache = primed()
     want_a, want_b = step(cache, a, 30), step(cache, b, 31)
@@ -85,8 +85,8 @@ def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path):
     mask[0, 0, 1, 32] = mask[0, 0, 2, 31] = blocked  # b and c see a, never each other
     with torch.inference_mode():
         tree = model(input_ids=torch.tensor([[a, b, c]]), position_ids=torch.tensor([[30, 31, 31]]),
-                     attention_mask=mask, past_key_values=primed(), use_cache=True).logits[0]
+                     attention_mask=mask, cache=primed(), use_cache=True).logits[0]
         chain = model(input_ids=torch.tensor([[a, b]]), position_ids=torch.tensor([[30, 31]]),
-                      past_key_values=primed(), use_cache=True).logits[0]
+                      cache=primed(), use_cache=True).logits[0]
     assert torch.equal(tree[0], want_a) and torch.equal(tree[1], want_b) and torch.equal(tree[2], want_c)
     assert torch.equal(chain[0], want_a) and torch.equal(chain[1], want_b)

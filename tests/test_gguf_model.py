@@ -85,3 +85,12 @@ def test_architectures_without_a_packed_path_are_refused(tmp_path):
     writer.close()
     with pytest.raises(PackedUnsupported, match="'gpt2' has no packed path"):
         packed_config(read_gguf(path))
+
+
+def test_a_file_missing_a_layer_tensor_is_refused(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf("qwen2", path)
+    parsed = read_gguf(path)
+    del parsed.tensors["blk.1.ffn_up.weight"]
+    with pytest.raises(PackedUnsupported, match="blk.1.ffn_up.weight"):
+        build_packed_model(parsed, packed_config(parsed), None, torch.device("cpu"))

@@ -81,17 +81,17 @@ def _pass_speed(model: str, path: str, repeats: int, steps: int) -> dict:
             times = []
             for _ in range(repeats):
                 began = time.perf_counter()
-                loaded.model(input_ids=ids[:, :count], past_key_values=DynamicCache(), use_cache=True,
+                loaded.model(input_ids=ids[:, :count], cache=DynamicCache(), use_cache=True,
                              logits_to_keep=1)
                 times.append(time.perf_counter() - began)
             row[f"prefill_{count}_tok_s"] = round(count / statistics.median(times), 1)
         cache = DynamicCache()
-        out = loaded.model(input_ids=ids[:, :DEPTH], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = loaded.model(input_ids=ids[:, :DEPTH], cache=cache, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1:].argmax(-1)
         times = []
         for _ in range(steps):
             began = time.perf_counter()
-            out = loaded.model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = loaded.model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1:].argmax(-1)
             times.append(time.perf_counter() - began)
     row["decode_tok_s"] = round(1 / statistics.median(times), 2)

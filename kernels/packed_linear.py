@@ -55,7 +55,6 @@ class PackedLinear(torch.nn.Module):
             out = self._by_tiles(flat)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
-
     def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows [start, stop) of the weight as fp32."""
         stop = self.out_features if stop is None else stop

@@ -129,8 +129,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
             logger.info("%s runs unpacked (fp32): %s", spec, reason)
     elif dtype == "packed":
         raise ModelUnavailableError(f"cannot run {spec!r} packed: only GGUF files (and embedded models) can be")
-    return _load_unpacked(spec, torch_device, resolve_dtype("fp32" if dtype == "packed" else dtype, torch_device),
-                          start)
+    return _load_unpacked(spec, torch_device, resolve_dtype(dtype, torch_device), start)
 
 
 def _load_packed(spec: str, gguf: Path, device: torch.device, start: float) -> LoadedModel:

@@ -256,7 +256,6 @@ void parallel_rows(long n_len, int threads, Body body) {
     }
 }
 
-
 #if defined(__AVX2__) && defined(__FMA__)
 // ---- AVX2: quantized weights times int8-quantized activations (integer dot products) ----
 //
@@ -502,8 +501,8 @@ extern "C" int small_batch_gemm(const float* x, const float* w, const float* bia
 }
 
 // As small_batch_gemm, with w the n_len packed rows of a GGUF tensor of type `format`
-// (each row k_len / block_weights blocks). Bit for bit small_batch_gemm over the
-// dequantized weights.
+// (each row k_len / block_weights blocks). The AVX2 build takes quantized formats through
+// int8 activations; otherwise it is bit for bit small_batch_gemm over the dequantized weights.
 extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out,
                           long m_len, long n_len, long k_len, int threads) {
     if (!valid_shape(format, m_len, n_len, k_len)) return -1;
@@ -537,7 +536,7 @@ extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const fl
     return 0;
 }
 
-// Rows [0, n_len) of a packed tensor -> out (n_len x k_len floats): prefill tiles, embeddings.
+// Rows [0, n_len) of a packed tensor -> out (n_len x k_len floats): prefill tiles.
 extern "C" int dequantize_rows(int format, const uint8_t* w, float* out, long n_len, long k_len, int threads) {
     const BlockShape shape = block_shape(format);
     if (shape.weights == 0 || n_len < 0 || k_len < 1 || k_len % shape.weights) return -1;

@@ -232,6 +232,10 @@ def _send(process, request_id, method: str, params) -> None:
     message = {"jsonrpc": "2.0", "method": method, "params": params}
     if request_id is not None:
         message["id"] = request_id
+    _write(process, message)
+
+
+def _write(process, message: dict) -> None:
     body = json.dumps(message).encode()
     process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
     process.stdin.flush()
@@ -249,13 +253,7 @@ def _reply(process, request_id) -> dict:
             result = message.get("result")
             return result if isinstance(result, dict) else {}
         if "method" in message and "id" in message:  # a request from the server: answer it
-            _send_result(process, message["id"])
-
-
-def _send_result(process, request_id) -> None:
-    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": None}).encode()
-    process.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    process.stdin.flush()
+            _write(process, {"jsonrpc": "2.0", "id": message["id"], "result": None})
 
 
 def _rss_kb(pid: int) -> int:

@@ -28,27 +28,27 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     @server.feature(types.INITIALIZED)
     async def initialized(ls: CodeassistServer, params: types.InitializedParams) -> None:
         # Both in the background: requests meanwhile get empty answers.
-        await asyncio.gather(ls.ensure_model(), ls.code_search.start(),
-                             ls.code_search.watch_files())
+        await asyncio.gather(ls.ensure_model(), ls.code_search.start(ls.settings, ls.workspace.root_path),
+                             ls.watch_files())
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: CodeassistServer, params) -> None:
         ls.apply_settings(params.settings)
-        await asyncio.gather(ls.ensure_model(), ls.code_search.start())
+        await asyncio.gather(ls.ensure_model(), ls.code_search.start(ls.settings, ls.workspace.root_path))
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def did_open(ls: CodeassistServer, params: types.DidOpenTextDocumentParams) -> None:
-        logger.info("opened %s (%s)", params.text_document.uri, params.text_document.language_id)
-        ls.remember_document(params.text_document.uri)  # draft source: repository n-grams
-        ls.insight.precompute(params.text_document.uri)  # hover summaries, when the model idles
+    async def did_open(ls: CodeassistServer, params: types.DidOpenTextDocumentParams) -> None:
+        document = params.text_document
+        logger.info("opened %s (%s)", document.uri, document.language_id)
+        ls.remember_document(document.uri)  # draft source: repository n-grams
+        # Hover summaries, made when the model idles (parsing the file is off the event loop).
+        await asyncio.get_running_loop().run_in_executor(None, ls.hovers.precompute, document.uri,
+                                                         document.text, ls.settings)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: CodeassistServer, params: types.DidCloseTextDocumentParams) -> None:
         logger.info("closed %s", params.text_document.uri)
-        ls.cancel_refresh(params.text_document.uri)
-        if ls.engine is not None:
-            ls.engine.forget(params.text_document.uri)  # free its KV session
-        ls.insight.forget(params.text_document.uri)
+        ls.close_document(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: CodeassistServer, params: types.DidSaveTextDocumentParams) -> None:
@@ -76,7 +76,8 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: CodeassistServer, params: types.HoverParams) -> types.Hover | None:
-        return await ls.insight.hover(params.text_document.uri, params.position)
+        return await ls.hovers.hover(params.text_document.uri, params.position, ls.position_encoding,
+                                     ls.settings)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodeassistServer, params: types.InlineCompletionParams):
@@ -111,14 +112,12 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "kvSessions": engine.kv_status() if engine else None,
             "speculation": engine.speculation_status() if engine else None,
             "indexStatus": ls.code_search.status,
-            "summaries": ls.insight.stats(),
+            "summaries": ls.hovers.stats(),
         }
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeassistServer, params: None) -> None:
-        ls.scheduler.close()
-        ls.code_search.close()
-        ls.insight.close()
+        ls.close()
 
     return server
 

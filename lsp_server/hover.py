@@ -1,6 +1,6 @@
 """Hover on a function, method or class: its signature and docstring at once (tree-sitter,
 no model), plus a short LLM summary from the cache, or made within the hover time budget,
-or made in the background for the next hover. Also: repository context for completion.
+or made in the background for the next hover.
 
 Summaries are cached by content hash in a JSON file next to the code-search index.
 """
@@ -9,97 +9,55 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lsprotocol import types
-from pygls.uris import to_fs_path
 
-from completion import CompletionRequest
 from completion.summarize import Summarizer, SummaryRequest
 from completion.summary_cache import SummaryCache
 from completion.syntax import language_for
-from retrieval.context import RepoContext
+from retrieval import CodeIndex
 from retrieval.definitions import DefinitionFinder
 from retrieval.outline import Definition, identifier_at
 
 from .positions import offset_at
+from .settings import ServerSettings
 from .summaries import BACKGROUND, HOVER, SummaryWorker
-
-if TYPE_CHECKING:
-    from .server import CodeassistServer, PreparedRequest
+from .workspace_files import WorkspaceFiles
 
 logger = logging.getLogger(__name__)
 
 PENDING_NOTE = "*Summary: being written; hover again in a moment.*"
 
 
-class CodeInsight:
-    """What the server knows about definitions: hover content, summaries, FIM context."""
+class HoverProvider:
+    """Hover content for definitions, and their summaries (cached, or made in the background)."""
 
-    def __init__(self, server: CodeassistServer):
-        self.server = server
-        self.worker = SummaryWorker(server.scheduler.busy)
-        self.repo_context = RepoContext()
+    def __init__(self, files: WorkspaceFiles, index: Callable[[], CodeIndex | None],
+                 summarizer: Callable[[], Summarizer | None], busy: Callable[[], bool]):
+        self.files = files
+        self._index = index
+        self._summarizer = summarizer  # None while no model is loaded
+        self.worker = SummaryWorker(busy)
         self._caches: dict[Path | None, SummaryCache] = {}
-        self._summarizer: Summarizer | None = None
-
-    # --- plumbing ------------------------------------------------------------------------
-    def _root(self) -> Path | None:
-        root = self.server.workspace.root_path
-        return Path(root) if root else None
-
-    def finder(self) -> DefinitionFinder:
-        """A finder that reads open documents from the workspace and other files from disk."""
-        root = self._root()
-        finder = DefinitionFinder(root, self.server.code_search.index)
-        read_disk = finder.read
-
-        def read(path: str) -> str | None:
-            if root is not None:
-                document = self.server.workspace.text_documents.get((root / path).as_uri())
-                if document is not None:
-                    return document.source
-            return read_disk(path)
-
-        finder.read = read
-        return finder
 
     def cache(self) -> SummaryCache:
-        index = self.server.code_search.index
+        """The summaries cache next to the current index (in memory without one)."""
+        index = self._index()
         path = index.folder.parent / f"{index.folder.name}.summaries.json" if index else None
         if path not in self._caches:
             self._caches[path] = SummaryCache(path)
         return self._caches[path]
 
-    def summarizer(self) -> Summarizer | None:
-        engine = self.server.engine
-        if engine is None:
-            return None
-        if self._summarizer is None or self._summarizer.loaded is not engine.loaded:
-            self._summarizer = Summarizer(engine.loaded)
-        return self._summarizer
-
-    def _relative(self, uri: str) -> str | None:
-        path, root = to_fs_path(uri), self._root()
-        if path is None or root is None:
-            return None
-        try:
-            return Path(path).resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            return None
-
-    # --- hover ----------------------------------------------------------------------------
-    async def hover(self, uri: str, position: types.Position) -> types.Hover | None:
-        document = self.server.workspace.text_documents.get(uri)
-        relative = self._relative(uri)
-        if document is None or relative is None:
+    async def hover(self, uri: str, position: types.Position, encoding: str,
+                    settings: ServerSettings) -> types.Hover | None:
+        text, relative = self.files.text(uri), self.files.relative(uri)
+        if text is None or relative is None:
             logger.info("hover on a document that is not open in the workspace: %s", uri)
             return None
-        text = document.source
         try:
-            offset = offset_at(text, position.line, position.character, self.server.position_encoding)
+            offset = offset_at(text, position.line, position.character, encoding)
         except ValueError as error:
             logger.info("hover at a bad position in %s: %s", uri, error)
             return None
@@ -109,62 +67,44 @@ class CodeInsight:
         if found is None:
             return None
         definition, finder = found
-        summary = await self._summary(definition, finder)
+        summary = await self._summary(definition, finder, settings)
         return types.Hover(types.MarkupContent(types.MarkupKind.Markdown, hover_markdown(definition, summary)))
 
     def _resolve(self, path: str, text: str, line: int, column: int):
         name, owner = identifier_at(text, line, column, language_for(path))
         if not name:
             return None
-        finder = self.finder()
+        finder = self.files.finder(self._index())
         definition = finder.at_position(path, text, line, column, name, owner)
         return (definition, finder) if definition is not None else None
 
-    async def _summary(self, definition: Definition, finder: DefinitionFinder) -> str | None:
+    async def _summary(self, definition: Definition, finder: DefinitionFinder,
+                       settings: ServerSettings) -> str | None:
         """The cached summary; else one made within the time budget; else PENDING_NOTE."""
-        summarizer = self.summarizer()
-        if not self.server.settings.hover_summaries or summarizer is None:
+        summarizer = self._summarizer()
+        if not settings.hover_summaries or summarizer is None:
             return None
         future = self.worker.submit(_job_id(definition), _preparer(definition, finder, summarizer),
                                     summarizer, self.cache(), HOVER)
-        budget = self.server.settings.summary_budget_ms / 1000
         try:
-            text = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), budget)
+            text = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                          settings.summary_budget_ms / 1000)
         except asyncio.TimeoutError:
             return PENDING_NOTE
         return text or None
 
-    def precompute(self, uri: str) -> int:
-        """Queue summaries of the open file's functions and classes (background priority)."""
-        summarizer, document = self.summarizer(), self.server.workspace.text_documents.get(uri)
-        relative = self._relative(uri)
-        if not self.server.settings.hover_summaries or summarizer is None or document is None \
-                or relative is None:
+    def precompute(self, uri: str, text: str, settings: ServerSettings) -> int:
+        """Queue summaries of a file's functions and classes (background priority). Parses
+        the file: call it off the event loop."""
+        summarizer, relative = self._summarizer(), self.files.relative(uri)
+        if not settings.hover_summaries or summarizer is None or relative is None:
             return 0
-        finder = self.finder()
-        defs = finder.definitions_of(relative, document.source)
+        finder = self.files.finder(self._index())
+        defs = finder.definitions_of(relative, text)
         for definition in defs:
             self.worker.submit(_job_id(definition), _preparer(definition, finder, summarizer),
                                summarizer, self.cache(), BACKGROUND)
         return len(defs)
-
-    # --- completion context ----------------------------------------------------------------
-    def with_context(self, prepared: PreparedRequest) -> CompletionRequest:
-        """The request with repository snippets, when the setting is on (runs on the worker)."""
-        request = prepared.request
-        relative = self._relative(prepared.uri)
-        if not self.server.settings.repo_context or relative is None:
-            return request
-        try:
-            snippets = self.repo_context.snippets(prepared.uri, self.finder(), relative,
-                                                  request.text, request.cursor)
-        except Exception:  # context is a bonus: never lose the completion over it
-            logger.warning("repository context failed for %s", prepared.uri, exc_info=True)
-            return request
-        return replace(request, context=snippets)
-
-    def forget(self, uri: str) -> None:
-        self.repo_context.forget(uri)
 
     def stats(self) -> dict:
         return {**self.cache().stats(), "generated": self.worker.generated,

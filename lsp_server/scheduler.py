@@ -3,13 +3,17 @@
 A newer request for the same key answers the queued older one with None at once, and asks
 a running one to stop (the engine checks between decode steps). Different documents are
 served in arrival order. Nothing here knows about LSP.
+
+The worker is the one owner of the engine's state: changes to it from other threads (a
+document closed, a file's tokens for the n-gram cache) are queued with `run_soon` and run on
+the worker between jobs, in the order they were queued, before any job still waiting.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -43,9 +47,10 @@ class LatestWinsScheduler:
     def __init__(self, name: str = "model-worker"):
         self._lock = threading.Condition()
         self._pending: OrderedDict[str, Job] = OrderedDict()
+        self._chores: deque[tuple[Callable[[], Any], Future]] = deque()
         self._running: Job | None = None
         self._closed = False
-        self.max_concurrent = 0  # the most jobs ever running at once (1 by construction)
+        self.max_concurrent = 0  # the most jobs seen running at once
         self._active = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -65,6 +70,28 @@ class LatestWinsScheduler:
             self._pending[key] = job
             self._lock.notify()
         return job
+
+    def run_soon(self, chore: Callable[[], Any]) -> Future:
+        """Run `chore` on the worker after the running job and before any waiting one; never
+        superseded. The future gets its result (None when the scheduler is closed)."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                _answer(future, None)
+                return future
+            self._chores.append((chore, future))
+            self._lock.notify()
+        return future
+
+    def cancel_key(self, key: str) -> None:
+        """Stop the running job of `key` at its next step and answer a waiting one with None."""
+        with self._lock:
+            job = self._pending.pop(key, None)
+            if job is not None:
+                job.cancel()
+                _answer(job.future, None)
+            if self._running is not None and self._running.key == key:
+                self._running.cancel()
 
     def busy(self) -> bool:
         """Whether a job runs or waits (background work yields while this is true)."""
@@ -90,6 +117,9 @@ class LatestWinsScheduler:
                 job.cancel()
                 _answer(job.future, None)
             self._pending.clear()
+            for _, future in self._chores:
+                _answer(future, None)
+            self._chores.clear()
             if self._running is not None:
                 self._running.cancel()
             self._lock.notify()
@@ -98,12 +128,19 @@ class LatestWinsScheduler:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._chores and not self._closed:
                     self._lock.wait()
                 if self._closed:
                     return
-                _, job = self._pending.popitem(last=False)
-                self._running = job
+                if self._chores:
+                    chore, future = self._chores.popleft()
+                    job = None
+                else:
+                    _, job = self._pending.popitem(last=False)
+                    self._running = job
+            if job is None:
+                _run_chore(chore, future)
+                continue
             self._run(job)
             with self._lock:
                 self._running = None
@@ -122,3 +159,12 @@ class LatestWinsScheduler:
             job.future.set_exception(error)
         finally:
             self._active -= 1
+
+
+def _run_chore(chore: Callable[[], Any], future: Future) -> None:
+    try:
+        _answer(future, chore())
+    except Exception as error:  # the worker must survive any chore
+        logger.exception("a state change on the model worker failed")
+        if not future.done():
+            future.set_exception(error)

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from retrieval import CodeIndex, IndexConfig, SearchHit
 
-if TYPE_CHECKING:
-    from .server import CodeassistServer
+from .client import ClientChannel, Progress
+from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +30,18 @@ _SYMBOL_KINDS = {"class": types.SymbolKind.Class, "method": types.SymbolKind.Met
 
 
 class WorkspaceSearch:
-    def __init__(self, server: CodeassistServer):
-        self.server = server
+    def __init__(self, client: ClientChannel, busy: Callable[[], bool]):
+        self.client = client
+        self._busy = busy  # whether the model worker has a completion to run
         self.index: CodeIndex | None = None
         self.status = "off"  # off | indexing | ready | failed
         self._key = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer")
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -------------------------------------------------------------------
-    async def start(self) -> None:
-        """(Re)open the workspace index for the current settings and index it all."""
-        settings = self.server.settings
-        root = self.server.workspace.root_path if settings.index_enabled else None
+    async def start(self, settings: ServerSettings, root: str | None) -> None:
+        """(Re)open the workspace index for these settings and index it all."""
+        root = root if settings.index_enabled else None
         if (settings.index_key, root) == self._key:
             return
         self._key = (settings.index_key, root)
@@ -55,67 +53,30 @@ class WorkspaceSearch:
                                  index_dir=settings.index_dir or None, threads=1, batch_size=16)
             self.index = CodeIndex(root, config)
         except ValueError as error:
-            self.server.tell_client(logging.WARNING, f"codeassist: code search is off: {error}")
+            self.client.tell(logging.WARNING, f"codeassist: code search is off: {error}")
             return
-        self._loop = asyncio.get_running_loop()
         await self._index_all(self.index)
 
     async def _index_all(self, index: CodeIndex) -> None:
         self.status = "indexing"
-        token = f"codeassist-index-{uuid.uuid4().hex[:8]}"
-        progress = await self.server._begin_progress(token, "Indexing workspace")
-        report = self._reporter(token) if progress else None
-        future = self._worker.submit(index.update, None, report, self._pause)
+        progress = await self.client.progress("Indexing workspace")
+        future = self._worker.submit(index.update, None, _reporter(progress), self._pause)
         try:
             stats = await asyncio.wrap_future(future)
         except Exception as error:  # a broken encoder or disk must not take the server down
             self.status = "failed"
-            self.server.tell_client(logging.ERROR, f"codeassist: indexing failed: {error}")
+            self.client.tell(logging.ERROR, f"codeassist: indexing failed: {error}")
             message = "failed"
         else:
             if self.index is index:
                 self.status = "ready"
             message = stats.summary()
-            self.server.tell_client(logging.INFO, f"codeassist: indexed {index.root}: {message}")
-        if progress:
-            self.server.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
-
-    async def watch_files(self) -> None:
-        """Ask the client to report file changes in the workspace, when it can and the
-        index is on (workspace/didChangeWatchedFiles)."""
-        workspace = self.server.client_capabilities.workspace
-        watched = workspace.did_change_watched_files if workspace else None
-        if not self.server.settings.index_enabled or not (watched and watched.dynamic_registration):
-            return
-        options = types.DidChangeWatchedFilesRegistrationOptions(
-            watchers=[types.FileSystemWatcher(glob_pattern="**/*")])
-        registration = types.Registration(f"codeassist-watch-{uuid.uuid4().hex[:8]}",
-                                          types.WORKSPACE_DID_CHANGE_WATCHED_FILES, options)
-        try:
-            await self.server.client_register_capability_async(
-                types.RegistrationParams(registrations=[registration]))
-        except Exception:
-            logger.warning("client refused to watch files; re-indexing on save only", exc_info=True)
-
-    def _reporter(self, token: str):
-        """A progress callback for the worker thread that reports on the event loop."""
-        last = 0.0
-
-        def report(done: int, total: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last < _PROGRESS_EVERY_S and done < total:
-                return
-            last = now
-            value = types.WorkDoneProgressReport(message=f"{done}/{total} chunks",
-                                                 percentage=int(100 * done / max(total, 1)))
-            self._loop.call_soon_threadsafe(self.server.work_done_progress.report, token, value)
-
-        return report
+            self.client.tell(logging.INFO, f"codeassist: indexed {index.root}: {message}")
+        progress.end(message)
 
     def _pause(self) -> None:
         """Between encoder batches: wait while the model worker has a completion to run."""
-        while self.server.scheduler.busy():
+        while self._busy():
             time.sleep(_PAUSE_S)
 
     def close(self) -> None:
@@ -160,6 +121,21 @@ class WorkspaceSearch:
         return types.WorkspaceSymbol(
             name=hit.symbol, kind=_SYMBOL_KINDS.get(hit.kind, types.SymbolKind.Function),
             location=self.location(hit), container_name=hit.scope or None)
+
+
+def _reporter(progress: Progress):
+    """A progress callback for the indexing thread, at most one report per interval."""
+    last = 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < _PROGRESS_EVERY_S and done < total:
+            return
+        last = now
+        progress.report(f"{done}/{total} chunks", int(100 * done / max(total, 1)))
+
+    return report
 
 
 def _log_failure(future: Future) -> None:

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,17 @@ from pygls.protocol import LanguageServerProtocol
 
 from codeassist import __version__
 from completion import Completion, CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion.summarize import Summarizer
 from completion.syntax import language_for
 
-from .hover import CodeInsight
+from .client import ClientChannel
+from .hover import HoverProvider
 from .positions import offset_at
+from .repo_context import CompletionContext
 from .scheduler import LatestWinsScheduler
 from .search import WorkspaceSearch
 from .settings import ServerSettings, merge_settings
+from .workspace_files import WorkspaceFiles
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class PreparedRequest:
     version: int | None
     request: CompletionRequest
     word_start: int  # offset where the identifier under the cursor starts
+    settings: ServerSettings  # as they were when the request arrived
 
 
 @dataclass(frozen=True)
@@ -102,30 +108,33 @@ class AnsweringProtocol(LanguageServerProtocol):
 
 
 class CodeassistServer(LanguageServer):
+    """The parts and who owns what: the model worker (`scheduler`) owns the engine's state,
+    so every change to it from the event loop is queued there (`run_soon`); code search,
+    hover summaries and completion context each get only what they read."""
+
     def __init__(self, settings: ServerSettings = ServerSettings()):
         super().__init__("codeassist", __version__, protocol_cls=AnsweringProtocol)
-        self.settings = settings
+        self.settings = settings  # replaced as a whole; a request keeps the ones it arrived with
+        self.client = ClientChannel(self)
         self.scheduler = LatestWinsScheduler()
         self.engine: CompletionEngine | None = None
         self.model_status = "not loaded"  # loading | ready | failed
         self._loaded_key: tuple[str, str, str] | None = None
         self._load_lock = threading.Lock()
-        self.code_search = WorkspaceSearch(self)
+        self._summarizer: Summarizer | None = None
+        self.files = WorkspaceFiles(lambda: self.workspace)
+        self.code_search = WorkspaceSearch(self.client, self.scheduler.busy)
+        self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.summarizer,
+                                    self.scheduler.busy)
+        self.context = CompletionContext(self.files, lambda: self.code_search.index)
+        # Files are tokenized for the n-gram cache here, off the event loop and the worker.
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeassist-ngrams")
         self._remembered_folders: set[Path] = set()
-        self.insight = CodeInsight(self)  # hover summaries, repository context
         self._refresh_timers: dict[str, asyncio.TimerHandle] = {}  # by document URI
 
-    # --- messages to the client -------------------------------------------------------
     def tell_client(self, level: int, message: str) -> None:
         """Log `message` here and in the client's log (window/logMessage)."""
-        logger.log(level, message)
-        kind = {
-            logging.ERROR: types.MessageType.Error, logging.WARNING: types.MessageType.Warning,
-        }.get(level, types.MessageType.Info)
-        try:
-            self.window_log_message(types.LogMessageParams(type=kind, message=message))
-        except Exception:  # no client connected (e.g. during shutdown)
-            logger.debug("could not forward a log message", exc_info=True)
+        self.client.tell(level, message)
 
     # --- settings and the model ------------------------------------------------------
     def apply_settings(self, options: object) -> None:
@@ -139,7 +148,7 @@ class CodeassistServer(LanguageServer):
             return
         self.settings = settings
         if self.engine is not None:
-            self.engine.settings = engine_settings
+            self.engine.settings = engine_settings  # read once per request by the engine
 
     @staticmethod
     def _engine_settings(settings: ServerSettings) -> EngineSettings:
@@ -162,8 +171,7 @@ class CodeassistServer(LanguageServer):
         settings = self.settings
         self._loaded_key = settings.model_key
         self.model_status = "loading"
-        token = f"codeassist-load-{uuid.uuid4().hex[:8]}"
-        progress = await self._begin_progress(token, f"Loading {settings.model}")
+        progress = await self.client.progress(f"Loading {settings.model}")
         start = time.perf_counter()
         try:
             engine = await asyncio.get_running_loop().run_in_executor(None, self._load, settings)
@@ -173,7 +181,9 @@ class CodeassistServer(LanguageServer):
             message = "failed"
         else:
             if self._loaded_key != settings.model_key:
-                return  # settings changed while loading; the newer load owns the status
+                # Settings changed while loading; the newer load owns the status.
+                progress.end(f"{settings.model}: replaced by a newer model setting")
+                return
             self.engine = engine
             # The model, tokenizer and vocabulary are ~540k long-lived objects: a full garbage
             # collection scanning them paused a request for ~175 ms every few completions. Frozen
@@ -193,8 +203,7 @@ class CodeassistServer(LanguageServer):
                 f"({engine.loaded.dtype_name}) in {elapsed:.1f} s",
             )
             message = "ready"
-        if progress:
-            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+        progress.end(message)
 
     def _load(self, settings: ServerSettings) -> CompletionEngine:
         with self._load_lock:
@@ -204,31 +213,80 @@ class CodeassistServer(LanguageServer):
                 draft = load_model(settings.draft_model, device=settings.device, dtype=settings.dtype)
             return CompletionEngine(loaded, self._engine_settings(settings), draft=draft)
 
-    async def _begin_progress(self, token: str, title: str) -> bool:
-        capabilities = self.client_capabilities.window
-        if capabilities is None or not capabilities.work_done_progress:
-            return False
-        try:
-            await self.work_done_progress.create_async(token)
-        except Exception:
-            logger.warning("client refused a progress token", exc_info=True)
-            return False
-        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title))
-        return True
-
-    def remember_document(self, uri: str) -> None:
-        """Give the document's text, and once per folder its sibling files of the same kind, to
-        the engine's repository n-gram cache (a draft source)."""
+    def summarizer(self) -> Summarizer | None:
+        """The summarizer of the loaded model; None while none is loaded."""
         engine = self.engine
         if engine is None:
+            return None
+        if self._summarizer is None or self._summarizer.loaded is not engine.loaded:
+            self._summarizer = Summarizer(engine.loaded)
+        return self._summarizer
+
+    async def watch_files(self) -> None:
+        """Ask the client to report file changes in the workspace, when it can and the
+        index is on (workspace/didChangeWatchedFiles)."""
+        workspace = self.client_capabilities.workspace
+        watched = workspace.did_change_watched_files if workspace else None
+        if not self.settings.index_enabled or not (watched and watched.dynamic_registration):
+            return
+        options = types.DidChangeWatchedFilesRegistrationOptions(
+            watchers=[types.FileSystemWatcher(glob_pattern="**/*")])
+        registration = types.Registration(f"codeassist-watch-{uuid.uuid4().hex[:8]}",
+                                          types.WORKSPACE_DID_CHANGE_WATCHED_FILES, options)
+        try:
+            await self.client_register_capability_async(types.RegistrationParams(registrations=[registration]))
+        except Exception:
+            logger.warning("client refused to watch files; re-indexing on save only", exc_info=True)
+
+    # --- documents -------------------------------------------------------------------
+    def remember_document(self, uri: str) -> None:
+        """Give an open document's text, and once per folder its sibling files of the same
+        kind, to the engine's repository n-gram cache (a draft source). Tokenized off the
+        event loop; the cache itself changes on the model worker."""
+        engine, document = self.engine, self.workspace.text_documents.get(uri)
+        if engine is None or document is None:
             return  # the documents open when the model is ready are added then
-        document = self.workspace.get_text_document(uri)
-        engine.remember_text(uri, document.source)
-        folder = Path(document.path).parent
-        if uri.startswith("file:") and Path(document.path).suffix and folder not in self._remembered_folders:
-            self._remembered_folders.add(folder)
-            threading.Thread(target=_remember_siblings, args=(engine, Path(document.path)),
-                             name="codeassist-ngrams", daemon=True).start()
+        self._tokenizer_thread.submit(self._remember_text, engine, uri, document.source)
+        path = Path(document.path)
+        if uri.startswith("file:") and path.suffix and path.parent not in self._remembered_folders:
+            self._remembered_folders.add(path.parent)
+            self._tokenizer_thread.submit(self._remember_siblings, engine, path)
+
+    def _remember_text(self, engine: CompletionEngine, key: str, text: str) -> None:
+        ids = engine.encode([text])[0] if text else []
+        self.scheduler.run_soon(lambda: engine.remember_tokens(key, ids))
+
+    def _remember_siblings(self, engine: CompletionEngine, path: Path, limit: int = 16,
+                           max_bytes: int = 256_000) -> None:
+        """Files next to `path` with its extension, newest first."""
+        try:
+            siblings = sorted((p for p in path.parent.glob(f"*{path.suffix}") if p != path and p.is_file()
+                               and p.stat().st_size <= max_bytes),
+                              key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+            for sibling in siblings:
+                self._remember_text(engine, sibling.as_uri(),
+                                    sibling.read_text(encoding="utf-8", errors="replace"))
+        except OSError as error:
+            logger.info("n-gram cache: could not read the files next to %s: %s", path, error)
+
+    def close_document(self, uri: str) -> Future:
+        """Stop the document's work and free what the engine and the context keep for it
+        (on the model worker, after a running completion of it has stopped)."""
+        self.cancel_refresh(uri)
+        self.scheduler.cancel_key(uri)
+
+        def forget() -> None:
+            if self.engine is not None:
+                self.engine.forget(uri)
+            self.context.forget(uri)
+
+        return self.scheduler.run_soon(forget)
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.code_search.close()
+        self.hovers.close()
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     @property
     def position_encoding(self) -> str:
@@ -254,7 +312,7 @@ class CodeassistServer(LanguageServer):
             text, cursor, language_for(document.path, document.language_id),
             path=self._relative_path(document.path), repo_name=self._repo_name(),
         )
-        return PreparedRequest(uri, document.version, request, _word_start(text, cursor))
+        return PreparedRequest(uri, document.version, request, _word_start(text, cursor), self.settings)
 
     async def complete(self, prepared: PreparedRequest) -> Completion | None:
         """Run `prepared` on the model worker; None when superseded, cancelled, or stale."""
@@ -263,11 +321,13 @@ class CodeassistServer(LanguageServer):
             logger.info("completion for %s while the model is %s", prepared.uri, self.model_status)
             return None
         self.cancel_refresh(prepared.uri)
-        job = self.scheduler.submit(
-            prepared.uri,
-            lambda cancelled: engine.complete(self.insight.with_context(prepared), cancelled,
-                                              session_key=prepared.uri),
-        )
+        def work(cancelled):
+            request = prepared.request
+            if prepared.settings.repo_context:
+                request = self.context.add_to(request, prepared.uri)
+            return engine.complete(request, cancelled, session_key=prepared.uri)
+
+        job = self.scheduler.submit(prepared.uri, work)
         try:
             result = await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
@@ -320,16 +380,3 @@ class CodeassistServer(LanguageServer):
     def _repo_name(self) -> str | None:
         root = self._root()
         return root.rstrip("/").rsplit("/", 1)[-1] if root else None
-
-
-def _remember_siblings(engine: CompletionEngine, path: Path, limit: int = 16,
-                       max_bytes: int = 256_000) -> None:
-    """Files next to `path` with its extension, newest first, into the n-gram cache."""
-    try:
-        siblings = sorted((p for p in path.parent.glob(f"*{path.suffix}") if p != path and p.is_file()
-                           and p.stat().st_size <= max_bytes),
-                          key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
-        for sibling in siblings:
-            engine.remember_text(sibling.as_uri(), sibling.read_text(encoding="utf-8", errors="replace"))
-    except OSError as error:
-        logger.info("n-gram cache: could not read the files next to %s: %s", path, error)

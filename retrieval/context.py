@@ -96,7 +96,8 @@ class RepoContext:
         snippets += _file_api(finder, path, text, language, modules, listed)  # many names per token
         snippets += _module_members(finder, path, uses, modules, listed)
         snippets += self._search(finder, path, text, line, scope, found)
-        sources = tuple(sorted({(s.path, _digest(finder.read(s.path))) for s in snippets}))
+        # Each file read and hashed once, however many snippets come from it.
+        sources = tuple((path, _digest(finder.read(path))) for path in sorted({s.path for s in snippets}))
         return _Choice(tuple(snippets), sources)
 
     @staticmethod

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from completion.syntax import language_for
 
+from . import search
 from .outline import Definition, Import, called_names, definitions, enclosing, python_imports
 
 logger = logging.getLogger(__name__)
@@ -21,24 +22,25 @@ _SUMMARY_CALLEES = 6
 _SUMMARY_CALLERS = 3
 
 
+def read_workspace_file(root: Path | None, path: str) -> str | None:
+    """The text of `path` (relative to `root`) on disk; None when it cannot be read."""
+    if root is None:
+        return None
+    try:
+        return (root / path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 class DefinitionFinder:
     """Definitions in the workspace at `root`; `index` (a CodeIndex) is optional."""
 
     def __init__(self, root: Path | None, index=None, read: ReadFile | None = None):
         self.root = root
         self.index = index
-        self.read = read or self._read_disk
+        self.read = read or (lambda path: read_workspace_file(root, path))
         self._parsed: dict[str, tuple[str, list[Definition]]] = {}
         self._imports: dict[str, tuple[str, list[Import]]] = {}
-        self._symbols: dict[str, list] = {}  # index lookups by name, for this finder's life
-
-    def _read_disk(self, path: str) -> str | None:
-        if self.root is None:
-            return None
-        try:
-            return (self.root / path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
 
     def definitions_of(self, path: str, text: str | None = None) -> list[Definition]:
         """The file's definitions (parsed once per distinct text)."""
@@ -175,20 +177,11 @@ class DefinitionFinder:
         return None
 
     def _symbol_hits(self, name: str) -> list:
-        """The index's chunks named like `name` (by name only: no semantic matches)."""
-        if name in self._symbols:
-            return self._symbols[name]
+        """The index's chunks that define `name` (by name only: no semantic matches)."""
         snapshot = getattr(self.index, "snapshot", None)
-        if snapshot is None or not hasattr(snapshot, "chunks"):
-            hits = self.index.symbols(name, k=20)
-        else:
-            from . import search
-
-            hits = [search.hit(snapshot, row, score) for row, score in search.symbol_rows(snapshot, name, 20)]
-        if len(self._symbols) >= _SYMBOLS_KEPT:
-            self._symbols.clear()
-        self._symbols[name] = hits
-        return hits
+        if snapshot is None or not hasattr(snapshot, "rows_by_symbol"):
+            return self.index.symbols(name, k=20)
+        return [search.hit(snapshot, row, 1.0) for row in snapshot.rows_by_symbol.get(name, ())[:20]]
 
     def module_path(self, path: str, module: str, level: int) -> str | None:
         """The workspace file (relative) of a Python module imported from `path`."""
@@ -278,7 +271,6 @@ class DefinitionFinder:
 
 _SELF = frozenset({"self", "cls", "this", "super()"})
 _BUILTINS = frozenset(dir(builtins))
-_SYMBOLS_KEPT = 512
 _BASE_DEPTH = 4  # base classes followed up to this many levels
 
 

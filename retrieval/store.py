@@ -79,6 +79,15 @@ class Snapshot:
         return build_vector_index(np.ascontiguousarray(self.vectors), len(self) > APPROXIMATE_ABOVE)
 
     @cached_property
+    def rows_by_symbol(self) -> dict[str, list[int]]:
+        """Rows of the chunks that define each name (built once per snapshot)."""
+        rows: dict[str, list[int]] = {}
+        for row, chunk in enumerate(self.chunks):
+            if chunk.symbol:
+                rows.setdefault(chunk.symbol, []).append(row)
+        return rows
+
+    @cached_property
     def bm25(self):
         import bm25s
 

@@ -211,7 +211,7 @@ def test_engine_reuses_the_session_across_edits(family, tiny_model_dir):
     margin = engine.settings.reencode_margin  # re-encoded after the change, for fidelity
     assert moved.kv["rotated"] > 0.7 * moved.prompt_tokens and moved.kv["encoded"] < margin + 10
     engine.forget("doc")
-    assert "doc" not in engine.sessions
+    assert "doc" not in engine.kv.sessions
 
 
 def test_refresh_makes_an_approximate_session_exact(tiny_model_dir):
@@ -224,14 +224,14 @@ def test_refresh_makes_an_approximate_session_exact(tiny_model_dir):
     edited = "# header\n" + text
     engine.complete(CompletionRequest(edited, len(edited), "python"), session_key="doc")
     assert engine.needs_refresh("doc") and engine.kv_status()["approximate"] == 1
-    approximate = engine.sessions.get("doc")
+    approximate = engine.kv.sessions.get("doc")
     assert not engine.refresh("doc", cancelled=lambda: True)  # yields: the session stays
-    assert engine.sessions.get("doc") is approximate
+    assert engine.kv.sessions.get("doc") is approximate
     assert engine.refresh("doc") and not engine.needs_refresh("doc")
     assert engine.kv_status() == {"documents": 1, "tokens": len(approximate), "approximate": 0,
                                   "refreshed": 1}
     full.complete(CompletionRequest(edited, len(edited), "python"), session_key="doc")
-    refreshed, reference = engine.sessions.get("doc"), full.sessions.get("doc")
+    refreshed, reference = engine.kv.sessions.get("doc"), full.kv.sessions.get("doc")
     assert refreshed.ids == reference.ids
     for ours, theirs in zip(refreshed.cache.layers, reference.cache.layers):
         torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)

@@ -248,7 +248,7 @@ def test_drafts_are_cut_where_the_output_can_no_longer_use_them(engines):
 def test_draft_room_follows_the_stop_rules_and_the_token_limit(engines):
     engine = CompletionEngine(engines["qwen2.5-coder"].loaded, EngineSettings(max_new_tokens=12))
     one_line = StopPolicy(multiline=False, min_indent=4, line_suffix="", next_code_line="")
-    room = engine._draft_room(one_line, None)
+    room = engine.decoder.draft_room(one_line, engine.settings, None)
     draft = engine.encode(["values) + 1\n    return total"])[0]
     newline = next(i for i, token in enumerate(draft) if "\n" in engine.decode([token]))
     assert room([], draft) == newline  # the token that ends the line is the pass's bonus

@@ -7,6 +7,7 @@ would have produced, so the output is the same token for token.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 
 import torch
@@ -45,7 +46,8 @@ def greedy_decode(model, cache: DynamicCache, logits: torch.Tensor, stop_ids: Co
         # The last generated token is not in the cache yet: it is the root of the next pass.
         drafting = drafter if not (healing and healing.pending(generated) is not None) else None
         tree = drafting.tree(generated) if drafting else DraftTree.rooted_at(generated[-1])
+        started = time.perf_counter()
         verdict = verify(model, cache, tree)
         if drafting:
-            drafting.update(tree, verdict)
+            drafting.update(tree, verdict, (time.perf_counter() - started) * 1000)
         tokens = [*verdict.accepted, choose(verdict.logits[0, -1], generated + verdict.accepted)]

@@ -1,7 +1,7 @@
 """A smaller model of the same tokenizer as a draft source, with its own KV sessions.
 
-Per request the draft model's cache for the prompt is built with the same edit-aware reuse as
-the target's (its own session per document). Each proposal first brings the draft cache to the
+Per request the draft model's cache for the prompt is built by its own KV cache manager, with
+the same edit-aware reuse and the same refusals as the target's (a session per document). Each proposal first brings the draft cache to the
 tokens the target has produced (crop to the common prefix, encode the rest), then drafts
 greedily until it is no longer confident.
 """
@@ -12,23 +12,18 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
-
-from ..kv_plan import plan_reuse
-from ..kv_session import KvSession, KvSessions, build_cache, rope_inv_freq
+from ..kv_cache import KvCacheManager, PromptCache
 from ..models import LoadedModel
+from ..types import EngineSettings
 from .sources import Chain
 
 
 class DraftModel:
     """Owns the draft model and its per-document KV sessions."""
 
-    def __init__(self, loaded: LoadedModel, kv_budget_tokens: int, margin: int,
-                 min_confidence: float = 0.3):
+    def __init__(self, loaded: LoadedModel, kv_budget_tokens: int, min_confidence: float = 0.3):
         self.loaded = loaded
-        self.sessions = KvSessions(kv_budget_tokens)
-        self.inv_freq = rope_inv_freq(loaded.model)
-        self.margin = margin if self.inv_freq is not None else 0
+        self.kv = KvCacheManager(loaded.model, kv_budget_tokens)
         self.min_confidence = min_confidence
         self.token_ms: float | None = None  # measured cost of one draft step
 
@@ -37,35 +32,26 @@ class DraftModel:
             raise ValueError(f"draft model {self.loaded.name} has another tokenizer than the target")
 
     @torch.inference_mode()
-    def start(self, key: str | None, prompt_ids: Sequence[int]) -> "DraftModelSource":
-        old = self.sessions.get(key) if key is not None else None
-        mode = "pie" if self.inv_freq is not None else "prefix"
-        plan = plan_reuse(old.ids if old else [], list(prompt_ids), mode, margin=self.margin)
-        cache, logits = build_cache(self.loaded.model, plan, list(prompt_ids), old, self.inv_freq)
-        return DraftModelSource(self, key, list(prompt_ids), cache, logits)
-
-    def keep(self, source: "DraftModelSource") -> None:
-        """Store the prompt's draft cache for the document's next request."""
-        if source.key is None:
-            return
-        extra = source.cache.get_seq_length() - len(source.prompt_ids)
-        if extra > 0:
-            source.cache.crop(-extra)
-        self.sessions.put(source.key, KvSession(source.prompt_ids, source.cache))
+    def start(self, key: str | None, prompt_ids: Sequence[int],
+              settings: EngineSettings) -> "DraftModelSource":
+        """A source for one request; its prompt cache reuses the document's previous one
+        under the same rules as the target's."""
+        built = self.kv.build(key, list(prompt_ids), settings)
+        return DraftModelSource(self, key, built)
 
     def forget(self, key: str) -> None:
-        self.sessions.drop(key)
+        self.kv.forget(key)
 
 
 class DraftModelSource:
     name, expensive = "model", True
 
-    def __init__(self, owner: DraftModel, key: str | None, prompt_ids: list[int],
-                 cache: DynamicCache, logits: torch.Tensor):
-        self.owner, self.key, self.prompt_ids = owner, key, prompt_ids
-        self.cache = cache
-        self.ids = list(prompt_ids)  # tokens whose keys are in `cache`
-        self.logits: torch.Tensor | None = logits  # after `ids`
+    def __init__(self, owner: DraftModel, key: str | None, built: PromptCache):
+        self.owner, self.key, self.built = owner, key, built
+        self.prompt_ids = built.ids
+        self.cache = built.cache
+        self.ids = list(built.ids)  # tokens whose keys are in `cache`
+        self.logits: torch.Tensor | None = built.logits  # after `ids`
 
     @property
     def token_ms(self) -> float | None:
@@ -92,6 +78,10 @@ class DraftModelSource:
 
     def update(self, chain: Chain, accepted: int) -> None:
         pass  # the next proposal crops the cache to what the target kept
+
+    def finish(self) -> None:
+        """Store the prompt's draft cache for the document's next request."""
+        self.owner.kv.keep(self.key, self.built)
 
     def _sync(self, target: list[int]) -> None:
         common = 0

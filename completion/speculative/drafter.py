@@ -11,7 +11,6 @@ is verified only if that beats plain decoding per ms.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -157,11 +156,9 @@ class Drafter:
         self.room = room
         self.stats = DraftStats()
         self._chains: list[tuple[DraftSource, Chain]] = []
-        self._started = 0.0
 
     def tree(self, generated: list[int]) -> DraftTree:
         self._chains = []
-        self._started = time.perf_counter()
         if self.cost is not None and not self.cost.measured(1):
             return DraftTree.rooted_at(generated[-1])  # measure a plain step first
         tree = DraftTree.rooted_at(generated[-1])
@@ -240,9 +237,11 @@ class Drafter:
                 best_length, best_rate = length, rate
         return Chain(chain.tokens[:best_length], chain.kind) if best_length else None
 
-    def update(self, tree: DraftTree, verdict: Verdict) -> None:
+    def update(self, tree: DraftTree, verdict: Verdict, pass_ms: float) -> None:
+        """Learn from a verify pass over `tree` that took `pass_ms` (the pass alone: drafting
+        is costed by the sources that spend it)."""
         if self.cost is not None:
-            self.cost.record(len(tree), (time.perf_counter() - self._started) * 1000)
+            self.cost.record(len(tree), pass_ms)
         self.stats.verify_steps += 1
         self.stats.drafted += len(tree) - 1
         self.stats.accepted += len(verdict.accepted)
@@ -253,6 +252,14 @@ class Drafter:
             accepted = _common_prefix(chain.tokens, verdict.accepted)
             self.acceptance.record(chain.kind, len(chain.tokens), accepted)
             source.update(chain, accepted)
+
+
+    def finish(self) -> None:
+        """The request is over: sources that keep state across requests store it."""
+        for source in self.sources:
+            finish = getattr(source, "finish", None)
+            if finish is not None:
+                finish()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

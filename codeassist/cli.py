@@ -11,23 +11,9 @@ from typing import Sequence
 
 from . import __version__
 from .bench import BENCHMARKS
+from .model_options import add_model_options
 
 logger = logging.getLogger("codeassist")
-
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from completion.embedded import DEFAULT_MODEL
-
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help=f"embedded name, .gguf file, local model directory or hub id (default: {DEFAULT_MODEL})",
-    )
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto|packed|bf16|fp16|fp32 (default: auto: GGUF models "
-                        "run packed on CPU)")
-    parser.add_argument(
-        "--draft-model", help="a smaller model of the same tokenizer drafting for --model (speculative decoding)"
-    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -40,7 +26,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "complete", help="print the FIM completion at FILE:LINE:COL (1-based)"
     )
     complete.add_argument("location", help="FILE:LINE:COL, 1-based like compiler messages")
-    _add_model_options(complete)
+    add_model_options(complete)
     complete.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
     complete.add_argument("--time-budget-ms", type=float, default=10_000, help="stop decoding after this")
     complete.add_argument("--context-tokens", type=int, default=1024, help="prompt token budget")
@@ -69,7 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--allow-remote", action="store_true", help="allow a --host other than loopback"
     )
     serve.add_argument("--log-file", help="log file (default: CODEASSIST_HOME/logs/server.log)")
-    _add_model_options(serve)
+    add_model_options(serve)
     serve.set_defaults(run=_run_serve)
 
     bench = commands.add_parser(
@@ -88,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        "(default: $CODEASSIST_LLAMA_BENCH)")
     bench.add_argument("--trust-remote-code", action="store_true",
                        help="search: allow an encoder that ships its own code")
-    _add_model_options(bench)
+    add_model_options(bench)
     bench.set_defaults(run=_run_bench)
 
     from .search_commands import add_commands

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def add_command(commands) -> None:
-    from .cli import _add_model_options
+    from .model_options import add_model_options
 
     summarize = commands.add_parser(
         "summarize", help="summarize the function or class at FILE:LINE[:COL] (1-based)")
@@ -20,7 +20,7 @@ def add_command(commands) -> None:
                            help="do not use the folder's code-search index for callers and callees")
     summarize.add_argument("--max-tokens", type=int, default=60, help="most summary tokens")
     summarize.add_argument("--json", action="store_true", help="print a JSON object")
-    _add_model_options(summarize)
+    add_model_options(summarize)
     summarize.set_defaults(run=run_summarize)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import importlib.metadata
 import logging
 import threading
 import time
@@ -18,7 +19,6 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from codeassist import __version__
 from completion import Completion, CompletionEngine, CompletionRequest, EngineSettings, load_model
 from completion.summarize import Summarizer
 from completion.syntax import language_for
@@ -107,13 +107,21 @@ class AnsweringProtocol(LanguageServerProtocol):
             raise
 
 
+def _installed_version() -> str:
+    """The package's version, told to the client at initialize (the CLI reads the same)."""
+    try:
+        return importlib.metadata.version("codeassist")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class CodeassistServer(LanguageServer):
     """The parts and who owns what: the model worker (`scheduler`) owns the engine's state,
     so every change to it from the event loop is queued there (`run_soon`); code search,
     hover summaries and completion context each get only what they read."""
 
     def __init__(self, settings: ServerSettings = ServerSettings()):
-        super().__init__("codeassist", __version__, protocol_cls=AnsweringProtocol)
+        super().__init__("codeassist", _installed_version(), protocol_cls=AnsweringProtocol)
         self.settings = settings  # replaced as a whole; a request keeps the ones it arrived with
         self.client = ClientChannel(self)
         self.scheduler = LatestWinsScheduler()

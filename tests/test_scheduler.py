@@ -37,12 +37,40 @@ def test_queued_request_is_answered_empty_when_superseded(scheduler):
     assert new.future.result(timeout=5) == "new"
 
 
-def test_documents_are_served_in_arrival_order(scheduler):
-    order = []
-    jobs = [scheduler.submit(f"doc{i}", lambda c, i=i: order.append(i) or i) for i in range(5)]
+def test_documents_are_served_in_arrival_order_one_at_a_time(scheduler):
+    order, running, overlaps = [], [], []
+
+    def work(i):
+        def run(cancelled):
+            running.append(i)
+            overlaps.append(len(running))
+            time.sleep(0.01)  # room for a second worker to start, if there were one
+            order.append(i)
+            running.remove(i)
+            return i
+        return run
+
+    jobs = [scheduler.submit(f"doc{i}", work(i)) for i in range(5)]
     assert [j.future.result(timeout=5) for j in jobs] == list(range(5))
-    assert order == list(range(5))
-    assert scheduler.max_concurrent == 1
+    assert order == list(range(5)) and max(overlaps) == 1
+
+
+def test_state_changes_run_on_the_worker_between_jobs_in_order(scheduler):
+    release, started = threading.Event(), threading.Event()
+    events = []
+    scheduler.submit("doc", _blocker(release, started))
+    started.wait(5)
+    waiting = scheduler.submit("other", lambda cancelled: events.append("job"))
+    chores = [scheduler.run_soon(lambda i=i: events.append((i, threading.current_thread().name)))
+              for i in range(3)]
+    release.set()
+    waiting.future.result(timeout=5)
+    assert [c.result(timeout=5) for c in chores] == [None] * 3
+    assert events == [(0, "model-worker"), (1, "model-worker"), (2, "model-worker"), "job"]
+    failing = scheduler.run_soon(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=5)
+    assert scheduler.submit("doc", lambda cancelled: "still serving").future.result(timeout=5) == "still serving"
 
 
 def test_running_generation_stops_within_one_decode_step(scheduler, tiny_model_dir):

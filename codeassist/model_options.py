@@ -1,0 +1,20 @@
+"""The model options every command that loads a model takes."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from completion.embedded import DEFAULT_MODEL
+
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"embedded name, .gguf file, local model directory or hub id (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto|packed|bf16|fp16|fp32 (default: auto: GGUF models "
+                        "run packed on CPU)")
+    parser.add_argument(
+        "--draft-model", help="a smaller model of the same tokenizer drafting for --model (speculative decoding)"
+    )

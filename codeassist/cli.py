@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -105,14 +106,23 @@ def _run_complete(args: argparse.Namespace) -> int:
         time_budget_ms=args.time_budget_ms,
         max_prompt_tokens=args.context_tokens,
     )
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    draft = load_model(args.draft_model, device=args.device, dtype=args.dtype) if args.draft_model else None
-    engine = CompletionEngine(loaded, settings, draft=draft)
     repo_name, relative = repository_of(path)
     request = CompletionRequest(
         text, cursor, language_for(str(path), args.language), path=relative, repo_name=repo_name
     )
+    if args.engine != "local":
+        from completion.remote_engine import open_remote_engine
+
+        engine = open_remote_engine(args.engine, args.engine_model, os.environ.get(args.engine_api_key_env), settings)
+        loaded = None
+    else:
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+        draft = load_model(args.draft_model, device=args.device, dtype=args.dtype) if args.draft_model else None
+        engine = CompletionEngine(loaded, settings, draft=draft)
     result = engine.complete(request)
+    if result.stop_reason == "engine_down":
+        logger.error("no completion: %s", engine.status()["engine"]["lastError"])
+        return 1
     if args.json:
         print(json.dumps({
             "text": result.text,
@@ -121,10 +131,11 @@ def _run_complete(args: argparse.Namespace) -> int:
             "stop_reason": result.stop_reason,
             "multiline": result.multiline,
             "model": result.model,
-            "device": str(loaded.device),
-            "dtype": loaded.dtype_name,
+            "device": str(loaded.device) if loaded else None,
+            "dtype": loaded.dtype_name if loaded else None,
+            "engine": args.engine,
             "timings": {
-                "load_ms": round(loaded.load_ms, 1),
+                "load_ms": round(loaded.load_ms, 1) if loaded else None,
                 "prompt_ms": round(result.prompt_ms, 1),
                 "decode_ms": round(result.decode_ms, 1),
             },
@@ -158,7 +169,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     from lsp_server import ServerSettings, build_server
 
     server = build_server(ServerSettings(model=args.model, device=args.device, dtype=args.dtype,
-                                         draft_model=args.draft_model or ""))
+                                         draft_model=args.draft_model or "", engine=args.engine,
+                                         engine_model=args.engine_model,
+                                         engine_api_key_env=args.engine_api_key_env))
     logger.info("codeassist %s serving on %s (log: %s)", __version__,
                 f"tcp {args.host}:{args.port}" if args.tcp else "stdio", log_file)
     if args.tcp:

@@ -18,3 +18,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--draft-model", help="a smaller model of the same tokenizer drafting for --model (speculative decoding)"
     )
+    parser.add_argument("--engine", default="local",
+                        help="local (the model in this process) or the URL of an OpenAI-compatible "
+                        "inference engine (vLLM, llama-server) serving completions")
+    parser.add_argument("--engine-model", default="", help="--engine URL: the served model's name "
+                        "(default: the first model the engine lists)")
+    parser.add_argument("--engine-api-key-env", default="CODEASSIST_ENGINE_API_KEY",
+                        help="--engine URL: the environment variable holding its API key")

@@ -38,7 +38,9 @@ _PAST_SUGGESTIONS = 64  # past suggestions kept in the n-gram cache
 
 class CompletionEngine:
     """Owns one loaded model (and an optional draft model) and turns completion requests
-    into suggestions."""
+    into suggestions (an `engine_api.Engine`)."""
+
+    learns_from_files = True
 
     def __init__(self, loaded: LoadedModel, settings: EngineSettings = EngineSettings(),
                  draft: LoadedModel | None = None):
@@ -168,6 +170,11 @@ class CompletionEngine:
                     request.path or "<buffer>", len(answer))
         return Completion(text=answer, tokens=0, prompt_tokens=0, prompt_ms=elapsed, decode_ms=0.0,
                           stop_reason="recycled", model=self.loaded.name, multiline="\n" in answer)
+
+    def status(self) -> dict:
+        return {"device": str(self.loaded.device), "dtype": self.loaded.dtype_name,
+                "ngramCacheTokens": self.repo_ngrams.total_tokens + self.past_ngrams.total_tokens,
+                "kvSessions": self.kv_status(), "speculation": self.speculation_status()}
 
     # --- KV sessions ------------------------------------------------------------------
     def kv_status(self) -> dict:

@@ -132,6 +132,23 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     return _load_unpacked(spec, torch_device, resolve_dtype(dtype, torch_device), start)
 
 
+def load_tokenizer(spec: str):
+    """The tokenizer of `spec` without its weights (a remote engine's prompt budgets). Local
+    files only: an embedded name, a .gguf file or a model folder."""
+    from transformers import AutoTokenizer
+
+    gguf = _gguf_file(spec)
+    try:
+        if gguf is not None:
+            from .gguf_file import read_gguf
+            from .gguf_model import packed_config, packed_tokenizer
+
+            return packed_tokenizer(gguf, packed_config(read_gguf(gguf)))
+        return AutoTokenizer.from_pretrained(spec, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise ModelUnavailableError(f"cannot load the tokenizer of {spec!r}: {error}") from error
+
+
 def _load_packed(spec: str, gguf: Path, device: torch.device, start: float) -> LoadedModel:
     from kernels import cpu_gemm
 
@@ -179,7 +196,7 @@ def _load_unpacked(spec: str, torch_device: torch.device, torch_dtype: torch.dty
     if torch_device.type == "cpu" and torch_dtype == torch.float32:
         from kernels import use_small_batch_linear
 
-        # verify passes over 2-8 tokens ~1.5x faster on CPU, one token ~10 % (kernels/cpu_linear.py)
+        # verify passes over 2-8 tokens load each weight once (kernels/cpu_linear.py)
         use_small_batch_linear(model, build_dir=codeassist_home() / "kernels")
     load_ms = (time.perf_counter() - start) * 1000
     logger.info("loaded %s on %s as %s in %.0f ms", spec, torch_device, torch_dtype, load_ms)

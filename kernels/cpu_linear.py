@@ -5,7 +5,7 @@ PyTorch's default fp32 GEMM is slow for 2-32 rows: Qwen2.5-Coder-0.5B's 151,936 
 head takes 33 ms for one row and ~100 ms for 4-16 rows, oneDNN's `_linear_pointwise` 22 ms
 and ~40-50 ms, the AVX2 kernel 22 ms and 29 ms (4 rows). A whole forward of the 0.5B over
 4 tokens and an 800-token cache: oneDNN 200-253 ms, the kernel (with grouped attention,
-completion/attention.py) ~130 ms, against ~95 ms for one token (README has the table). The
+completion/attention.py) ~130 ms, against ~95 ms for one token. The
 kernel also sums every output in the same order whatever the row count, so verify passes
 reproduce single-token passes bit for bit in these layers. Larger batches (prefill) keep the
 default GEMM, which is as fast or faster there. Results agree with `F.linear` to float

@@ -1,12 +1,14 @@
 """Linear and embedding layers over GGUF-packed weights, kept packed in memory.
 
 `PackedLinear` multiplies fp32 activations with the packed rows:
-- up to MAX_ROWS rows (decode and verify passes): the C++ kernel of cpu_gemm.cpp, which
-  dequantizes four weight rows at a time into cache and sums every output in the same order
+- up to MAX_ROWS rows (decode and verify passes): the C++ kernel of cpu_gemm.cpp (AVX2
+  build: activations quantized to int8 per block against the packed blocks; portable build:
+  four weight rows dequantized at a time into cache), which sums every output in the same order
   whatever the row count (verify passes reproduce single-token passes bit for bit);
 - more rows (prefill): tiles of weight rows are dequantized to fp32 and fed to torch's GEMM,
   which is fastest there;
-- on CUDA tensors: the Triton kernel of triton_packed.py;
+- on CUDA tensors: the Triton kernel of triton_packed.py (tested under TRITON_INTERPRET=1 on
+  CPU, not measured on a GPU);
 - without a compiled kernel: the torch reference of gguf_blocks.py, tile by tile.
 `PackedEmbedding` dequantizes only the rows of the tokens looked up.
 """

@@ -101,19 +101,19 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     @server.command("codeassist.status")
     def status(ls: CodeassistServer, *args) -> dict:
         engine = ls.engine
-        return {
-            "model": ls.settings.model,
+        info = {
+            "model": ls.settings.model if ls.settings.engine == "local" else ls.settings.engine_model or None,
             "modelStatus": ls.model_status,
-            "device": str(engine.loaded.device) if engine else None,
-            "dtype": engine.loaded.dtype_name if engine else None,
+            "engine": "local" if ls.settings.engine == "local" else {"url": ls.settings.engine},
+            "device": None, "dtype": None, "ngramCacheTokens": 0, "kvSessions": None, "speculation": None,
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
             "positionEncoding": ls.position_encoding,
-            "ngramCacheTokens": engine.repo_ngrams.total_tokens + engine.past_ngrams.total_tokens if engine else 0,
-            "kvSessions": engine.kv_status() if engine else None,
-            "speculation": engine.speculation_status() if engine else None,
             "indexStatus": ls.code_search.status,
             "summaries": ls.hovers.stats(),
         }
+        if engine is not None:
+            info.update(engine.status())
+        return info
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeassistServer, params: None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import os
 import importlib.metadata
 import logging
 import threading
@@ -19,7 +20,8 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from completion import Completion, CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion import Completion, CompletionEngine, CompletionRequest, Engine, EngineSettings, load_model
+from completion.remote_engine import open_remote_engine
 from completion.summarize import Summarizer
 from completion.syntax import language_for
 
@@ -125,7 +127,7 @@ class CodeassistServer(LanguageServer):
         self.settings = settings  # replaced as a whole; a request keeps the ones it arrived with
         self.client = ClientChannel(self)
         self.scheduler = LatestWinsScheduler()
-        self.engine: CompletionEngine | None = None
+        self.engine: Engine | None = None
         self.model_status = "not loaded"  # loading | ready | failed
         self._loaded_key: tuple[str, str, str] | None = None
         self._load_lock = threading.Lock()
@@ -179,18 +181,20 @@ class CodeassistServer(LanguageServer):
         settings = self.settings
         self._loaded_key = settings.model_key
         self.model_status = "loading"
-        progress = await self.client.progress(f"Loading {settings.model}")
+        what = settings.model if settings.engine == "local" else f"the engine at {settings.engine}"
+        progress = await self.client.progress(f"Loading {what}")
         start = time.perf_counter()
         try:
             engine = await asyncio.get_running_loop().run_in_executor(None, self._load, settings)
         except Exception as error:  # a bad model name must not take the server down
             self.model_status = "failed"
-            self.tell_client(logging.ERROR, f"codeassist: cannot load model {settings.model!r}: {error}")
+            failed = f"model {settings.model!r}" if settings.engine == "local" else what
+            self.tell_client(logging.ERROR, f"codeassist: cannot load {failed}: {error}")
             message = "failed"
         else:
             if self._loaded_key != settings.model_key:
                 # Settings changed while loading; the newer load owns the status.
-                progress.end(f"{settings.model}: replaced by a newer model setting")
+                progress.end(f"{what}: replaced by a newer model setting")
                 return
             self.engine = engine
             # The model, tokenizer and vocabulary are ~540k long-lived objects: a full garbage
@@ -205,16 +209,18 @@ class CodeassistServer(LanguageServer):
             for uri in list(self.workspace.text_documents):
                 self.remember_document(uri)
             elapsed = time.perf_counter() - start
-            self.tell_client(
-                logging.INFO,
-                f"codeassist: {settings.model} ready on {engine.loaded.device} "
-                f"({engine.loaded.dtype_name}) in {elapsed:.1f} s",
-            )
+            loaded = getattr(engine, "loaded", None)
+            where = f"{loaded.device} ({loaded.dtype_name})" if loaded else "a remote engine"
+            self.tell_client(logging.INFO, f"codeassist: {what} ready on {where} in {elapsed:.1f} s")
             message = "ready"
         progress.end(message)
 
-    def _load(self, settings: ServerSettings) -> CompletionEngine:
+    def _load(self, settings: ServerSettings) -> Engine:
         with self._load_lock:
+            if settings.engine != "local":
+                api_key = os.environ.get(settings.engine_api_key_env) if settings.engine_api_key_env else None
+                return open_remote_engine(settings.engine, settings.engine_model, api_key,
+                                          self._engine_settings(settings))
             loaded = load_model(settings.model, device=settings.device, dtype=settings.dtype)
             draft = None
             if settings.draft_model:
@@ -223,11 +229,11 @@ class CodeassistServer(LanguageServer):
 
     def summarizer(self) -> Summarizer | None:
         """The summarizer of the loaded model; None while none is loaded."""
-        engine = self.engine
-        if engine is None:
+        loaded = getattr(self.engine, "loaded", None)  # a remote engine has no local model
+        if loaded is None:
             return None
-        if self._summarizer is None or self._summarizer.loaded is not engine.loaded:
-            self._summarizer = Summarizer(engine.loaded)
+        if self._summarizer is None or self._summarizer.loaded is not loaded:
+            self._summarizer = Summarizer(loaded)
         return self._summarizer
 
     async def watch_files(self) -> None:
@@ -252,7 +258,7 @@ class CodeassistServer(LanguageServer):
         kind, to the engine's repository n-gram cache (a draft source). Tokenized off the
         event loop; the cache itself changes on the model worker."""
         engine, document = self.engine, self.workspace.text_documents.get(uri)
-        if engine is None or document is None:
+        if engine is None or not engine.learns_from_files or document is None:
             return  # the documents open when the model is ready are added then
         self._tokenizer_thread.submit(self._remember_text, engine, uri, document.source)
         path = Path(document.path)
@@ -260,11 +266,11 @@ class CodeassistServer(LanguageServer):
             self._remembered_folders.add(path.parent)
             self._tokenizer_thread.submit(self._remember_siblings, engine, path)
 
-    def _remember_text(self, engine: CompletionEngine, key: str, text: str) -> None:
+    def _remember_text(self, engine: Engine, key: str, text: str) -> None:
         ids = engine.encode([text])[0] if text else []
         self.scheduler.run_soon(lambda: engine.remember_tokens(key, ids))
 
-    def _remember_siblings(self, engine: CompletionEngine, path: Path, limit: int = 16,
+    def _remember_siblings(self, engine: Engine, path: Path, limit: int = 16,
                            max_bytes: int = 256_000) -> None:
         """Files next to `path` with its extension, newest first."""
         try:
@@ -350,7 +356,7 @@ class CodeassistServer(LanguageServer):
         return result
 
     # --- KV refresh in idle time -----------------------------------------------------
-    def _refresh_when_idle(self, uri: str, engine: CompletionEngine) -> None:
+    def _refresh_when_idle(self, uri: str, engine: Engine) -> None:
         """After a completion that reused an approximate (re-rotated) cache, re-encode the
         document's prompt once the user pauses: the next keystroke then starts from exact
         states, and the engine's own refresh after many edits (a whole prompt encoded on a
@@ -362,7 +368,7 @@ class CodeassistServer(LanguageServer):
         loop = asyncio.get_running_loop()
         self._refresh_timers[uri] = loop.call_later(delay_ms / 1000, self._start_refresh, uri, engine)
 
-    def _start_refresh(self, uri: str, engine: CompletionEngine) -> None:
+    def _start_refresh(self, uri: str, engine: Engine) -> None:
         self._refresh_timers.pop(uri, None)
         if engine is not self.engine:
             return

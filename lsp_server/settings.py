@@ -12,6 +12,9 @@ from retrieval.encoder import DEFAULT_ENCODER
 @dataclass(frozen=True)
 class ServerSettings:
     model: str = DEFAULT_MODEL
+    engine: str = "local"  # "local" (the model in this process) or an engine's URL (/v1/completions)
+    engine_model: str = ""  # the served model's name ("" = the engine's default)
+    engine_api_key_env: str = "CODEASSIST_ENGINE_API_KEY"  # environment variable holding its API key
     device: str = "auto"
     dtype: str = "auto"
     max_new_tokens: int = 64
@@ -41,14 +44,16 @@ class ServerSettings:
         return (self.index_enabled, self.index_location, self.index_dir, self.embedding_model)
 
     @property
-    def model_key(self) -> tuple[str, str, str, str]:
-        """Settings that need the model reloaded when they change."""
-        return (self.model, self.device, self.dtype, self.draft_model)
+    def model_key(self) -> tuple[str, ...]:
+        """Settings that need the model (or the engine) reloaded when they change."""
+        return (self.model, self.device, self.dtype, self.draft_model, self.engine, self.engine_model,
+                self.engine_api_key_env)
 
 
 # camelCase (what editors send) -> field name
 _KEYS = {
-    "model": "model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
+    "model": "model", "engine": "engine", "engineModel": "engine_model",
+    "engineApiKeyEnv": "engine_api_key_env", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
     "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
     "kvRefreshIdleMs": "kv_refresh_idle_ms",
     "inlineCompletion": "inline_completion", "completion": "completion",

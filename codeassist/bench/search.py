@@ -2,7 +2,8 @@
 
 Quality: functions and methods with a docstring, from the standard library (or --dir); the
 query is the docstring's first sentence, and the indexed copy of the code has every
-docstring removed. MRR@10 and Recall@1/@10 for BM25, dense and hybrid, and dense/hybrid
+docstring removed. MRR@10 and Recall@1/@10 for BM25, dense, hybrid (weighted score fusion) and rrf
+(reciprocal rank fusion, for comparison), and dense/hybrid
 without SEA (a long chunk's vector from its first block only, which is what truncation at
 the encoder's window gives). Speed: index build throughput, query latency at 10k and 100k
 chunks (flat and HNSW), and the time to re-index one changed file.

@@ -1,12 +1,12 @@
 """Which drafts are worth a verify pass: acceptance per draft kind, forward cost per size.
 
-A verify pass over n tokens costs `cost(n)`; plain decoding costs `cost(1)` per token. On this
-project's CPU a pass over 2 tokens costs about 1.1x a single token, 4 tokens 1.3x, 8 tokens
-1.8x, 16 tokens 2.4x (README), on a GPU about 1x, so the same draft can pay off on one and
-not on the other. Both are measured while serving: a draft of length k is expected to yield
-1 + a (1 + q + ... + q^(k-1)) tokens, a being how often the kind's first token is accepted and
-q how often a next one is after an accepted one (a copy, once it matches, tends to go on); it
-is verified only if that beats plain decoding per ms.
+A verify pass over n tokens costs `cost(n)`; plain decoding costs `cost(1)` per token. On a
+CPU a pass costs more the more tokens it carries, on a GPU about as much as one token, so the
+same draft can pay off on one and not on the other. Both are measured while serving (the
+verify pass alone; a draft model's own steps are costed by its `token_ms`): a draft of
+length k is expected to yield 1 + a (1 + q + ... + q^(k-1)) tokens, a being how often the
+kind's first token is accepted and q how often a next one is after an accepted one (a copy,
+once it matches, tends to go on); it is verified only if that beats plain decoding per ms.
 """
 
 from __future__ import annotations

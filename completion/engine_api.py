@@ -1,0 +1,27 @@
+"""What the server needs of a completion engine: the model in this process (engine.py) or
+a shared inference engine reached over HTTP (remote_engine.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .types import Completion, CompletionRequest, EngineSettings
+
+
+class Engine(Protocol):
+    settings: EngineSettings  # replaced as a whole; each request reads it once
+    learns_from_files: bool  # whether open files feed its n-gram cache (`encode`, `remember_tokens`)
+
+    def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+                 session_key: str | None = None) -> Completion: ...
+
+    def forget(self, session_key: str) -> None:
+        """Free what is kept for a closed document."""
+
+    def needs_refresh(self, session_key: str) -> bool: ...
+
+    def refresh(self, session_key: str, cancelled: Callable[[], bool]) -> bool: ...
+
+    def status(self) -> dict:
+        """JSON-ready facts for the server's status command."""

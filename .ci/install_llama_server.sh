@@ -14,6 +14,9 @@ if [ -x "$BIN/llama-server" ] && [ -x "$BIN/llama-bench" ]; then
     exit 0
 fi
 mkdir -p "$TOOLS"
+if ! command -v cmake >/dev/null; then
+    python3 -m pip install cmake >&2  # the PyPI wheel; into the active venv when there is one
+fi
 if [ ! -d "$SRC" ]; then
     download=$(mktemp -d)
     python3 -m pip download --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$download" >&2

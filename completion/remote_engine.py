@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .stops import check_text, decide_policy, finalize
+from .suggestion_memory import SuggestionMemory
 from .text_prompt import TextPrompter, family_of
 from .types import Completion, CompletionRequest, EngineSettings
 
@@ -68,6 +69,7 @@ class RemoteEngine:
         self.prompter = prompter
         self.settings = settings  # replaced as a whole; each request reads it once
         self.name = config.model or config.url
+        self.memory = SuggestionMemory()  # the last suggestion per document, for recycling
         self._lock = threading.Lock()
         self._state = "unknown"  # up | down | unknown
         self._last_error = ""
@@ -83,6 +85,16 @@ class RemoteEngine:
         settings = self.settings
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
+        recall = self.memory.recall(session_key, request, False, str)
+        if recall.rest and settings.recycle_direct and "recycle" in settings.draft_sources:
+            # Typed into the last suggestion: its rest, under the stop rules of the new position.
+            direct = finalize(check_text(recall.rest, policy).text, policy)
+            if direct:
+                self.memory.keep_rest(session_key, request, recall)
+                return Completion(text=direct, tokens=0, prompt_tokens=0,
+                                  prompt_ms=(time.perf_counter() - start) * 1000, decode_ms=0.0,
+                                  stop_reason="recycled", model=self.served_model or self.name,
+                                  multiline="\n" in direct)
         prompt = self.prompter.build(request, settings)
         stream = _Stream()
         try:
@@ -98,6 +110,7 @@ class RemoteEngine:
             return self._answer("", "engine_down", prompt.tokens, start, stream, policy.multiline)
         self._succeeded(stream, reason)
         final = finalize(text, policy) if reason != "cancelled" else ""
+        self.memory.remember(session_key, request, recall, final, "", None, [])
         logger.info("complete %s via %s: prompt %d %s (engine cached %s), %d chunks, first after "
                     "%.0f ms, stop=%s", request.path or "<buffer>", self.config.url, prompt.tokens,
                     "tokens" if self.prompter.tokenizer is not None else "characters",
@@ -105,7 +118,7 @@ class RemoteEngine:
         return self._answer(final, reason, prompt.tokens, start, stream, policy.multiline)
 
     def forget(self, session_key: str) -> None:
-        pass  # the engine's prefix cache is its own
+        self.memory.forget(session_key)  # the engine's prefix cache is its own
 
     def needs_refresh(self, session_key: str) -> bool:
         return False

@@ -55,6 +55,11 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--allow-remote", action="store_true", help="allow a --host other than loopback"
     )
+    serve.add_argument("--token-file", help="--tcp: the file with the token a client must send as "
+                       "initializationOptions.authToken (default: CODEASSIST_HOME/serve.token, created "
+                       "readable by you only)")
+    serve.add_argument("--no-token", action="store_true", help="--tcp: accept a client without the token "
+                       "(anyone on this machine could then read your files through the server)")
     serve.add_argument("--log-file", help="log file (default: CODEASSIST_HOME/logs/server.log)")
     add_model_options(serve)
     serve.set_defaults(run=_run_serve)
@@ -178,10 +183,32 @@ def _run_serve(args: argparse.Namespace) -> int:
     logger.info("codeassist %s serving on %s (log: %s)", __version__,
                 f"tcp {args.host}:{args.port}" if args.tcp else "stdio", log_file)
     if args.tcp:
-        server.start_tcp(args.host, args.port)
+        token = None
+        if not args.no_token:
+            token_file = Path(args.token_file) if args.token_file else codeassist_home() / "serve.token"
+            token = _serve_token(token_file)
+            logger.info("TCP clients must send the token in %s as initializationOptions.authToken", token_file)
+        server.start_tcp(args.host, args.port, token)
     else:
         server.start_io()
     return 0
+
+
+def _serve_token(path: Path) -> str:
+    """The token in `path`, created (random, readable by the user only) when missing."""
+    import secrets
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    if path.stat().st_mode & 0o077:
+        raise ValueError(f"{path} is readable by other users: chmod 600 it")
+    token = path.read_text().strip()
+    if len(token) < 16:
+        raise ValueError(f"the token in {path} is shorter than 16 characters")
+    return token
 
 
 def _run_bench(args: argparse.Namespace) -> int:

@@ -373,7 +373,8 @@ class CodeassistServer(LanguageServer):
             return  # the documents open when the model is ready are added then
         self._tokenizer_thread.submit(self._remember_text, engine, uri, document.source)
         path = Path(document.path)
-        if uri.startswith("file:") and path.suffix and path.parent not in self._remembered_folders:
+        inside = self.files.relative(uri) is not None  # siblings only from the workspace
+        if inside and path.suffix and path.parent not in self._remembered_folders:
             self._remembered_folders.add(path.parent)
             self._tokenizer_thread.submit(self._remember_siblings, engine, path)
 
@@ -385,8 +386,10 @@ class CodeassistServer(LanguageServer):
                            max_bytes: int = 256_000) -> None:
         """Files next to `path` with its extension, newest first."""
         try:
-            siblings = sorted((p for p in path.parent.glob(f"*{path.suffix}") if p != path and p.is_file()
-                               and p.stat().st_size <= max_bytes),
+            root = self.files.root()
+            siblings = sorted((p for p in path.parent.glob(f"*{path.suffix}") if p != path and not p.is_symlink()
+                               and p.is_file() and p.stat().st_size <= max_bytes
+                               and root is not None and p.resolve().is_relative_to(root.resolve())),
                               key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
             for sibling in siblings:
                 self._remember_text(engine, sibling.as_uri(),

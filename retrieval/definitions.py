@@ -23,12 +23,16 @@ _SUMMARY_CALLERS = 3
 
 
 def read_workspace_file(root: Path | None, path: str) -> str | None:
-    """The text of `path` (relative to `root`) on disk; None when it cannot be read."""
+    """The text of `path` (relative to `root`) on disk; None when it cannot be read, or is
+    not a regular file inside `root` once symlinks are resolved (never a FIFO or a device)."""
     if root is None:
         return None
     try:
-        return (root / path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        target = (root / path).resolve()
+        if not target.is_relative_to(root.resolve()) or not target.is_file():
+            return None
+        return target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
 
 

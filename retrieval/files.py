@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import pathspec
 
@@ -70,7 +71,7 @@ def walk(root: Path, file_filter: FileFilter = FileFilter()) -> Iterator[FileSta
             if stat.st_size > file_filter.max_bytes:
                 logger.info("skipped %s: %d bytes (limit %d)", path, stat.st_size, file_filter.max_bytes)
                 continue
-            if os.path.islink(os.path.join(folder, name)) or stat.st_size == 0:
+            if os.path.islink(os.path.join(folder, name)) or stat.st_size == 0 or not S_ISREG(stat.st_mode):
                 continue
             yield FileState(path, stat.st_size, stat.st_mtime_ns)
 
@@ -97,6 +98,9 @@ def is_indexable(root: Path, path: str, file_filter: FileFilter = FileFilter()) 
 def read_text(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
     """The file's text, or None (logged) when it is missing, too large, binary or not UTF-8."""
     try:
+        if not S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader forever
+            logger.info("skipped %s: not a regular file", path)
+            return None
         data = path.read_bytes()
     except OSError as error:
         logger.info("skipped %s: %s", path, error)

@@ -114,10 +114,8 @@ class CodeIndex:
 
     def _relative(self, path: str | Path) -> str | None:
         candidate = Path(path)
-        if not candidate.is_absolute():
-            return candidate.as_posix()
-        try:
-            return candidate.resolve().relative_to(self.root).as_posix()
+        try:  # a relative path (`file:../x`) is taken from the root, and must stay under it
+            return (self.root / candidate).resolve().relative_to(self.root.resolve()).as_posix()
         except ValueError:
             logger.debug("not under the indexed root %s: %s", self.root, path)
             return None

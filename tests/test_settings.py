@@ -24,8 +24,10 @@ def test_non_object_settings():
 
 
 def test_model_key_names_what_needs_a_reload():
-    assert ServerSettings(model="m", dtype="fp32").model_key == ("m", "auto", "fp32", "")
-    assert ServerSettings(draft_model="d").model_key[-1] == "d"
+    assert ServerSettings(model="m", dtype="fp32").model_key[:4] == ("m", "auto", "fp32", "")
+    assert ServerSettings(draft_model="d").model_key[3] == "d"
+    engine = ServerSettings(engine="http://box:8080", engine_model="coder", engine_api_key_env="KEY")
+    assert engine.model_key[4:] == ("http://box:8080", "coder", "KEY")
 
 
 def test_speculation_settings_reach_the_engine():

@@ -337,7 +337,11 @@ def test_typing_on_past_a_line_of_a_block_suggestion_still_recycles_it(embedded_
     assert [r.text for r in results["direct"]] == expected
     past_the_line = results["verified"][1]
     assert past_the_line.text == expected[1] and past_the_line.tokens == results["plain"][1].tokens
-    assert past_the_line.spec["accepted_by_source"].get("recycle", 0) >= past_the_line.tokens - 2
+    # The recycled tokens are drafted and all accepted; how long a draft the cost model
+    # verifies at once depends on the pass costs it measured on this machine.
+    spec = past_the_line.spec
+    assert spec["accepted"] == spec["drafted"] and spec["accepted_by_source"].get("recycle", 0) >= past_the_line.tokens // 2
+    assert spec["verify_steps"] < past_the_line.tokens
 
 
 def test_ngram_lookup_and_bounded_cache():

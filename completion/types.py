@@ -52,15 +52,17 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.kv_mode not in MODES:
             raise ValueError(f"unknown kv_mode {self.kv_mode!r}; valid: {', '.join(MODES)}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max_new_tokens must be within 1..4096, got {self.max_new_tokens}")
+        if not 64 <= self.max_prompt_tokens <= 32_768:
+            raise ValueError(f"the prompt budget (contextTokens) must be within 64..32768, got {self.max_prompt_tokens}")
         unknown = set(self.draft_sources) - set(SOURCES)
         if unknown:
             raise ValueError(f"unknown draft sources {sorted(unknown)}; valid: {', '.join(SOURCES)}")
         if self.max_draft_tokens < 1 or self.max_draft_nodes < 2 or self.draft_branches < 1:
             raise ValueError("max_draft_tokens and draft_branches must be >= 1, max_draft_nodes >= 2")
-        if self.context_budget_tokens < 0:
-            raise ValueError(f"context_budget_tokens must be >= 0, got {self.context_budget_tokens}")
+        if not 0 <= self.context_budget_tokens <= 32_768:
+            raise ValueError(f"context_budget_tokens must be within 0..32768, got {self.context_budget_tokens}")
         if self.time_budget_ms < 0:
             raise ValueError(f"time_budget_ms must be >= 0, got {self.time_budget_ms}")
 

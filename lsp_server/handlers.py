@@ -40,6 +40,8 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     async def did_open(ls: CodeassistServer, params: types.DidOpenTextDocumentParams) -> None:
         document = params.text_document
         logger.info("opened %s (%s)", document.uri, document.language_id)
+        if ls.too_large(document.uri, document.text):
+            return
         ls.remember_document(document.uri)  # draft source: repository n-grams
         # Hover summaries, made when the model idles (parsing the file is off the event loop).
         await asyncio.get_running_loop().run_in_executor(None, ls.hovers.precompute, document.uri,
@@ -76,6 +78,9 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: CodeassistServer, params: types.HoverParams) -> types.Hover | None:
+        document = ls.workspace.text_documents.get(params.text_document.uri)
+        if document is not None and ls.too_large(document.uri, document.source):
+            return None
         return await ls.hovers.hover(params.text_document.uri, params.position, ls.position_encoding,
                                      ls.settings)
 
@@ -109,6 +114,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
             "positionEncoding": ls.position_encoding,
             "indexStatus": ls.code_search.status,
+            "oversizedDocuments": len(ls.oversized),
             "summaries": ls.hovers.stats(),
         }
         if engine is not None:

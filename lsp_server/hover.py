@@ -28,6 +28,7 @@ from .workspace_files import WorkspaceFiles
 
 logger = logging.getLogger(__name__)
 
+BACKGROUND_PER_DOCUMENT = 64  # summaries queued ahead of hovers, per opened document
 PENDING_NOTE = "*Summary: being written; hover again in a moment.*"
 
 
@@ -100,7 +101,7 @@ class HoverProvider:
         if not settings.hover_summaries or summarizer is None or relative is None:
             return 0
         finder = self.files.finder(self._index())
-        defs = finder.definitions_of(relative, text)
+        defs = finder.definitions_of(relative, text)[:BACKGROUND_PER_DOCUMENT]
         for definition in defs:
             self.worker.submit(_job_id(definition), _preparer(definition, finder, summarizer),
                                summarizer, self.cache(), BACKGROUND)

@@ -144,6 +144,7 @@ class CodeassistServer(LanguageServer):
         # Files are tokenized for the n-gram cache here, off the event loop and the worker.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeassist-ngrams")
         self._remembered_folders: set[Path] = set()
+        self.oversized: set[str] = set()  # open documents over maxDocumentChars
         self._refresh_timers: dict[str, asyncio.TimerHandle] = {}  # by document URI
         self._stop_event = threading.Event()
         self._auth_token: str | None = None
@@ -369,7 +370,8 @@ class CodeassistServer(LanguageServer):
         kind, to the engine's repository n-gram cache (a draft source). Tokenized off the
         event loop; the cache itself changes on the model worker."""
         engine, document = self.engine, self.workspace.text_documents.get(uri)
-        if engine is None or not engine.learns_from_files or document is None:
+        if engine is None or not engine.learns_from_files or document is None \
+                or self.too_large(uri, document.source):
             return  # the documents open when the model is ready are added then
         self._tokenizer_thread.submit(self._remember_text, engine, uri, document.source)
         path = Path(document.path)
@@ -397,11 +399,27 @@ class CodeassistServer(LanguageServer):
         except OSError as error:
             logger.info("n-gram cache: could not read the files next to %s: %s", path, error)
 
+    def too_large(self, uri: str, text: str) -> bool:
+        """Whether the document is over `maxDocumentChars`: it stays in sync, but gets no
+        completion, summaries, n-gram or index work (logged once per document)."""
+        if len(text) <= self.settings.max_document_chars:
+            self.oversized.discard(uri)
+            return False
+        if uri not in self.oversized:
+            self.oversized.add(uri)
+            logger.warning("%s has %d characters (maxDocumentChars %d): no model work for it",
+                           uri, len(text), self.settings.max_document_chars)
+        return True
+
     def close_document(self, uri: str) -> Future:
         """Stop the document's work and free what the engine and the context keep for it
         (on the model worker, after a running completion of it has stopped)."""
         self.cancel_refresh(uri)
         self.scheduler.cancel_key(uri)
+        self.oversized.discard(uri)
+        relative = self.files.relative(uri)
+        if relative is not None:
+            self.hovers.worker.drop_background(f"{relative}:")  # its queued summaries
 
         def forget() -> None:
             if self.engine is not None:
@@ -431,6 +449,8 @@ class CodeassistServer(LanguageServer):
             logger.warning("completion for a document that is not open: %s", uri)
             return None
         text = document.text
+        if self.too_large(uri, text):
+            return None
         try:
             cursor = offset_at(text, position.line, position.character, self.position_encoding)
         except ValueError as error:

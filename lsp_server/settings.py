@@ -35,6 +35,7 @@ class ServerSettings:
     embedding_model: str = DEFAULT_ENCODER
     repo_context: bool = True  # repository snippets before the FIM prompt
     repo_context_tokens: int = 512  # their budget, on top of context_tokens
+    max_document_chars: int = 1_000_000  # larger documents stay in sync but get no model work
     hover_summaries: bool = True  # LLM summaries in hovers (signature + docstring always)
     summary_budget_ms: float = 3000.0  # a hover waits this long for a summary not cached yet
 
@@ -62,7 +63,7 @@ _KEYS = {
     "indexEnabled": "index_enabled", "indexLocation": "index_location", "indexDir": "index_dir",
     "embeddingModel": "embedding_model",
     "repoContext": "repo_context", "repoContextTokens": "repo_context_tokens",
-    "hoverSummaries": "hover_summaries", "summaryBudgetMs": "summary_budget_ms",
+    "maxDocumentChars": "max_document_chars", "hoverSummaries": "hover_summaries", "summaryBudgetMs": "summary_budget_ms",
 }
 _TYPES = {f.name: f.type for f in fields(ServerSettings)}
 _CASTS = {"str": str, "int": int, "float": float, "bool": bool}

@@ -35,6 +35,7 @@ class SummaryWorker:
         self._heap: list[tuple[int, int, str]] = []
         self._jobs: dict[str, tuple[Prepare, Summarizer, SummaryCache, Future]] = {}
         self._order = itertools.count()
+        self._hover_ids: set[str] = set()  # jobs a hover waits for: never dropped
         self._closed = False
         self.generated = 0
         self.preempted = 0
@@ -55,9 +56,23 @@ class SummaryWorker:
                 if not future.done():
                     future.set_result(None)
                 return future
+            if priority == HOVER:
+                self._hover_ids.add(job_id)
             heapq.heappush(self._heap, (priority, next(self._order), job_id))  # may raise priority
             self._lock.notify()
         return future
+
+    def drop_background(self, prefix: str) -> int:
+        """Forget queued background jobs whose id starts with `prefix` (a closed file's);
+        their futures get None. Returns how many were dropped."""
+        with self._lock:
+            dropped = [job_id for job_id in self._jobs if job_id.startswith(prefix)
+                       and job_id not in self._hover_ids]
+            for job_id in dropped:
+                *_, future = self._jobs.pop(job_id)
+                if not future.done():
+                    future.set_result(None)
+        return len(dropped)
 
     def pending(self) -> int:
         with self._lock:
@@ -104,6 +119,7 @@ class SummaryWorker:
             logger.exception("summary job %s failed", job_id)
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._hover_ids.discard(job_id)
         if not future.done():
             future.set_result(text)
 

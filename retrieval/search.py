@@ -11,6 +11,7 @@ from .store import Snapshot
 from .tokens import split_identifier, words
 from .types import SearchHit
 
+MAX_RESULTS = 200  # a client's `k` is bounded: every hit carries a snippet
 MODES = ("hybrid", "dense", "bm25", "rrf")  # rrf: reciprocal rank fusion, for comparison
 RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al.)
 # Hybrid score = dense score + weight * BM25 score / the best BM25 score of the query. A
@@ -29,8 +30,8 @@ _SNIPPET_LINES = 12
 def validate(query: str, k: int, mode: str = "hybrid") -> None:
     if not query or not query.strip():
         raise ValueError("the search query is empty")
-    if k <= 0:
-        raise ValueError(f"k must be a positive number of results, got {k}")
+    if not 0 < k <= MAX_RESULTS:
+        raise ValueError(f"k must be within 1..{MAX_RESULTS}, got {k}")
     if mode not in MODES:
         raise ValueError(f"unknown search mode {mode!r}; valid: {', '.join(MODES)}")
 

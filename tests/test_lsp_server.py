@@ -298,3 +298,23 @@ async def test_embedded_model_over_lsp_without_blocking_initialize(workspace, tm
         assert "radius" in item.insert_text
     finally:
         await client.shutdown_session()
+
+
+async def test_documents_over_the_size_limit_get_no_model_work(server, workspace):
+    client, _, _, log_file = server
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"maxDocumentChars": 2000}))
+    big = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(200))  # ~6,000 chars
+    uri = open_document(client, workspace / "pkg" / "big.py", big)
+    line, character = position_of(big, len(big))
+    inline = await client.text_document_inline_completion_async(_inline(uri, line, character))
+    assert inline is None or list(inline.items) == []
+    hover = await client.text_document_hover_async(types.HoverParams(
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(0, 5)))
+    assert hover is None
+    info = await status(client)
+    assert info["oversizedDocuments"] == 1 and info["summaries"]["queued"] == 0
+    assert "maxDocumentChars 2000" in log_file.read_text()
+    small = open_document(client, workspace / "pkg" / "small.py", SOURCE)
+    answer = await client.text_document_inline_completion_async(_inline(small, 4, 24))
+    assert isinstance(answer, types.InlineCompletionList)  # other documents are served

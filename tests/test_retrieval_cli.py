@@ -43,7 +43,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
 
     assert_clean_error(run("index", str(tmp_path / "missing")), "no such directory")
     assert_clean_error(run("search", "", "--dir", str(root)), "query is empty")
-    assert_clean_error(run("search", "x", "--k", "0", "--dir", str(root)), "k must be a positive")
+    assert_clean_error(run("search", "x", "--k", "0", "--dir", str(root)), "k must be within")
     assert_clean_error(run("search", "x", "--mode", "magic", "--dir", str(root)), "valid: hybrid")
     assert_clean_error(run("index", str(root), "--encoder", str(tmp_path / "no-model")),
                        "cannot load encoder")

@@ -80,3 +80,12 @@ def test_reciprocal_rank_fusion_for_comparison():
     # Row 2: 1/(60+3) + 1/(60+1) beats row 0's single 1/(60+1).
     assert [row for row, _ in fused] == [2, 0, 1, 3]
     assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
+
+
+def test_the_number_of_results_a_client_asks_for_is_bounded():
+    from retrieval.search import MAX_RESULTS, validate
+
+    validate("query", MAX_RESULTS)
+    for k in (0, -1, MAX_RESULTS + 1, 10**9):
+        with pytest.raises(ValueError, match="k must be within"):
+            validate("query", k)

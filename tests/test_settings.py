@@ -44,3 +44,18 @@ def test_speculation_settings_reach_the_engine():
 
     with pytest.raises(ValueError, match="telepathy.*valid: recycle, prompt, repo, model"):
         CodeassistServer._engine_settings(bad)
+
+
+def test_settings_out_of_range_are_rejected_and_the_old_ones_kept():
+    from lsp_server.server import CodeassistServer
+
+    server = CodeassistServer()
+    try:
+        for bad in ({"contextTokens": 0}, {"contextTokens": -1}, {"maxNewTokens": 100_000},
+                    {"repoContextTokens": -5}):
+            server.apply_settings(bad)
+            assert server.settings == ServerSettings(), bad
+        server.apply_settings({"contextTokens": 512})
+        assert server.settings.context_tokens == 512
+    finally:
+        server.close()

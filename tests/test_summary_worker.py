@@ -76,3 +76,18 @@ def test_hover_jobs_go_before_background_ones_and_close_answers_none():
     assert summarizer.ran.index("h") < summarizer.ran.index("y")
     worker.close()
     assert worker.submit("z", _job("z"), summarizer, cache).result(1) is None
+
+
+def test_a_closed_files_queued_background_summaries_are_dropped():
+    busy = threading.Event()
+    busy.set()  # a completion keeps the worker waiting: nothing runs meanwhile
+    worker, cache, summarizer = SummaryWorker(busy.is_set), SummaryCache(), FakeSummarizer()
+    queued = [worker.submit(f"big.py:f{i}:1", _job(f"f{i}"), summarizer, cache, BACKGROUND) for i in range(50)]
+    hovered = worker.submit("big.py:g:1", _job("g"), summarizer, cache, HOVER)
+    other = worker.submit("small.py:h:1", _job("h"), summarizer, cache, BACKGROUND)
+    assert worker.drop_background("big.py:") == 50
+    assert all(f.result(1) is None for f in queued) and worker.pending() == 2
+    busy.clear()
+    assert hovered.result(5) == "summary of g" and other.result(5) == "summary of h"
+    assert "f0" not in summarizer.ran
+    worker.close()

@@ -193,8 +193,8 @@ def test_symbols_put_names_first_then_semantic_matches(repo, encoder):
 
 
 @pytest.mark.parametrize("query, k, mode, message", [
-    ("", 5, "hybrid", "empty"), ("   ", 5, "hybrid", "empty"), ("x", 0, "hybrid", "positive"),
-    ("x", -3, "hybrid", "positive"), ("x", 5, "fuzzy", "valid: hybrid, dense, bm25"),
+    ("", 5, "hybrid", "empty"), ("   ", 5, "hybrid", "empty"), ("x", 0, "hybrid", "within 1..200"),
+    ("x", -3, "hybrid", "within 1..200"), ("x", 5, "fuzzy", "valid: hybrid, dense, bm25"),
 ])
 def test_bad_queries_are_refused_clearly(repo, encoder, query, k, mode, message):
     index = _index(repo, encoder)

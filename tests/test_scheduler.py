@@ -75,7 +75,7 @@ def test_state_changes_run_on_the_worker_between_jobs_in_order(scheduler):
 
 def test_running_generation_stops_within_one_decode_step(scheduler, tiny_model_dir):
     loaded = load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32")
-    engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=100_000, time_budget_ms=60_000))
+    engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=4096, time_budget_ms=60_000))
     force_next_token(loaded.model, engine.encode(["b"])[0][0])  # never stops by itself
     request = CompletionRequest("x = ", 4, "python")
     steps = {"total": 0, "after_cancel": 0}

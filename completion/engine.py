@@ -109,7 +109,7 @@ class CompletionEngine:
         settings = self.settings
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
-        recall = self.memory.recall(session_key, request, settings.token_healing, self.decode)
+        recall = self.memory.recall(session_key, request)
         recycled = recall.rest if settings.speculative and "recycle" in settings.draft_sources else ""
         if recycled and settings.recycle_direct:
             # The stop rules of the new position apply (typing into a block suggestion puts
@@ -117,6 +117,8 @@ class CompletionEngine:
             direct = finalize(check_text(recycled, policy).text, policy)
             if direct:
                 return self._answer_rest(session_key, request, recall, direct, start)
+        if settings.token_healing:
+            recall = self.memory.align(recall, request, self.decode)
         prompt, healing, head, base = self._prompt_for(request, recall, settings)
         built = self.kv.build(session_key, prompt.ids, settings)
         drafter = self._drafter(session_key, built, recall, recycled, healing, policy, settings)

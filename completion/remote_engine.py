@@ -85,7 +85,7 @@ class RemoteEngine:
         settings = self.settings
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
-        recall = self.memory.recall(session_key, request, False, str)
+        recall = self.memory.recall(session_key, request)
         if recall.rest and settings.recycle_direct and "recycle" in settings.draft_sources:
             # Typed into the last suggestion: its rest, under the stop rules of the new position.
             direct = finalize(check_text(recall.rest, policy).text, policy)

@@ -5,7 +5,7 @@ the prompt can end with the model's own tokens."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .healing import TypedSuggestion, align_typed
 from .prompt import FimPrompt
@@ -39,18 +39,21 @@ class SuggestionMemory:
     def __init__(self):
         self._last: dict[str, Suggestion] = {}
 
-    def recall(self, key: str | None, request: CompletionRequest, align: bool,
-               decode: Callable[[Sequence[int]], str]) -> Recall:
-        """The document's last suggestion seen from `request`. With `align`, also its tokens
-        split at the cursor, if the user typed into it and changed nothing else."""
+    def recall(self, key: str | None, request: CompletionRequest) -> Recall:
+        """The document's last suggestion seen from `request` (`typed` not aligned yet)."""
         last = self._last.get(key) if key is not None else None
         if last is None:
             return Recall(None, "", None)
-        before, after = request.text[: request.cursor], request.text[request.cursor :]
-        typed = None
-        if align and after == last.after:
-            typed = align_typed(last.head, last.ids, before, decode)
-        return Recall(last, _rest_of(last, before, after), typed)
+        return Recall(last, _rest_of(last, request.text[: request.cursor], request.text[request.cursor :]), None)
+
+    @staticmethod
+    def align(recall: Recall, request: CompletionRequest, decode: Callable[[Sequence[int]], str]) -> Recall:
+        """`recall` with the suggestion's tokens split at the cursor, if the user typed into
+        it and changed nothing else (token decoding: only when the model will run)."""
+        last = recall.last
+        if last is None or request.text[request.cursor :] != last.after:
+            return recall
+        return replace(recall, typed=align_typed(last.head, last.ids, request.text[: request.cursor], decode))
 
     def keep_rest(self, key: str, request: CompletionRequest, recall: Recall) -> None:
         """After answering the rest of the last suggestion without the model: the same token

@@ -133,7 +133,7 @@ class CodeassistServer(LanguageServer):
         self.scheduler = LatestWinsScheduler()
         self.engine: Engine | None = None
         self.model_status = "not loaded"  # loading | ready | failed
-        self._loaded_key: tuple[str, str, str] | None = None
+        self._loaded_key: tuple[str, ...] | None = None
         self._load_lock = threading.Lock()
         self._summarizer: Summarizer | None = None
         self.files = WorkspaceFiles(lambda: self.workspace)
@@ -250,7 +250,8 @@ class CodeassistServer(LanguageServer):
         given = options.pop("authToken", None) if isinstance(options, dict) else None
         if self._initialize_seen:
             refusal = "initialize was already received: the workspace is fixed for this session"
-        elif self._auth_token and not (isinstance(given, str) and hmac.compare_digest(given, self._auth_token)):
+        elif self._auth_token and not (isinstance(given, str)  # bytes: any text compares safely
+                                       and hmac.compare_digest(given.encode(), self._auth_token.encode())):
             refusal = "initializationOptions.authToken is missing or wrong"
         if refusal is not None:
             return {"jsonrpc": "2.0", "id": message.get("id"), "error": {"code": -32600, "message": refusal}}

@@ -59,7 +59,7 @@ def test_close_during_a_running_completion_frees_its_session(server, forced_engi
         # The completion stored its KV session and suggestion when it stopped; the close,
         # queued behind it, freed them.
         assert uri not in forced_engine.kv.sessions, f"iteration {index}"
-        assert forced_engine.memory.recall(uri, request, False, forced_engine.decode).last is None
+        assert forced_engine.memory.recall(uri, request).last is None
     assert forced_engine.kv_status()["documents"] == 0
 
 

@@ -318,7 +318,10 @@ def test_typing_on_past_a_line_of_a_block_suggestion_still_recycles_it(embedded_
     )
     cursor = len(source) - 1
     engines = {"direct": CompletionEngine(embedded_loaded, EngineSettings(**common)),
-               "verified": CompletionEngine(embedded_loaded, EngineSettings(recycle_direct=False, **common)),
+               # Without the cost model every draft is verified whole: what is checked here is
+               # the draft, not how long a draft the pass costs measured here make worth it.
+               "verified": CompletionEngine(embedded_loaded, EngineSettings(recycle_direct=False,
+                                                                            cost_aware_drafts=False, **common)),
                "plain": CompletionEngine(embedded_loaded, EngineSettings(speculative=False, **common))}
     block = engines["plain"].complete(CompletionRequest(source, cursor, "python"), session_key="d").text
     first_line, rest = block.split("\n", 1)
@@ -337,11 +340,7 @@ def test_typing_on_past_a_line_of_a_block_suggestion_still_recycles_it(embedded_
     assert [r.text for r in results["direct"]] == expected
     past_the_line = results["verified"][1]
     assert past_the_line.text == expected[1] and past_the_line.tokens == results["plain"][1].tokens
-    # The recycled tokens are drafted and all accepted; how long a draft the cost model
-    # verifies at once depends on the pass costs it measured on this machine.
-    spec = past_the_line.spec
-    assert spec["accepted"] == spec["drafted"] and spec["accepted_by_source"].get("recycle", 0) >= past_the_line.tokens // 2
-    assert spec["verify_steps"] < past_the_line.tokens
+    assert past_the_line.spec["accepted_by_source"].get("recycle", 0) >= past_the_line.tokens - 2
 
 
 def test_ngram_lookup_and_bounded_cache():

@@ -57,6 +57,14 @@ class RemoteConfig:
         path = urlsplit(self.url).path.rstrip("/")
         return path if path.endswith("/v1") else path + "/v1"
 
+    def connection(self, timeout_s: float) -> http.client.HTTPConnection:
+        parts = urlsplit(self.url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        return kind(parts.hostname, parts.port, timeout=timeout_s)
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {**extra, **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+
 
 class RemoteEngine:
     """A completion engine whose model runs in another process, maybe on another machine."""
@@ -204,14 +212,10 @@ class RemoteEngine:
 
     def _connect(self, body: dict, cancelled: Callable[[], bool]) -> http.client.HTTPConnection:
         """A connection with the request sent, retried with backoff while it fails."""
-        parts = urlsplit(self.config.url)
-        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        headers = self.config.headers(**{"Content-Type": "application/json", "Accept": "text/event-stream"})
         payload = json.dumps(body).encode()
         for attempt, delay in enumerate((*_RETRY_DELAYS_S, None)):
-            connection = kind(parts.hostname, parts.port, timeout=self.config.timeout_s)
+            connection = self.config.connection(self.config.timeout_s)
             try:
                 connection.request("POST", f"{self.config.base_path}/completions", payload, headers)
                 return connection
@@ -333,12 +337,9 @@ def open_remote_engine(url: str, model: str = "", api_key: str | None = None,
 
 def _served_model(config: RemoteConfig) -> str:
     """The first model the engine lists (GET /v1/models); "" when it cannot be asked."""
-    parts = urlsplit(config.url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname, parts.port, timeout=5)
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    connection = config.connection(5.0)
     try:
-        connection.request("GET", f"{config.base_path}/models", headers=headers)
+        connection.request("GET", f"{config.base_path}/models", headers=config.headers())
         response = connection.getresponse()
         listed = json.loads(response.read()) if response.status == 200 else {}
         return str((listed.get("data") or [{}])[0].get("id") or "")

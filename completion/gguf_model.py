@@ -21,6 +21,7 @@ from kernels.cpu_gemm import SmallBatchGemm
 from kernels.packed_linear import PackedEmbedding, PackedLinear
 
 from .gguf_file import GGUFFile, GGUFTensor
+from .lean_forward import use_lean_forwards
 
 ARCHITECTURES = ("qwen2", "llama")
 _LINEAR = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
@@ -83,7 +84,10 @@ def build_packed_model(gguf: GGUFFile, config, gemm: SmallBatchGemm | None, devi
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise PackedUnsupported(f"tensors not found in the GGUF file: {', '.join(left[:5])}")
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    if gemm is not None:
+        use_lean_forwards(model, gemm)
+    return model
 
 
 def _put_tensors(model, gguf: GGUFFile, config, gemm: SmallBatchGemm | None, device: torch.device) -> None:

@@ -18,6 +18,7 @@ from transformers import DynamicCache
 
 from kernels.rope import rotate_keys
 
+from .growing_cache import growing_cache
 from .kv_plan import ReusePlan, Segment
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
                 inv_freq: torch.Tensor | None) -> tuple[DynamicCache, torch.Tensor]:
     """Carry out `plan`: returns the cache for `new_ids` and the logits of the last token."""
     device = next(model.parameters()).device
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config)
     logits = None
     for segment in plan.segments:
         if segment.source is None:
@@ -83,7 +84,7 @@ def encode_in_chunks(model, ids: list[int], cancelled: Callable[[], bool],
     """A fresh cache for `ids`, `chunk` tokens per forward pass; None as soon as
     `cancelled()` is true between passes (so background work yields within one chunk)."""
     device = next(model.parameters()).device
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config)
     for start in range(0, len(ids), chunk):
         if cancelled():
             return None

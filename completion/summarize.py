@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
+from .growing_cache import growing_cache
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class Summarizer:
         ids = self.prompt_ids(request)
         model = self.loaded.model
         device = self.loaded.device
-        cache = DynamicCache()
+        cache = growing_cache(model.config)
         logits = None
         for first in range(0, len(ids), _PREFILL_CHUNK):
             if cancelled():

@@ -15,7 +15,12 @@
 // pass over n tokens yields bit for bit the numbers of n single-token passes.
 // Dequantization is plain float arithmetic (built with -ffp-contract=off), bit for bit the
 // torch reference of kernels/gguf_blocks.py.
+//
+// The library also holds the two row-wise steps of a decoder layer that cost a decode pass
+// most in torch calls (RMS norm: seven tensor operations; rotary embedding: eight), each in
+// one call that treats every row alone, so they keep the row-count independence too.
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <algorithm>
 #include <vector>
@@ -533,6 +538,43 @@ extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const fl
             four_rows(x, rows, bias, out, m_len, n_len, k_len, n, end);
         }
     });
+    return 0;
+}
+
+// out = w * (x * 1 / sqrt(mean(x^2) + eps)) per row of `cols` floats (transformers' RMSNorm).
+extern "C" int rms_norm_rows(const float* x, const float* w, float eps, float* out, long rows, long cols) {
+    if (rows < 0 || cols < 8 || cols % 8) return -1;
+    for (long r = 0; r < rows; ++r) {
+        const float* xr = x + r * cols;
+        V8 squares = v_zero();
+        for (long i = 0; i < cols; i += 8) {
+            const V8 v = v_load(xr + i);
+            squares = v_fma(v, v, squares);
+        }
+        const float scale = 1.0f / std::sqrt(lane_sum(squares) / (float)cols + eps);
+        float* o = out + r * cols;
+        for (long i = 0; i < cols; ++i) o[i] = w[i] * (xr[i] * scale);
+    }
+    return 0;
+}
+
+// Rotary embedding in place over `rows` positions of `heads` heads of `dim` floats each
+// (x: rows x heads x dim, contiguous), with cos/sin: rows x dim (the halves repeated, as
+// transformers computes them): x * cos + rotate_half(x) * sin, the same products and sums.
+extern "C" int rope_rows(float* x, const float* cos, const float* sin, long rows, long heads, long dim) {
+    if (rows < 0 || heads < 1 || dim < 2 || dim % 2) return -1;
+    const long half = dim / 2;
+    for (long r = 0; r < rows; ++r) {
+        const float *c = cos + r * dim, *s = sin + r * dim;
+        for (long h = 0; h < heads; ++h) {
+            float* v = x + (r * heads + h) * dim;
+            for (long i = 0; i < half; ++i) {
+                const float a = v[i], b = v[i + half];
+                v[i] = a * c[i] + -b * s[i];
+                v[i + half] = b * c[i + half] + a * s[i + half];
+            }
+        }
+    }
     return 0;
 }
 

@@ -1,5 +1,8 @@
 """Build and load the small-batch CPU kernels (cpu_gemm.cpp) with the system C++ compiler.
 
+Besides the linear layers, the library holds the RMS norm and the rotary embedding of a
+decode pass, one call each instead of seven and eight torch operations.
+
 The library is compiled once per source version and instruction set into a cache folder the
 caller names and loaded with ctypes (no torch headers: it builds in a few seconds). Two
 builds exist: AVX2/FMA intrinsics where the CPU has them, else portable C++ vectors (any
@@ -48,7 +51,11 @@ class SmallBatchGemm:
         self._packed.argtypes = [_INT] + [_PTR] * 4 + [_LONG] * 3 + [_INT]
         self._dequantize = library.dequantize_rows
         self._dequantize.argtypes = [_INT, _PTR, _PTR, _LONG, _LONG, _INT]
-        for function in (self._fp32, self._packed, self._dequantize):
+        self._rms_norm = library.rms_norm_rows
+        self._rms_norm.argtypes = [_PTR, _PTR, ctypes.c_float, _PTR, _LONG, _LONG]
+        self._rope = library.rope_rows
+        self._rope.argtypes = [_PTR] * 3 + [_LONG] * 3
+        for function in (self._fp32, self._packed, self._dequantize, self._rms_norm, self._rope):
             function.restype = ctypes.c_int
 
     def takes(self, rows: int, weight: torch.Tensor) -> bool:
@@ -89,6 +96,22 @@ class SmallBatchGemm:
                                   torch.get_num_threads())
         _check(status, f"dequantize_rows refused {fmt.name} {out_features} x {in_features}")
         return out
+
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """transformers' RMSNorm of each row of x (contiguous fp32, rows of weight.numel())."""
+        out = torch.empty_like(x)
+        status = self._rms_norm(x.data_ptr(), weight.data_ptr(), eps, out.data_ptr(),
+                                x.numel() // weight.numel(), weight.numel())
+        _check(status, f"rms_norm_rows refused rows of {weight.numel()}")
+        return out
+
+    def rope_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
+        """Rotary embedding in place: x (positions, heads * dim) contiguous fp32, cos and sin
+        (positions, dim) contiguous fp32."""
+        dim = cos.shape[-1]
+        status = self._rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.numel() // dim, heads, dim)
+        _check(status, f"rope_rows refused {heads} heads of {dim}")
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:

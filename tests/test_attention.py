@@ -90,3 +90,16 @@ def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path):
                       cache=primed(), use_cache=True).logits[0]
     assert torch.equal(tree[0], want_a) and torch.equal(tree[1], want_b) and torch.equal(tree[2], want_c)
     assert torch.equal(chain[0], want_a) and torch.equal(chain[1], want_b)
+
+
+def test_one_query_row_equals_torch_attention():
+    from completion.attention import _one_row
+
+    torch.manual_seed(1)
+    for heads, kv_heads in ((6, 2), (4, 4)):
+        query = torch.randn(1, heads, 1, 16)
+        buffer_k, buffer_v = torch.randn(1, kv_heads, 40, 16), torch.randn(1, kv_heads, 40, 16)
+        key, value = buffer_k[:, :, :29], buffer_v[:, :, :29]  # a growing cache's views
+        want = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=0.3,
+                                                                enable_gqa=heads != kv_heads)
+        torch.testing.assert_close(_one_row(query, key, value, 0.3), want, atol=1e-5, rtol=1e-5)

@@ -144,3 +144,36 @@ def test_packed_embedding_dequantizes_the_rows_looked_up():
     table = dequantize(data, block_format("Q5_0"), 50, 64)
     ids = torch.tensor([[3, 49, 3, 0], [7, 7, 1, 2]])
     assert torch.equal(PackedEmbedding(data, block_format("Q5_0"), 64)(ids), F.embedding(ids, table))
+
+
+@pytest.mark.parametrize("isa", builds())
+def test_rms_norm_rows_match_transformers(kernel_dir, isa):
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    gemm = cpu_gemm.load(kernel_dir, isa)
+    norm = Qwen2RMSNorm(96, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(96))
+    x = torch.randn(5, 96) * 3
+    out = gemm.rms_norm(x, norm.weight.detach(), 1e-6)
+    torch.testing.assert_close(out, norm(x).detach(), atol=1e-5, rtol=1e-5)
+    single = torch.cat([gemm.rms_norm(x[i:i + 1], norm.weight.detach(), 1e-6) for i in range(5)])
+    assert torch.equal(out, single)  # each row alone, whatever else is in the call
+
+
+@pytest.mark.parametrize("isa", builds())
+def test_rope_rows_equal_transformers_bit_for_bit(kernel_dir, isa):
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    gemm = cpu_gemm.load(kernel_dir, isa)
+    positions, heads, kv_heads, dim = 6, 4, 2, 16
+    angles = torch.arange(positions)[:, None] * (10000 ** (-torch.arange(0, dim, 2) / dim))[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    cos, sin = angles.cos()[None].contiguous(), angles.sin()[None].contiguous()
+    query, key = torch.randn(1, positions, heads * dim), torch.randn(1, positions, kv_heads * dim)
+    want_q, want_k = apply_rotary_pos_emb(query.view(1, positions, heads, dim).transpose(1, 2),
+                                          key.view(1, positions, kv_heads, dim).transpose(1, 2), cos, sin)
+    gemm.rope_(query, cos, sin, heads)
+    gemm.rope_(key, cos, sin, kv_heads)
+    assert torch.equal(query.view(1, positions, heads, dim).transpose(1, 2), want_q)
+    assert torch.equal(key.view(1, positions, kv_heads, dim).transpose(1, 2), want_k)

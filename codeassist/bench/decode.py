@@ -33,6 +33,7 @@ import torch
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
 from completion.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ensure_gguf, is_installed
+from completion.growing_cache import growing_cache
 
 from .report import BenchResult, machine_info
 from .speculative import _holes, _source_files
@@ -70,8 +71,6 @@ def _code_tokens(tokenizer, count: int) -> torch.Tensor:
 
 
 def _pass_speed(model: str, path: str, repeats: int, steps: int) -> dict:
-    from transformers import DynamicCache
-
     loaded = load_model(model, dtype=path)
     ids = _code_tokens(loaded.tokenizer, max(PROMPTS))
     row = {"model": model, "path": path, "load_s": round(loaded.load_ms / 1000, 1)}
@@ -81,11 +80,11 @@ def _pass_speed(model: str, path: str, repeats: int, steps: int) -> dict:
             times = []
             for _ in range(repeats):
                 began = time.perf_counter()
-                loaded.model(input_ids=ids[:, :count], cache=DynamicCache(), use_cache=True,
+                loaded.model(input_ids=ids[:, :count], cache=growing_cache(loaded.model.config), use_cache=True,
                              logits_to_keep=1)
                 times.append(time.perf_counter() - began)
             row[f"prefill_{count}_tok_s"] = round(count / statistics.median(times), 1)
-        cache = DynamicCache()
+        cache = growing_cache(loaded.model.config)
         out = loaded.model(input_ids=ids[:, :DEPTH], cache=cache, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1:].argmax(-1)
         times = []

@@ -14,6 +14,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ..growing_cache import GrowingLayer
+
 from .tree import DraftTree
 
 
@@ -26,7 +28,7 @@ class Verdict:
 
 def supports_trees(cache: DynamicCache) -> bool:
     """Tree verification compacts the cache by index; only plain full-attention layers allow it."""
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(type(layer) in (DynamicLayer, GrowingLayer) for layer in cache.layers)
 
 
 @torch.inference_mode()

@@ -92,8 +92,8 @@ def _one_row(query, key, value, scaling) -> torch.Tensor:
     kv_heads, dim = key.shape[1], query.shape[-1]
     scale = dim ** -0.5 if scaling is None else scaling
     grouped = query.reshape(kv_heads, -1, dim)
-    scores = torch.matmul(grouped, key[0].transpose(1, 2)).mul_(scale)
-    out = torch.matmul(torch.softmax(scores, dim=-1), value[0])
+    scores = torch.bmm(grouped, key[0].transpose(1, 2)).mul_(scale)
+    out = torch.bmm(torch.softmax(scores, dim=-1), value[0])
     return out.reshape(1, -1, 1, value.shape[-1])
 
 

@@ -1,7 +1,6 @@
 """The `codeassist` command as a user runs it: real processes, real files."""
 
 import json
-import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -9,6 +8,7 @@ import pytest
 
 from codeassist.cli import main
 from codeassist.sources import offset_of, parse_location, read_source
+from tests.scripts import console_script
 
 
 @dataclass
@@ -31,9 +31,7 @@ def run_cli(capsys):
 
 
 def run_process(*args):
-    executable = shutil.which("codeassist")
-    assert executable, "the codeassist console script is not installed"
-    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([console_script("codeassist"), *args], capture_output=True, text=True, timeout=300)
 
 
 def assert_clean_error(result, message):

@@ -1,12 +1,12 @@
 """A handful of FIM holes on the real embedded Qwen2.5-Coder-0.5B model."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings
+from tests.scripts import console_script
 
 pytestmark = pytest.mark.embedded
 
@@ -84,9 +84,8 @@ def test_readme_run_command(tmp_path):
     """`codeassist complete FILE:LINE:COL --json` on the embedded default model."""
     source = tmp_path / "circle.py"
     source.write_text("import math\n\n\ndef area_of_circle(radius):\n    return math.pi * \n")
-    executable = shutil.which("codeassist")
     result = subprocess.run(
-        [executable, "complete", f"{source}:5:22", "--json"], capture_output=True, text=True,
+        [console_script("codeassist"), "complete", f"{source}:5:22", "--json"], capture_output=True, text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr

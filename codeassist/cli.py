@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,7 +30,9 @@ def _build_parser() -> argparse.ArgumentParser:
     complete.add_argument("location", help="FILE:LINE:COL, 1-based like compiler messages")
     add_model_options(complete)
     complete.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate")
-    complete.add_argument("--time-budget-ms", type=float, default=10_000, help="stop decoding after this")
+    complete.add_argument("--time-budget-ms", type=float, default=None,
+                          help="stop decoding after this many ms (default: no limit; the first line is "
+                               "finished past it)")
     complete.add_argument("--context-tokens", type=int, default=1024, help="prompt token budget")
     complete.add_argument("--language", help="override the language detected from the extension")
     complete.add_argument("--json", action="store_true", help="print text, tokens, timings, model")
@@ -72,6 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     bench.add_argument("--contexts", help="comma-separated prompt budgets, e.g. 512,2048")
     bench.add_argument("--keystrokes", type=int, help="characters typed in the typing trace")
+    bench.add_argument("--minutes", type=float, help="soak: how long the editing session runs (default 10)")
     bench.add_argument("--margin", type=int, help="pie: tokens re-encoded after each change")
     bench.add_argument("--dir", help="search: folder of Python sources to evaluate on (default: the stdlib)")
     bench.add_argument("--encoder", help="search: the embedding model (name, hub id or folder; "
@@ -111,7 +115,7 @@ def _run_complete(args: argparse.Namespace) -> int:
     cursor = offset_of(text, line, column)
     settings = EngineSettings(
         max_new_tokens=args.max_tokens,
-        time_budget_ms=args.time_budget_ms,
+        time_budget_ms=math.inf if args.time_budget_ms is None else args.time_budget_ms,
         max_prompt_tokens=args.context_tokens,
     )
     repo_name, relative = repository_of(path)
@@ -131,6 +135,8 @@ def _run_complete(args: argparse.Namespace) -> int:
     if result.stop_reason == "engine_down":
         logger.error("no completion: %s", engine.status()["engine"]["lastError"])
         return 1
+    if not result.text.strip():
+        print(f"codeassist: no suggestion at {args.location}: {why_empty(result)}", file=sys.stderr)
     if args.json:
         print(json.dumps({
             "text": result.text,
@@ -151,6 +157,24 @@ def _run_complete(args: argparse.Namespace) -> int:
     else:
         print(result.text)
     return 0
+
+
+EMPTY_BECAUSE = {
+    "eos": "the model ended the text at once",
+    "end_of_line": "the model's first token ends the line",
+    "reached_suffix": "what the model wrote is the text already after the cursor",
+    "dedent": "the model's text starts outside the current block",
+    "next_statement": "the model's text starts the next statement",
+    "time_budget": "--time-budget-ms ran out first",
+    "max_tokens": "the stop rules cut every token within --max-tokens",
+    "cancelled": "the request was cancelled",
+}
+
+
+def why_empty(result) -> str:
+    """A sentence on why a completion came back empty (for the command line)."""
+    reason = EMPTY_BECAUSE.get(result.stop_reason, f"stopped: {result.stop_reason}")
+    return f"{reason} (stop reason {result.stop_reason}, {result.tokens} tokens generated)"
 
 
 def _run_serve(args: argparse.Namespace) -> int:

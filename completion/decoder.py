@@ -1,5 +1,8 @@
 """Decoding one suggestion: greedy (or speculative) steps from a prompt's cache until the
-stop rules, the token limit, the time budget or a cancellation end it."""
+stop rules, the token limit, the time budget or a cancellation end it.
+
+The time budget bounds decoding only (`EngineSettings.out_of_time`): the prompt is already
+paid for when it starts. A cancelled or superseded request stops at once."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ class Decoder:
             cancelled: Callable[[], bool] | None, drafter: Drafter | None,
             healing: Healing | None) -> Decoded:
         """Decode from the prompt's cache; the time budget counts from `started`
-        (`time.perf_counter()` at the request's start)."""
+        (`time.perf_counter()` when decoding starts)."""
         text = ""
 
         def should_stop(generated: list[int]) -> str | None:
@@ -42,12 +45,12 @@ class Decoder:
             text = check.text
             if check.stop:
                 return check.reason
-            if len(generated) >= settings.max_new_tokens:
-                return "max_tokens"
-            if (time.perf_counter() - started) * 1000 >= settings.time_budget_ms:
-                return "time_budget"
             if cancelled is not None and cancelled():
                 return "cancelled"
+            if len(generated) >= settings.max_new_tokens:
+                return "max_tokens"
+            if settings.out_of_time(text, (time.perf_counter() - started) * 1000):
+                return "time_budget"
             return None
 
         ids, reason = greedy_decode(self.model, built.cache, built.logits, self.stop_ids,
@@ -71,3 +74,4 @@ class Decoder:
     def _check(self, generated: list[int], policy: StopPolicy, healing: Healing | None):
         written = self.detokenize(generated)
         return check_text(healing.strip(written) if healing else written, policy)
+

@@ -19,6 +19,7 @@ from .decoder import Decoded, Decoder
 from .fim import resolve_fim
 from .healing import Healing, Vocabulary
 from .kv_cache import KvCacheManager, PromptCache
+from .kv_session import EncodingCancelled
 from .models import LoadedModel
 from .prompt import FimPrompt, PromptBudget, build_fim_prompt
 from .speculative import AcceptanceStats, Drafter, ForwardCost
@@ -120,10 +121,17 @@ class CompletionEngine:
         if settings.token_healing:
             recall = self.memory.align(recall, request, self.decode)
         prompt, healing, head, base = self._prompt_for(request, recall, settings)
-        built = self.kv.build(session_key, prompt.ids, settings)
+        try:
+            built = self.kv.build(session_key, prompt.ids, settings, cancelled)
+        except EncodingCancelled as stopped:
+            logger.info("complete %s: %s", request.path or "<buffer>", stopped)
+            return Completion(text="", tokens=0, prompt_tokens=len(prompt.ids),
+                              prompt_ms=(time.perf_counter() - start) * 1000, decode_ms=0.0,
+                              stop_reason="cancelled", model=self.loaded.name, multiline=policy.multiline)
         drafter = self._drafter(session_key, built, recall, recycled, healing, policy, settings)
-        prompt_ms = (time.perf_counter() - start) * 1000
-        decoded = self.decoder.run(built, policy, settings, start, cancelled, drafter, healing)
+        decode_start = time.perf_counter()
+        prompt_ms = (decode_start - start) * 1000
+        decoded = self.decoder.run(built, policy, settings, decode_start, cancelled, drafter, healing)
         if drafter is not None:
             drafter.finish()
         self.kv.keep(session_key, built)

@@ -13,7 +13,8 @@ import torch
 from transformers import DynamicCache
 
 from .kv_plan import ReusePlan, plan_reuse
-from .kv_session import KvSession, KvSessions, build_cache, encode_in_chunks, rope_inv_freq, shift_support
+from .kv_session import (EncodingCancelled, KvSession, KvSessions, build_cache, encode_in_chunks, rope_inv_freq,
+                         shift_support)
 from .types import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class PromptCache:
 
     ids: list[int]
     cache: DynamicCache
-    logits: torch.Tensor  # of the prompt's last token
+    logits: torch.Tensor | None  # of the prompt's last token (None: a prefix kept from a cancelled build)
     plan: ReusePlan
     mode: str
     reused_from: KvSession | None  # the session its reused tokens came from
@@ -45,13 +46,21 @@ class KvCacheManager:
         self.refreshes = 0  # sessions re-encoded from scratch in idle time (`refresh`)
         self._logged_refusal: str | None = None
 
-    def build(self, key: str | None, prompt_ids: list[int], settings: EngineSettings) -> PromptCache:
-        """The cache for `prompt_ids`, reusing the previous prompt of `key` as the mode allows."""
+    def build(self, key: str | None, prompt_ids: list[int], settings: EngineSettings,
+              cancelled: Callable[[], bool] | None = None) -> PromptCache:
+        """The cache for `prompt_ids`, reusing the previous prompt of `key` as the mode allows
+        (raises EncodingCancelled when `cancelled()` turns true between encoding passes)."""
         old = self.sessions.get(key) if key is not None else None
         mode = self._mode(old, settings)
         margin = settings.reencode_margin if mode == "pie" else 0
         plan = plan_reuse(old.ids if old else [], prompt_ids, mode, margin=margin)
-        cache, logits = build_cache(self.model, plan, prompt_ids, old, self.inv_freq)
+        try:
+            cache, logits = build_cache(self.model, plan, prompt_ids, old, self.inv_freq, cancelled)
+        except EncodingCancelled as stopped:
+            if stopped.tokens:  # paid for: the next request of `key` starts from this prefix
+                self.keep(key, PromptCache(list(prompt_ids[: stopped.tokens]), stopped.cache, None, plan, mode,
+                                           old if plan.reused else None))
+            raise
         return PromptCache(list(prompt_ids), cache, logits, plan, mode, old if plan.reused else None)
 
     def keep(self, key: str | None, built: PromptCache) -> None:

@@ -59,16 +59,35 @@ class KvSession:
         return len(self.ids)
 
 
+ENCODE_CHUNK = 256  # prompt tokens per forward pass: a cancelled request stops within one
+
+
+class EncodingCancelled(Exception):
+    """The request was cancelled or superseded while its prompt was being encoded; `cache`
+    holds the prompt's first `tokens` tokens, encoded so far."""
+
+    def __init__(self, cache: DynamicCache, tokens: int, total: int):
+        super().__init__(f"cancelled after {tokens} of {total} prompt tokens")
+        self.cache, self.tokens = cache, tokens
+
+
 @torch.inference_mode()
 def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | None,
-                inv_freq: torch.Tensor | None) -> tuple[DynamicCache, torch.Tensor]:
-    """Carry out `plan`: returns the cache for `new_ids` and the logits of the last token."""
+                inv_freq: torch.Tensor | None,
+                cancelled: Callable[[], bool] | None = None) -> tuple[DynamicCache, torch.Tensor]:
+    """Carry out `plan`: returns the cache for `new_ids` and the logits of the last token.
+    Encoded runs go ENCODE_CHUNK tokens per pass; `cancelled()` true between passes raises
+    EncodingCancelled."""
     device = next(model.parameters()).device
     cache = growing_cache(model.config)
     logits = None
     for segment in plan.segments:
         if segment.source is None:
-            logits = _encode(model, cache, new_ids, segment, device)
+            for start in range(segment.start, segment.end, ENCODE_CHUNK):
+                if cancelled is not None and cancelled():
+                    raise EncodingCancelled(cache, start, len(new_ids))
+                chunk = Segment(start, min(start + ENCODE_CHUNK, segment.end))
+                logits = _encode(model, cache, new_ids, chunk, device)
         else:
             if old is None:
                 raise ValueError("a plan that reuses tokens needs the previous session")

@@ -167,20 +167,21 @@ class RemoteEngine:
                 "timings_per_token": True, "cache_prompt": True}
         if self.config.model:
             body["model"] = self.config.model
-        written = ""
+        written, decoding_since = "", None
         chunks = self._chunks(body, start, cancelled, stream)
         try:
             for piece in chunks:
                 written += piece
+                decoding_since = decoding_since or time.perf_counter()  # the prompt is encoded
                 check = check_text(written, policy)
                 if check.stop:
                     return check.text, check.reason
-                if stream.chunks >= settings.max_new_tokens:
-                    return check.text, "max_tokens"
-                if (time.perf_counter() - start) * 1000 >= settings.time_budget_ms:
-                    return check.text, "time_budget"
                 if cancelled():
                     return check.text, "cancelled"
+                if stream.chunks >= settings.max_new_tokens:
+                    return check.text, "max_tokens"
+                if settings.out_of_time(check.text, (time.perf_counter() - decoding_since) * 1000):
+                    return check.text, "time_budget"
         finally:
             chunks.close()  # closes the connection: the engine stops generating
         return check_text(written, policy).text, stream.finish_reason or "eos"

@@ -7,9 +7,11 @@ after every token, so a completion request can take the model back within one st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,30 +96,39 @@ class Summarizer:
         return self.loaded.tokenizer.decode(ids[:tokens]) + "\n..."
 
     @torch.inference_mode()
-    def summarize(self, request: SummaryRequest,
-                  cancelled: Callable[[], bool] = lambda: False) -> Summary | None:
-        """The summary, or None when `cancelled()` became true first."""
+    def summarize(self, request: SummaryRequest, cancelled: Callable[[], bool] = lambda: False,
+                  model_lock: threading.Lock | None = None) -> Summary | None:
+        """The summary, or None when `cancelled()` became true first. `model_lock`, when
+        given, is held during each forward pass: the model's other user (completions) then
+        never runs a pass at the same time, and waits at most one pass."""
         start = time.perf_counter()
         ids = self.prompt_ids(request)
         model = self.loaded.model
         device = self.loaded.device
         cache = growing_cache(model.config)
+        turn = model_lock if model_lock is not None else contextlib.nullcontext()
+
+        def forward(tokens: list[int]) -> torch.Tensor | None:
+            with turn:
+                if cancelled():
+                    return None
+                inputs = torch.tensor([tokens], device=device)
+                return model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1).logits
+
         logits = None
         for first in range(0, len(ids), _PREFILL_CHUNK):
-            if cancelled():
+            logits = forward(ids[first : first + _PREFILL_CHUNK])
+            if logits is None:
                 return None
-            chunk = torch.tensor([ids[first : first + _PREFILL_CHUNK]], device=device)
-            logits = model(input_ids=chunk, cache=cache, use_cache=True, logits_to_keep=1).logits
         generated: list[int] = []
         while len(generated) < self.max_new_tokens:
             token = int(logits[0, -1].argmax())
             if token in self.stop_ids:
                 break
             generated.append(token)
-            if cancelled():
+            logits = forward([token])
+            if logits is None:
                 return None
-            step = torch.tensor([[token]], device=device)
-            logits = model(input_ids=step, cache=cache, use_cache=True).logits
         text = _tidy(self.loaded.tokenizer.decode(generated, skip_special_tokens=True))
         ms = (time.perf_counter() - start) * 1000
         logger.info("summary of %s: prompt %d tok, %d tok generated in %.0f ms",

@@ -1,14 +1,25 @@
-"""Summaries cached by content hash in one small JSON file (atomic writes), kept next to
-the code-search index so that they outlive the server."""
+"""Summaries cached by content hash in one small JSON file, kept next to the code-search
+index so that they outlive the server.
+
+Several processes share the file (the server, `codeassist summarize`): a write takes an
+exclusive lock on a lock file beside it, merges what is on disk with what this process made,
+writes a temporary file and renames it over the cache (a reader never sees half a file; a
+write killed midway leaves the old cache and a temporary file, removed by the next write)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import uuid
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: writes are still atomic, merges are not serialized
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +76,36 @@ class SummaryCache:
         return {"entries": len(self._entries), "hits": self.hits, "misses": self.misses}
 
     def _write(self) -> None:
-        """Write a temporary file beside the cache, then rename it over the cache."""
+        """Merge the file's entries (other processes' summaries) with ours and replace it."""
         if self.path is None:
             return
+        temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-            temporary.write_text(json.dumps({"version": FORMAT_VERSION, "summaries": self._entries}),
-                                 encoding="utf-8")
-            os.replace(temporary, self.path)
+            with self._exclusive():
+                for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                    leftover.unlink(missing_ok=True)  # a killed write's: nobody else writes now
+                merged = self._read()
+                merged.update(self._entries)
+                while len(merged) > MAX_ENTRIES:
+                    merged.pop(next(iter(merged)))
+                self._entries = merged
+                temporary.write_text(json.dumps({"version": FORMAT_VERSION, "summaries": merged}),
+                                     encoding="utf-8")
+                os.replace(temporary, self.path)
         except OSError as error:  # a read-only disk loses persistence, not summaries
+            temporary.unlink(missing_ok=True)
             logger.warning("cannot write the summary cache %s: %s", self.path, error)
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """An exclusive lock on `.NAME.lock` beside the cache, across processes."""
+        if fcntl is None:
+            yield
+            return
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -27,7 +27,10 @@ class CompletionRequest:
 @dataclass(frozen=True)
 class EngineSettings:
     max_new_tokens: int = 64
-    time_budget_ms: float = 10_000.0  # from request start; at least one token is always produced
+    # Decoding time, counted after the prompt is encoded (paid work is never thrown away):
+    # at least one token; an unfinished first line goes on up to first_line_cap_ms.
+    time_budget_ms: float = 10_000.0
+    first_line_cap_ms: float = 15_000.0
     max_prompt_tokens: int = 1024
     context_budget_tokens: int = 512  # repository context, on top of max_prompt_tokens
     suffix_share: float = 0.25
@@ -49,6 +52,14 @@ class EngineSettings:
     token_healing: bool = True
     repo_cache_tokens: int = 200_000  # repository n-gram cache (open files, past suggestions)
 
+    def out_of_time(self, text: str, decoding_ms: float) -> bool:
+        """Whether decoding that wrote `text` in `decoding_ms` must stop for time. Past the
+        budget, an unfinished first line is still finished, up to first_line_cap_ms: on a busy
+        machine a budget spent after two tokens gave fragments such as "1" or "i"."""
+        if decoding_ms < self.time_budget_ms:
+            return False
+        return "\n" in text.lstrip() or decoding_ms >= max(self.first_line_cap_ms, self.time_budget_ms)
+
     def __post_init__(self) -> None:
         if self.kv_mode not in MODES:
             raise ValueError(f"unknown kv_mode {self.kv_mode!r}; valid: {', '.join(MODES)}")
@@ -63,8 +74,8 @@ class EngineSettings:
             raise ValueError("max_draft_tokens and draft_branches must be >= 1, max_draft_nodes >= 2")
         if not 0 <= self.context_budget_tokens <= 32_768:
             raise ValueError(f"context_budget_tokens must be within 0..32768, got {self.context_budget_tokens}")
-        if self.time_budget_ms < 0:
-            raise ValueError(f"time_budget_ms must be >= 0, got {self.time_budget_ms}")
+        if self.time_budget_ms < 0 or self.first_line_cap_ms < 0:
+            raise ValueError(f"time budgets must be >= 0, got {self.time_budget_ms} and {self.first_line_cap_ms}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,11 +37,12 @@ class HoverProvider:
     """Hover content for definitions, and their summaries (cached, or made in the background)."""
 
     def __init__(self, files: WorkspaceFiles, index: Callable[[], CodeIndex | None],
-                 summarizer: Callable[[], Summarizer | None], busy: Callable[[], bool]):
+                 summarizer: Callable[[], Summarizer | None], busy: Callable[[], bool],
+                 model_lock: threading.Lock | None = None):
         self.files = files
         self._index = index
         self._summarizer = summarizer  # None while no model is loaded
-        self.worker = SummaryWorker(busy)
+        self.worker = SummaryWorker(busy, model_lock)
         self._caches: dict[Path | None, SummaryCache] = {}
 
     def cache(self) -> SummaryCache:

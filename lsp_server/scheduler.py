@@ -4,6 +4,10 @@ A newer request for the same key answers the queued older one with None at once,
 a running one to stop (the engine checks between decode steps). Different documents are
 served in arrival order. Nothing here knows about LSP.
 
+Jobs and chores run holding `model_lock`; hover summaries, generated on their own thread,
+hold it during each forward pass, so two passes never share the CPU (and a completion waits
+at most one summary pass).
+
 The worker is the one owner of the engine's state: changes to it from other threads (a
 document closed, a file's tokens for the n-gram cache) are queued with `run_soon` and run on
 the worker between jobs, in the order they were queued, before any job still waiting.
@@ -50,6 +54,7 @@ class LatestWinsScheduler:
         self._chores: deque[tuple[Callable[[], Any], Future]] = deque()
         self._running: Job | None = None
         self._closed = False
+        self.model_lock = threading.Lock()
         self.max_concurrent = 0  # the most jobs seen running at once
         self._active = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -138,10 +143,11 @@ class LatestWinsScheduler:
                 else:
                     _, job = self._pending.popitem(last=False)
                     self._running = job
-            if job is None:
-                _run_chore(chore, future)
-                continue
-            self._run(job)
+            with self.model_lock:
+                if job is None:
+                    _run_chore(chore, future)
+                    continue
+                self._run(job)
             with self._lock:
                 self._running = None
 

@@ -12,10 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.uris import to_fs_path
 
+from completion.home import codeassist_home
 from retrieval import CodeIndex, IndexConfig, SearchHit
 
 from .client import ClientChannel, Progress
@@ -50,7 +52,7 @@ class WorkspaceSearch:
             return
         try:
             config = IndexConfig(encoder=settings.embedding_model, location=settings.index_location,
-                                 index_dir=settings.index_dir or None, threads=1, batch_size=16)
+                                 index_dir=client_index_dir(settings.index_dir, root), threads=1, batch_size=16)
             self.index = CodeIndex(root, config)
         except ValueError as error:
             self.client.tell(logging.WARNING, f"codeassist: code search is off: {error}")
@@ -141,3 +143,16 @@ def _reporter(progress: Progress):
 def _log_failure(future: Future) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.error("re-indexing failed: %s", future.exception())
+
+
+def client_index_dir(index_dir: str, root: str) -> str | None:
+    """The `indexDir` a client asked for, when it lies inside the workspace or under
+    CODEASSIST_HOME (a client must not choose where on disk the server writes); None for
+    the default. Raises ValueError otherwise."""
+    if not index_dir:
+        return None
+    folder = Path(index_dir).expanduser().resolve()
+    allowed = (Path(root).resolve(), codeassist_home().resolve())
+    if not any(folder == base or folder.is_relative_to(base) for base in allowed):
+        raise ValueError(f"indexDir {index_dir} is outside the workspace and {allowed[1]}")
+    return str(folder)

@@ -29,8 +29,9 @@ Prepare = Callable[[], "tuple[str, SummaryRequest] | None"]  # -> (cache key, re
 
 
 class SummaryWorker:
-    def __init__(self, busy: Callable[[], bool]):
+    def __init__(self, busy: Callable[[], bool], model_lock: threading.Lock | None = None):
         self._busy = busy
+        self._model_lock = model_lock  # held by the model worker's jobs and by each summary pass
         self._lock = threading.Condition()
         self._heap: list[tuple[int, int, str]] = []
         self._jobs: dict[str, tuple[Prepare, Summarizer, SummaryCache, Future]] = {}
@@ -129,7 +130,7 @@ class SummaryWorker:
                 time.sleep(_IDLE_POLL_S)
             if self._closed:
                 return None
-            summary = summarizer.summarize(request, self._cancelled)
+            summary = summarizer.summarize(request, self._cancelled, self._model_lock)
             if summary is not None:
                 return summary.text
             self.preempted += 1

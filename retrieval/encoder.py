@@ -110,19 +110,35 @@ def resolve_encoder(name: str | None) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
+_PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+def _refuse_pickled_weights(source: str) -> None:
+    """A local encoder folder must hold safetensors weights: pickled ones can run code."""
+    folder = Path(source)
+    if not folder.is_dir() or any(folder.rglob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in _PICKLED for p in folder.rglob(pattern))
+    if pickled:
+        raise ValueError(f"encoder {source}: only pickled weights ({', '.join(pickled[:3])}); "
+                         "codeassist loads safetensors only")
+
+
 def load_encoder(name: str | None = None, device: str = "cpu", trust_remote_code: bool = False,
                  threads: int | None = None) -> Encoder:
     """Load an encoder by name ("all-MiniLM-L6-v2" by default), hub id or local directory."""
     from sentence_transformers import SentenceTransformer
 
     source = resolve_encoder(name)
+    _refuse_pickled_weights(source)
     start = time.perf_counter()
+    # safetensors only: transformers would otherwise unpickle a pytorch_model.bin
+    options = {"device": device, "trust_remote_code": trust_remote_code, "model_kwargs": {"use_safetensors": True}}
     try:
         try:  # the local Hugging Face cache first: no network round trips when offline
-            model = SentenceTransformer(source, device=device, local_files_only=True,
-                                        trust_remote_code=trust_remote_code)
+            model = SentenceTransformer(source, local_files_only=True, **options)
         except OSError:
-            model = SentenceTransformer(source, device=device, trust_remote_code=trust_remote_code)
+            model = SentenceTransformer(source, **options)
     except ValueError as error:
         if "trust_remote_code" in str(error) and not trust_remote_code:
             raise ValueError(f"encoder {name!r} ships its own code: allow it with "

@@ -1,5 +1,7 @@
 """Which files of a workspace are indexed: .gitignore rules (nested files too), vendored and
-generated folders, binary files and files over a size limit are left out."""
+generated folders, binary files and files over a size limit are left out. A workspace never
+makes the walk unbounded: it stops (with a log line) at a file count and a total size, and
+does not go deeper than MAX_DEPTH folders."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ DEFAULT_EXCLUDE = (
     "*.svg", "*.ipynb",
 )
 DEFAULT_MAX_BYTES = 1_000_000
+DEFAULT_MAX_FILES = 20_000
+DEFAULT_MAX_TOTAL_BYTES = 256_000_000
+MAX_DEPTH = 64  # folders below the root; deeper ones are skipped (logged)
 _SNIFF_BYTES = 8192
 
 
@@ -30,12 +35,15 @@ class FileFilter:
     """What to leave out, in gitignore syntax on top of the workspace's own .gitignore files."""
 
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    max_bytes: int = DEFAULT_MAX_BYTES
+    max_bytes: int = DEFAULT_MAX_BYTES  # per file
     use_gitignore: bool = True
+    max_files: int = DEFAULT_MAX_FILES
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
 
     def __post_init__(self):
-        if self.max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
+        for name in ("max_bytes", "max_files", "max_total_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,12 @@ class FileState:
 
 def walk(root: Path, file_filter: FileFilter = FileFilter()) -> Iterator[FileState]:
     """Candidate files under `root` (not read: binary and undecodable files are caught by
-    `read_text`)."""
+    `read_text`), up to the filter's file count and total size."""
     excluded = pathspec.GitIgnoreSpec.from_lines(file_filter.exclude)
     # (folder relative to root, its .gitignore) for the folders being walked
     ignores: list[tuple[str, pathspec.GitIgnoreSpec]] = []
-    for folder, dirs, files in os.walk(root):
-        relative = Path(folder).relative_to(root).as_posix()
-        relative = "" if relative == "." else relative + "/"
+    count = total = 0
+    for folder, relative, dirs, files in _folders(root):
         ignores = [(base, spec) for base, spec in ignores if relative.startswith(base)]
         if file_filter.use_gitignore and ".gitignore" in files:
             spec = _read_gitignore(Path(folder) / ".gitignore")
@@ -73,7 +80,39 @@ def walk(root: Path, file_filter: FileFilter = FileFilter()) -> Iterator[FileSta
                 continue
             if os.path.islink(os.path.join(folder, name)) or stat.st_size == 0 or not S_ISREG(stat.st_mode):
                 continue
+            count, total = count + 1, total + stat.st_size
+            if count > file_filter.max_files or total > file_filter.max_total_bytes:
+                logger.warning("stopped listing %s at %d files / %d bytes (limits %d files, %d bytes); "
+                               "the rest is not indexed", root, count - 1, total - stat.st_size,
+                               file_filter.max_files, file_filter.max_total_bytes)
+                return
             yield FileState(path, stat.st_size, stat.st_mtime_ns)
+
+
+def _folders(root: Path) -> Iterator[tuple[str, str, list[str], list[str]]]:
+    """(folder, its path relative to root with a trailing slash, subfolder names, file names),
+    top-down like os.walk without following links; callers may prune the subfolder list.
+    Iterative: os.walk recurses (a folder 1,100 levels deep raised RecursionError)."""
+    stack = [(str(root), "", 0)]
+    while stack:
+        folder, relative, depth = stack.pop()
+        dirs, files = [], []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+                    except OSError:
+                        continue
+        except OSError as error:
+            logger.info("cannot list %s: %s", folder, error)
+            continue
+        yield folder, relative, dirs, files
+        if dirs and depth >= MAX_DEPTH:
+            logger.warning("not indexing below %s: deeper than %d folders", folder, MAX_DEPTH)
+            continue
+        for name in reversed(dirs):  # popped in order
+            stack.append((os.path.join(folder, name), f"{relative}{name}/", depth + 1))
 
 
 def is_indexable(root: Path, path: str, file_filter: FileFilter = FileFilter()) -> bool:

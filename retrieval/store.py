@@ -2,13 +2,15 @@
 HNSW above a size threshold), BM25 (bm25s) beside them.
 
 Each save writes a complete new generation into a temporary folder, renames it, then
-replaces `manifest.json` (format version, generation, encoder) with `os.replace`: a crash
-at any point leaves the previous generation in use. A manifest or generation that cannot be
+replaces `manifest.json` (format version, generation, encoder, the vectors' sha256) with
+`os.replace`: a crash at any point leaves the previous generation in use. Bytes changed in
+the vectors file afterwards fail the checksum at the next open. A manifest or generation that cannot be
 read raises `CorruptIndexError`; the caller rebuilds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -168,7 +170,8 @@ def save(folder: Path, snapshot: Snapshot) -> str:
                 _fsync(path)
         os.replace(staging, folder / generation)
         manifest = {"format": FORMAT_VERSION, "generation": generation,
-                    "encoder": snapshot.encoder, "dim": snapshot.dim, "chunks": len(snapshot)}
+                    "encoder": snapshot.encoder, "dim": snapshot.dim, "chunks": len(snapshot),
+                    "vectors_sha256": _sha256(folder / generation / "vectors.npy")}
         temporary = folder / f"{MANIFEST}.{generation}.tmp"
         temporary.write_text(json.dumps(manifest, indent=1))
         _fsync(temporary)
@@ -202,6 +205,9 @@ def load(folder: Path) -> Snapshot | None:
         generation = folder / manifest["generation"]
         chunks, hashes, terms = _read_chunks(generation / "chunks.sqlite")
         files = _read_files(generation / "chunks.sqlite")
+        expected = manifest.get("vectors_sha256")  # a manifest without one is not checked
+        if expected is not None and _sha256(generation / "vectors.npy") != expected:
+            raise CorruptIndexError("vectors.npy does not match its checksum")
         vectors = np.load(generation / "vectors.npy", mmap_mode="r", allow_pickle=False)
         dim = int(manifest["dim"])
         if vectors.shape != (len(chunks), dim) or len(chunks) != manifest["chunks"]:
@@ -213,7 +219,8 @@ def load(folder: Path) -> Snapshot | None:
     except CorruptIndexError:
         raise
     except Exception as error:  # truncated npy, bad JSON, SQLite errors, missing keys ...
-        raise CorruptIndexError(f"{type(error).__name__}: {error}") from error
+        # The type only: some messages quote the stored text, and logs never hold code.
+        raise CorruptIndexError(f"{type(error).__name__} while reading it") from error
     return snapshot
 
 
@@ -263,6 +270,14 @@ def _read_files(path: Path) -> dict[str, FileRecord]:
     finally:
         db.close()
     return {p: FileRecord(size, mtime, sha) for p, size, mtime, sha in rows}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

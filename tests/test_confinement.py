@@ -57,3 +57,46 @@ def test_index_updates_of_paths_outside_the_workspace_are_ignored(layout):
     index.update(["../outside/secret.py", str(outside / "secret.py"), "fifo_mod.py"])
     paths = {hit.path for hit in index.search("secret docstring", 20)}
     assert paths == before and not any("secret" in p for p in paths)
+
+
+def test_a_client_chooses_an_index_folder_only_inside_the_workspace_or_home(layout, monkeypatch, tmp_path):
+    from lsp_server.search import client_index_dir
+
+    root, outside = layout
+    monkeypatch.setenv("CODEASSIST_HOME", str(tmp_path / "home"))
+    assert client_index_dir("", str(root)) is None
+    assert client_index_dir(str(root / "idx"), str(root)) == str((root / "idx").resolve())
+    assert client_index_dir(str(tmp_path / "home" / "i"), str(root)) == str((tmp_path / "home" / "i").resolve())
+    for elsewhere in (str(outside), str(root / ".." / "outside"), "/etc/cron.d"):
+        with pytest.raises(ValueError, match="outside the workspace"):
+            client_index_dir(elsewhere, str(root))
+
+
+def test_an_encoder_folder_with_only_pickled_weights_is_refused(tmp_path):
+    from retrieval.encoder import load_encoder
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ValueError, match="only pickled weights"):
+        load_encoder(str(tmp_path))
+
+
+def test_a_hostile_workspace_is_indexed_within_its_bounds(layout):
+    from retrieval.files import FileFilter
+
+    root, _ = layout  # a symlink out of the workspace and a FIFO already
+    (root / "loop").symlink_to(root)
+    (root / "huge.py").write_bytes(b"x = 1\n" * (50_000_000 // 6))  # 50 MB
+    (root / "binary.py").write_bytes(bytes(range(256)) * 40)
+    (root / "latin1.py").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    many = root / "many"
+    many.mkdir()
+    for number in range(20_000):
+        (many / f"m{number:05}.py").write_text(f"def f{number}():\n    return {number}\n")
+    index = CodeIndex(root, IndexConfig(file_filter=FileFilter(max_files=300)), encoder=FakeEncoder())
+    assert _within(300, index.update) is not None
+    listed, chunked = set(index.snapshot.files), {chunk.path for chunk in index.snapshot.chunks}
+    assert "inside.py" in chunked and len(listed) <= 300
+    assert not listed & {"link.py", "fifo_mod.py", "huge.py"}
+    assert not chunked & {"binary.py", "latin1.py"}  # read, found not to be UTF-8 text
+    assert not any(path.startswith("loop/") for path in listed)

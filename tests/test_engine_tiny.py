@@ -64,10 +64,43 @@ def test_max_tokens_and_time_budget(tiny_model_dir):
     result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
     assert result.stop_reason == "max_tokens" and result.tokens == 7 and result.text == "b" * 7
 
+    # Past the budget an unfinished first line goes on (here to the token limit)...
     engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=50, time_budget_ms=0)
     force_next_token(engine.loaded.model, letter)
     result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
+    assert result.stop_reason == "max_tokens" and result.tokens == 50
+
+    # ...up to its cap; one token is always produced.
+    engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=50, time_budget_ms=0, first_line_cap_ms=0)
+    force_next_token(engine.loaded.model, letter)
+    result = engine.complete(CompletionRequest(DOCUMENT, MID_LINE, "python"))
     assert result.stop_reason == "time_budget" and result.tokens == 1
+
+
+def test_out_of_time_finishes_the_first_line_within_its_cap():
+    settings = EngineSettings(time_budget_ms=100, first_line_cap_ms=1000)
+    assert not settings.out_of_time("x = 1\n", 99)
+    assert not settings.out_of_time("x = compute(", 200)  # the first line is not written yet
+    assert not settings.out_of_time("\n    ", 200)
+    assert settings.out_of_time("x = 1\n", 200)
+    assert settings.out_of_time("x = compute(", 1000)
+
+
+def test_prompt_encoding_stops_between_passes_when_cancelled(tiny_model_dir):
+    from completion.kv_session import ENCODE_CHUNK
+
+    engine = _engine(tiny_model_dir("qwen2.5-coder"), max_prompt_tokens=4 * ENCODE_CHUNK)
+    passes = []
+    engine.loaded.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    document = "value = compute(1, 2)\n" * 400
+    checks = []
+    request = CompletionRequest(document, len(document), "python")
+    result = engine.complete(request, session_key="doc", cancelled=lambda: checks.append(1) or len(checks) > 1)
+    assert result.stop_reason == "cancelled" and result.text == "" and result.tokens == 0
+    assert result.prompt_tokens > 2 * ENCODE_CHUNK and len(passes) == 1
+    # The encoded prefix is kept: the next request of the document starts from it.
+    assert len(engine.kv.sessions.get("doc")) == ENCODE_CHUNK
+    assert engine.complete(request, session_key="doc").kv["reused"] >= ENCODE_CHUNK
 
 
 def test_cancellation_returns_nothing(tiny_model_dir):
@@ -78,7 +111,8 @@ def test_cancellation_returns_nothing(tiny_model_dir):
     result = engine.complete(
         CompletionRequest(DOCUMENT, MID_LINE, "python"), cancelled=lambda: calls.append(1) or len(calls) > 2
     )
-    assert result.stop_reason == "cancelled" and result.text == "" and result.tokens == 3
+    # checked once before the prompt's encoding pass, then after each token
+    assert result.stop_reason == "cancelled" and result.text == "" and result.tokens == 2
 
 
 def test_rest_of_line_is_not_retyped(tiny_model_dir):

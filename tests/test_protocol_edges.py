@@ -2,59 +2,17 @@
 JSON-RPC, requests it must refuse. It never goes deaf, never dies, answers every request."""
 
 import json
-import queue
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from lsp_server.framing import BufferedByteReader, parse_body, read_messages
+from tests.raw_lsp import RawClient
+from tests.raw_lsp import frame as _frame
+from tests.raw_lsp import request as _request
 
 DEEP = 100_000
-
-
-def _frame(body: bytes) -> bytes:
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
-
-
-def _request(msg_id, method: str, params=None) -> bytes:
-    return _frame(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode())
-
-
-class RawClient:
-    def __init__(self, model_dir, tmp_path):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "codeassist", "serve", "--log-file", str(tmp_path / "server.log"),
-             "--model", str(model_dir), "--device", "cpu", "--dtype", "fp32"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.messages: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        out = self.process.stdout
-        while True:
-            length = None
-            while True:
-                line = out.readline()
-                if not line:
-                    return
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-                if line in (b"\r\n", b"\n"):
-                    break
-            self.messages.put(json.loads(out.read(length)))
-
-    def send(self, data: bytes) -> None:
-        self.process.stdin.write(data)
-        self.process.stdin.flush()
-
-    def answer(self, msg_id, timeout: float = 60.0) -> dict:
-        """The response to `msg_id` (notifications from the server are skipped)."""
-        while True:
-            message = self.messages.get(timeout=timeout)
-            if "method" not in message and message.get("id") == msg_id:
-                return message
 
 
 @pytest.fixture

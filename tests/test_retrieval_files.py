@@ -53,6 +53,30 @@ def test_read_text_skips_binary_and_undecodable(tree):
     assert read_text(tree / "src" / "app.py") == "print('hi')\n"
 
 
+def test_a_folder_1100_levels_deep_is_walked_down_to_the_depth_limit(tmp_path):
+    from retrieval.files import MAX_DEPTH
+
+    (tmp_path / "top.py").write_text("x = 1\n")
+    folders = [tmp_path / ("d/" * depth) for depth in range(1, 1101)]  # 2,200 characters deep
+    for folder in folders:
+        folder.mkdir()
+        (folder / "f.py").write_text("y = 2\n")
+    try:
+        found = [state.path for state in walk(tmp_path)]  # os.walk raised RecursionError here
+    finally:
+        for folder in reversed(folders):  # shutil.rmtree recurses as deep
+            (folder / "f.py").unlink()
+            folder.rmdir()
+    assert found[0] == "top.py" and len(found) == MAX_DEPTH + 1
+
+
+def test_the_walk_stops_at_the_file_count_and_total_size(tmp_path):
+    for index in range(30):
+        (tmp_path / f"m{index:02}.py").write_text("z = 3\n" * 10)  # 60 bytes each
+    assert len(list(walk(tmp_path, FileFilter(max_files=12)))) == 12
+    assert len(list(walk(tmp_path, FileFilter(max_total_bytes=600)))) == 10
+
+
 def test_bad_filter_is_refused():
     with pytest.raises(ValueError, match="max_bytes"):
         FileFilter(max_bytes=0)

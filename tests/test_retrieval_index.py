@@ -99,8 +99,8 @@ def test_index_persists_across_restarts(repo, encoder):
     np.testing.assert_allclose(second.snapshot.vectors, first.snapshot.vectors)
 
 
-@pytest.mark.parametrize("damage", ["truncated vectors", "garbage manifest", "missing sqlite",
-                                    "other format", "broken bm25"])
+@pytest.mark.parametrize("damage", ["truncated vectors", "changed vector bytes", "garbage manifest",
+                                    "missing sqlite", "other format", "broken bm25"])
 def test_corrupt_index_is_rebuilt_with_a_warning(repo, encoder, caplog, damage):
     index = _index(repo, encoder)
     index.update()
@@ -109,6 +109,10 @@ def test_corrupt_index_is_rebuilt_with_a_warning(repo, encoder, caplog, damage):
     if damage == "truncated vectors":
         data = (generation / "vectors.npy").read_bytes()
         (generation / "vectors.npy").write_bytes(data[: len(data) // 2])
+    elif damage == "changed vector bytes":  # same size and header: only the checksum tells
+        data = bytearray((generation / "vectors.npy").read_bytes())
+        data[-64:] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+        (generation / "vectors.npy").write_bytes(bytes(data))
     elif damage == "garbage manifest":
         (folder / "manifest.json").write_text("{not json")
     elif damage == "missing sqlite":
@@ -123,6 +127,7 @@ def test_corrupt_index_is_rebuilt_with_a_warning(repo, encoder, caplog, damage):
     with caplog.at_level(logging.WARNING, logger="retrieval.index"):
         assert len(restarted.snapshot) == 0
     assert "rebuilding" in caplog.text
+    assert not any(chunk.text in caplog.text for chunk in index.snapshot.chunks)  # logs hold no code
     stats = restarted.update()
     assert stats.chunks == len(index.snapshot)
     assert restarted.search("circle area", k=1)[0].symbol == "area"

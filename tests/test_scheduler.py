@@ -101,6 +101,12 @@ def test_running_generation_stops_within_one_decode_step(scheduler, tiny_model_d
     assert second.future.result(timeout=5) == "newer"
 
 
+def test_jobs_and_chores_run_holding_the_model_lock(scheduler):
+    assert scheduler.submit("a", lambda cancelled: scheduler.model_lock.locked()).future.result(5)
+    assert scheduler.run_soon(scheduler.model_lock.locked).result(5)
+    assert not scheduler.model_lock.locked()
+
+
 def test_explicit_cancel_of_a_queued_job(scheduler):
     release, started = threading.Event(), threading.Event()
     scheduler.submit("a", _blocker(release, started))

@@ -365,6 +365,11 @@ def test_ngram_lookup_and_bounded_cache():
     cache.drop("b")
     assert cache.total_tokens == 2
 
+    many = NgramCache(max_tokens=10_000, max_docs=50)  # a workspace of many tiny files
+    for index in range(500):
+        many.add(f"f{index}.py", [index, index + 1])
+    assert len(many) == 50 and many.total_tokens == 100
+
 
 def test_forward_cost_is_read_between_measured_sizes():
     cost = ForwardCost()

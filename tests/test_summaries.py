@@ -2,6 +2,8 @@
 and (embedded model) a real summary of a real function."""
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -52,6 +54,25 @@ def test_cancelled_generation_returns_none_and_stops_early(tiny):
     assert len(calls) == 4  # checked between prefill chunks and tokens, stopped at once
 
 
+def test_each_forward_pass_waits_for_the_model_lock(tiny):
+    # Completions hold the lock for a whole job: a summary pass never overlaps one.
+    lock, passes = threading.Lock(), []
+    hook = tiny.model.register_forward_pre_hook(lambda *_: passes.append(lock.locked()))
+    try:
+        lock.acquire()
+        done = []
+        worker = threading.Thread(target=lambda: done.append(Summarizer(tiny, max_new_tokens=4).summarize(
+            REQUEST, model_lock=lock)))
+        worker.start()
+        time.sleep(0.5)
+        assert passes == [] and not done  # waiting for its turn
+        lock.release()
+        worker.join(30)
+    finally:
+        hook.remove()
+    assert done and done[0] is not None and passes and all(passes)  # every pass ran holding it
+
+
 def test_key_depends_on_model_code_and_context():
     base = REQUEST.key("m")
     assert base == SummaryRequest("add", "function", REQUEST.code, "").key("m")
@@ -66,12 +87,44 @@ def test_cache_persists_atomically_and_survives_a_corrupt_file(tmp_path):
     assert cache.get("k") is None
     cache.put("k", "Adds two numbers.")
     assert SummaryCache(path).get("k") == "Adds two numbers."
-    assert [p.name for p in tmp_path.iterdir()] == ["index.summaries.json"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["index.summaries.json"]
     assert json.loads(path.read_text())["version"] == 1
     assert cache.stats() == {"entries": 1, "hits": 0, "misses": 1}
     path.write_text("{not json")
     assert len(SummaryCache(path)) == 0
     assert SummaryCache(None).get("k") is None  # in memory only
+
+
+def test_two_writers_keep_each_others_summaries(tmp_path):
+    # The server and `codeassist summarize` both hold the cache open.
+    path = tmp_path / "index.summaries.json"
+    server, command = SummaryCache(path), SummaryCache(path)
+    command.put("from-command", "Written by the command.")
+    server.put("from-server", "Written by the server.")
+    reopened = SummaryCache(path)
+    assert reopened.get("from-command") == "Written by the command."
+    assert reopened.get("from-server") == "Written by the server."
+
+
+def test_a_killed_write_loses_nothing_and_its_temporary_file_goes(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "index.summaries.json"
+    cache = SummaryCache(path)
+    cache.put("kept", "Committed before.")
+    leftover = tmp_path / ".index.summaries.json.0badf00d.tmp"  # what a kill -9 mid-write leaves
+    leftover.write_text('{"version": 1, "summ')
+
+    def fail(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    cache.put("new", "Not written.")  # logged, not raised
+    monkeypatch.undo()
+    assert SummaryCache(path).get("kept") == "Committed before."
+    assert not list(tmp_path.glob("*.tmp"))
+    cache.put("later", "Written.")
+    assert SummaryCache(path).get("new") == "Not written."
 
 
 @pytest.mark.embedded

@@ -15,7 +15,7 @@ class FakeSummarizer:
     def __init__(self, steps=3, gate: threading.Event | None = None):
         self.steps, self.gate, self.ran, self.cancellations = steps, gate, [], 0
 
-    def summarize(self, request, cancelled):
+    def summarize(self, request, cancelled, model_lock=None):
         if self.gate is not None:
             self.gate.wait(5)
         for _ in range(self.steps):

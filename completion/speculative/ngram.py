@@ -57,11 +57,11 @@ def _continuation(haystack: np.ndarray, start: int, length: int, stop_ids: Colle
 
 class NgramCache:
     """Token sequences by key (a file path, a past suggestion), least recently added evicted
-    beyond `max_tokens`; searched as one haystack. Thread-safe: the server adds documents on
-    its event loop while the completion worker searches."""
+    beyond `max_tokens` or `max_docs`; searched as one haystack. Thread-safe: the server adds
+    documents on its event loop while the completion worker searches."""
 
-    def __init__(self, max_tokens: int = 200_000):
-        self.max_tokens = max_tokens
+    def __init__(self, max_tokens: int = 200_000, max_docs: int = 4096):
+        self.max_tokens, self.max_docs = max_tokens, max_docs
         self._docs: OrderedDict[str, np.ndarray] = OrderedDict()
         self._haystack: np.ndarray | None = None
         self._lock = threading.Lock()
@@ -72,7 +72,7 @@ class NgramCache:
         with self._lock:
             self._docs.pop(key, None)
             self._docs[key] = np.asarray(ids[-self.max_tokens :], dtype=np.int32)
-            while self.total_tokens > self.max_tokens and len(self._docs) > 1:
+            while len(self._docs) > 1 and (len(self._docs) > self.max_docs or self.total_tokens > self.max_tokens):
                 self._docs.popitem(last=False)
             self._haystack = None
 

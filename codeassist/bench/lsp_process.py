@@ -1,0 +1,72 @@
+"""`codeassist serve` in a child process, spoken to in raw LSP: bytes in, parsed messages out
+(the soak bench drives it; tests use it to send what a typed client would refuse)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+
+def frame(body: bytes) -> bytes:
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def request(msg_id, method: str, params=None) -> bytes:
+    return frame(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode())
+
+
+def notification(method: str, params=None) -> bytes:
+    return frame(json.dumps({"jsonrpc": "2.0", "method": method, "params": params}).encode())
+
+
+class LspProcess:
+    """A server started with `serve_args` after `codeassist serve`; every message it writes
+    lands in `messages`, read by a thread."""
+
+    def __init__(self, log_file: Path, serve_args: list[str]):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "codeassist", "serve", "--log-file", str(log_file), *serve_args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.messages: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        out = self.process.stdout
+        while True:
+            length = None
+            while True:
+                line = out.readline()
+                if not line:
+                    return
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+                if line in (b"\r\n", b"\n"):
+                    break
+            self.messages.put(json.loads(out.read(length)))
+
+    def send(self, data: bytes) -> None:
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def answer(self, msg_id, timeout: float = 60.0) -> dict:
+        """The response to `msg_id` (other messages are dropped)."""
+        while True:
+            message = self.messages.get(timeout=timeout)
+            if "method" not in message and message.get("id") == msg_id:
+                return message
+
+    def rss_mb(self) -> float:
+        """The server's resident memory (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise OSError("no VmRSS line")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)

@@ -112,7 +112,7 @@ class SummaryWorker:
                 key, request = prepared
                 text = cache.get(key)
                 if text is None:
-                    text = self._generate(summarizer, request)
+                    text = self._generate(job_id, summarizer, request)
                     if text is not None:
                         cache.put(key, text)
                         self.generated += 1
@@ -124,11 +124,13 @@ class SummaryWorker:
         if not future.done():
             future.set_result(text)
 
-    def _generate(self, summarizer: Summarizer, request: SummaryRequest) -> str | None:
+    def _generate(self, job_id: str, summarizer: Summarizer, request: SummaryRequest) -> str | None:
         for _ in range(_MAX_TRIES):
             while self._busy() and not self._closed:
                 time.sleep(_IDLE_POLL_S)
-            if self._closed:
+            with self._lock:
+                dropped = job_id not in self._jobs  # its file was closed while it waited
+            if self._closed or dropped:
                 return None
             summary = summarizer.summarize(request, self._cancelled, self._model_lock)
             if summary is not None:

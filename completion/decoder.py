@@ -74,4 +74,3 @@ class Decoder:
     def _check(self, generated: list[int], policy: StopPolicy, healing: Healing | None):
         written = self.detokenize(generated)
         return check_text(healing.strip(written) if healing else written, policy)
-

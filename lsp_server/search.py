@@ -153,6 +153,6 @@ def client_index_dir(index_dir: str, root: str) -> str | None:
         return None
     folder = Path(index_dir).expanduser().resolve()
     allowed = (Path(root).resolve(), codeassist_home().resolve())
-    if not any(folder == base or folder.is_relative_to(base) for base in allowed):
+    if not any(folder.is_relative_to(base) for base in allowed):
         raise ValueError(f"indexDir {index_dir} is outside the workspace and {allowed[1]}")
     return str(folder)

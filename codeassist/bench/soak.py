@@ -182,6 +182,7 @@ def _summary(rows: list[dict], memory: list[dict]) -> dict:
             summary[f"{kind}_p50_ms"] = round(statistics.median(times), 1)
             summary[f"{kind}_p99_ms"] = round(times[min(len(times) - 1, int(0.99 * len(times)))], 1)
     if memory:
+        summary["rss_mb_start"] = memory[0]["rss_mb"]
         warm = memory[len(memory) // 5:]  # after warm-up: the last four fifths
         summary["rss_mb_after_warm_up"] = warm[0]["rss_mb"]
         summary["rss_mb_end"] = memory[-1]["rss_mb"]

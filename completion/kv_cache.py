@@ -13,8 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from .kv_plan import ReusePlan, plan_reuse
-from .kv_session import (EncodingCancelled, KvSession, KvSessions, build_cache, encode_in_chunks, rope_inv_freq,
-                         shift_support)
+from .kv_session import EncodingCancelled, KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
 from .types import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ class PromptCache:
 
     ids: list[int]
     cache: DynamicCache
-    logits: torch.Tensor | None  # of the prompt's last token (None: a prefix kept from a cancelled build)
+    logits: torch.Tensor  # of the prompt's last token
     plan: ReusePlan
     mode: str
     reused_from: KvSession | None  # the session its reused tokens came from
@@ -54,26 +53,30 @@ class KvCacheManager:
         mode = self._mode(old, settings)
         margin = settings.reencode_margin if mode == "pie" else 0
         plan = plan_reuse(old.ids if old else [], prompt_ids, mode, margin=margin)
+        reused_from = old if plan.reused else None
         try:
             cache, logits = build_cache(self.model, plan, prompt_ids, old, self.inv_freq, cancelled)
         except EncodingCancelled as stopped:
             if stopped.tokens:  # paid for: the next request of `key` starts from this prefix
-                self.keep(key, PromptCache(list(prompt_ids[: stopped.tokens]), stopped.cache, None, plan, mode,
-                                           old if plan.reused else None))
+                self._store(key, list(prompt_ids[: stopped.tokens]), stopped.cache, reused_from, plan.stale)
             raise
-        return PromptCache(list(prompt_ids), cache, logits, plan, mode, old if plan.reused else None)
+        return PromptCache(list(prompt_ids), cache, logits, plan, mode, reused_from)
 
     def keep(self, key: str | None, built: PromptCache) -> None:
-        """Store the prompt's cache for the next request of `key`; count how approximate it is."""
+        """Store the prompt's cache for the next request of `key`."""
+        extra = built.cache.get_seq_length() - len(built.ids)
+        if key is not None and extra > 0:
+            built.cache.crop(-extra)  # generated tokens are not part of the next prompt
+        self._store(key, built.ids, built.cache, built.reused_from, built.plan.stale)
+
+    def _store(self, key: str | None, ids: list[int], cache: DynamicCache, reused_from: KvSession | None,
+               stale: int) -> None:
+        """`cache` (of `ids`) as the session of `key`, counting how approximate it is."""
         if key is None:
             return
-        extra = built.cache.get_seq_length() - len(built.ids)
-        if extra > 0:
-            built.cache.crop(-extra)  # generated tokens are not part of the next prompt
-        old, stale = built.reused_from, built.plan.stale
-        edits = (old.edits_since_full if old else 0) + (1 if stale else 0)
-        stale_total = (old.stale_since_full if old else 0) + stale
-        self.sessions.put(key, KvSession(built.ids, built.cache, edits, stale_total))
+        edits = (reused_from.edits_since_full if reused_from else 0) + (1 if stale else 0)
+        stale_total = (reused_from.stale_since_full if reused_from else 0) + stale
+        self.sessions.put(key, KvSession(ids, cache, edits, stale_total))
 
     def _mode(self, old: KvSession | None, settings: EngineSettings) -> str:
         mode = settings.kv_mode
@@ -106,8 +109,12 @@ class KvCacheManager:
         if old is None or old.edits_since_full == 0:
             return False
         start = time.perf_counter()
-        cache = encode_in_chunks(self.model, old.ids, cancelled)
-        if cache is None or self.sessions.get(key) is not old:
+        try:
+            cache, _ = build_cache(self.model, plan_reuse([], old.ids, "full"), old.ids, None, self.inv_freq,
+                                   cancelled)
+        except EncodingCancelled:
+            return False
+        if self.sessions.get(key) is not old:
             return False
         self.sessions.put(key, KvSession(old.ids, cache))
         self.refreshes += 1

@@ -97,20 +97,6 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
     return cache, logits
 
 
-@torch.inference_mode()
-def encode_in_chunks(model, ids: list[int], cancelled: Callable[[], bool],
-                     chunk: int = 256) -> DynamicCache | None:
-    """A fresh cache for `ids`, `chunk` tokens per forward pass; None as soon as
-    `cancelled()` is true between passes (so background work yields within one chunk)."""
-    device = next(model.parameters()).device
-    cache = growing_cache(model.config)
-    for start in range(0, len(ids), chunk):
-        if cancelled():
-            return None
-        _encode(model, cache, ids, Segment(start, min(start + chunk, len(ids))), device)
-    return cache
-
-
 def _encode(model, cache: DynamicCache, ids: list[int], segment: Segment, device) -> torch.Tensor:
     inputs = torch.tensor([ids[segment.start : segment.end]], dtype=torch.long, device=device)
     positions = torch.arange(segment.start, segment.end, device=device)[None, :]

@@ -97,7 +97,6 @@ class SmallBatchGemm:
         _check(status, f"dequantize_rows refused {fmt.name} {out_features} x {in_features}")
         return out
 
-
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """transformers' RMSNorm of each row of x (contiguous fp32, rows of weight.numel())."""
         out = torch.empty_like(x)

@@ -4,8 +4,8 @@ HNSW above a size threshold), BM25 (bm25s) beside them.
 Each save writes a complete new generation into a temporary folder, renames it, then
 replaces `manifest.json` (format version, generation, encoder, the vectors' sha256) with
 `os.replace`: a crash at any point leaves the previous generation in use. Bytes changed in
-the vectors file afterwards fail the checksum at the next open. A manifest or generation that cannot be
-read raises `CorruptIndexError`; the caller rebuilds.
+the vectors file afterwards fail the checksum at the next open. A manifest or generation
+that cannot be read raises `CorruptIndexError`; the caller rebuilds.
 """
 
 from __future__ import annotations

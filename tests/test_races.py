@@ -10,7 +10,7 @@ from lsprotocol import types
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
 from lsp_server.server import CodeassistServer
-from tests.lsp_helpers import start_server, wait_until_ready
+from tests.lsp_helpers import start_server, wait_for, wait_until_ready
 from tests.tiny_models import force_next_token
 
 ITERATIONS = 1000
@@ -114,7 +114,13 @@ async def test_a_model_load_replaced_by_a_settings_change_ends_its_progress(tmp_
     first, second = tiny_model_dir("qwen2.5-coder"), tiny_model_dir("deepseek-coder")
     client, _ = await start_server(root, tmp_path / "server.log",
                                    {"model": str(first), "device": "cpu", "dtype": "fp32"}, encodings=[])
+
+    def loading_began() -> bool:  # the change must find the first load running
+        return any(getattr(r, "title", "") and "Loading" in r.title
+                   for reports in client.progress_reports.values() for r in reports)
+
     try:
+        await wait_for(loading_began, 60, "the first model load to begin")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"codeassist": {"model": str(second)}}))
         await wait_until_ready(client)

@@ -36,9 +36,9 @@ def _add_index_options(parser: argparse.ArgumentParser) -> None:
                         help=f"sentence-transformers/HF encoder: name, hub id or folder (default: {DEFAULT_ENCODER})")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow an encoder that ships its own code (e.g. jina-embeddings-v2-base-code)")
-    parser.add_argument("--index-dir", help="where the index lives (default: DIR/.codeassist/index)")
-    parser.add_argument("--cache", action="store_true",
-                        help="keep the index in CODEASSIST_HOME/indexes instead of DIR/.codeassist")
+    parser.add_argument("--index-dir", help="where the index lives (default: CODEASSIST_HOME/indexes/NAME-HASH)")
+    parser.add_argument("--in-workspace", action="store_true",
+                        help="keep the index in DIR/.codeassist/index instead of CODEASSIST_HOME")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="also leave out files matching this gitignore pattern (repeatable)")
     parser.add_argument("--max-file-bytes", type=int, default=DEFAULT_MAX_BYTES,
@@ -53,7 +53,7 @@ def _open_index(args: argparse.Namespace, root: str):
     if not Path(root).is_dir():
         raise ValueError(f"{root}: no such directory")
     config = IndexConfig(
-        encoder=args.encoder, location="cache" if args.cache else "workspace",
+        encoder=args.encoder, location="workspace" if args.in_workspace else "cache",
         index_dir=args.index_dir, batch_size=args.batch_size,
         trust_remote_code=args.trust_remote_code,
         file_filter=FileFilter(DEFAULT_EXCLUDE + tuple(args.exclude), args.max_file_bytes),

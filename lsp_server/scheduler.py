@@ -1,8 +1,11 @@
 """One model worker; for each document only the newest request matters (latest wins).
 
 A newer request for the same key answers the queued older one with None at once, and asks
-a running one to stop (the engine checks between decode steps). Different documents are
-served in arrival order. Nothing here knows about LSP.
+a running one to stop (the engine checks between decode steps). A request with the same
+`identity` as the waiting or running one of its key joins it instead (editors ask for ghost
+text and menu items of one keystroke: one computation answers both); the job then stops
+only when every waiter has cancelled it. Different documents are served in arrival order.
+Nothing here knows about LSP.
 
 Jobs and chores run holding `model_lock`; hover summaries, generated on their own thread,
 hold it during each forward pass, so two passes never share the CPU (and a completion waits
@@ -34,9 +37,11 @@ def _answer(future: Future, value: Any) -> None:
 
 
 class Job:
-    def __init__(self, key: str, work: Work):
+    def __init__(self, key: str, work: Work, identity: Any = None):
         self.key = key
         self.work = work
+        self.identity = identity  # requests with an equal identity share the job (None: never)
+        self.waiters = 1
         self.future: Future = Future()
         self._cancelled = threading.Event()
 
@@ -60,12 +65,16 @@ class LatestWinsScheduler:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, key: str, work: Work) -> Job:
-        job = Job(key, work)
+    def submit(self, key: str, work: Work, identity: Any = None) -> Job:
+        job = Job(key, work, identity)
         with self._lock:
             if self._closed:
                 _answer(job.future, None)
                 return job
+            same = self._joinable(key, identity)
+            if same is not None:
+                same.waiters += 1
+                return same
             older = self._pending.pop(key, None)
             if older is not None:
                 older.cancel()
@@ -75,6 +84,18 @@ class LatestWinsScheduler:
             self._pending[key] = job
             self._lock.notify()
         return job
+
+    def _joinable(self, key: str, identity: Any) -> Job | None:
+        """The job of `key` a request of this identity can share: the waiting one, else the
+        running one when nothing waits (the lock is held)."""
+        if identity is None:
+            return None
+        newest = self._pending.get(key)
+        if newest is None and self._running is not None and self._running.key == key:
+            newest = self._running
+        if newest is None or newest.cancelled() or newest.identity != identity:
+            return None
+        return newest
 
     def run_soon(self, chore: Callable[[], Any]) -> Future:
         """Run `chore` on the worker after the running job and before any waiting one; never
@@ -109,7 +130,11 @@ class LatestWinsScheduler:
             return bool(self._pending)
 
     def cancel(self, job: Job) -> None:
+        """One waiter gives up on `job`; it stops once all of them have."""
         with self._lock:
+            job.waiters -= 1
+            if job.waiters > 0:
+                return
             job.cancel()
             if self._pending.get(job.key) is job:
                 del self._pending[job.key]

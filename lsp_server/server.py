@@ -464,10 +464,16 @@ class CodeassistServer(LanguageServer):
         return PreparedRequest(uri, document.version, request, _word_start(text, cursor), self.settings)
 
     async def complete(self, prepared: PreparedRequest) -> Completion | None:
-        """Run `prepared` on the model worker; None when superseded, cancelled, or stale."""
+        """Run `prepared` on the model worker; None when superseded, cancelled, or stale.
+        A request made while the model loads waits for it: the cursor gets its suggestion
+        once the model is ready, unless the client has moved on (cancelled, or a newer text)."""
+        while self.engine is None and self.model_status == "loading":
+            await asyncio.sleep(0.1)
         engine = self.engine
         if engine is None:
             logger.info("completion for %s while the model is %s", prepared.uri, self.model_status)
+            return None
+        if self._stale(prepared):
             return None
         self.cancel_refresh(prepared.uri)
         def work(cancelled):
@@ -476,19 +482,25 @@ class CodeassistServer(LanguageServer):
                 request = self.context.add_to(request, prepared.uri)
             return engine.complete(request, cancelled, session_key=prepared.uri)
 
-        job = self.scheduler.submit(prepared.uri, work)
+        # Ghost text and menu items asked for one keystroke share one computation.
+        identity = (prepared.version, prepared.request.cursor, prepared.settings)
+        job = self.scheduler.submit(prepared.uri, work, identity)
         try:
             result = await asyncio.wrap_future(job.future)
         except asyncio.CancelledError:
             self.scheduler.cancel(job)
             logger.info("completion for %s cancelled by the client", prepared.uri)
             raise
-        document = self.workspace.text_documents.get(prepared.uri)
-        if result is None or document is None or document.version != prepared.version:
+        if result is None or self._stale(prepared):
             logger.info("completion for %s v%s superseded", prepared.uri, prepared.version)
             return None
         self._refresh_when_idle(prepared.uri, engine)
         return result
+
+    def _stale(self, prepared: PreparedRequest) -> bool:
+        """Whether the document was closed or changed since `prepared` was made."""
+        document = self.workspace.text_documents.get(prepared.uri)
+        return document is None or document.version != prepared.version
 
     # --- KV refresh in idle time -----------------------------------------------------
     def _refresh_when_idle(self, uri: str, engine: Engine) -> None:

@@ -30,7 +30,7 @@ class ServerSettings:
     max_draft_tokens: int = 16
     token_healing: bool = True  # prompts end at a token boundary of the model's choosing
     index_enabled: bool = True  # code search: index the workspace in the background
-    index_location: str = "workspace"  # ROOT/.codeassist/index, or "cache" (CODEASSIST_HOME)
+    index_location: str = "cache"  # CODEASSIST_HOME/indexes, or "workspace" (ROOT/.codeassist/index)
     index_dir: str = ""  # an explicit index folder (overrides index_location)
     embedding_model: str = DEFAULT_ENCODER
     repo_context: bool = True  # repository snippets before the FIM prompt

@@ -28,7 +28,7 @@ LOCATIONS = ("workspace", "cache")
 @dataclass(frozen=True)
 class IndexConfig:
     encoder: str = DEFAULT_ENCODER  # name, hub id or local directory
-    location: str = "workspace"  # ROOT/.codeassist/index, or "cache": CODEASSIST_HOME/indexes
+    location: str = "cache"  # CODEASSIST_HOME/indexes (out of the user's tree), or "workspace": ROOT/.codeassist/index
     index_dir: str | None = None  # an explicit folder overrides `location`
     file_filter: FileFilter = field(default_factory=FileFilter)
     batch_size: int = 32

@@ -17,7 +17,7 @@ async def workspace_server(tmp_path, tiny_model_dir):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
     options = {"model": str(tiny_model_dir("qwen2.5-coder")), "device": "cpu", "dtype": "fp32",
-               "indexEnabled": True, "summaryBudgetMs": 120_000, "maxNewTokens": 4}
+               "indexEnabled": True, "indexLocation": "workspace", "summaryBudgetMs": 120_000, "maxNewTokens": 4}
     log_file = tmp_path / "server.log"
     client, result = await start_server(root, log_file, options)
     await wait_until_ready(client)

@@ -14,6 +14,7 @@ def _run(capsys, *args):
 
 
 def test_index_then_search(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CODEASSIST_HOME", str(tmp_path / "home"))  # the default index location
     root = write_repo(tmp_path / "repo")
     code, out, _ = _run(capsys, "index", str(root))
     assert code == 0 and out.startswith(f"indexed {root}: 4 files,") and "(index: " in out
@@ -29,6 +30,7 @@ def test_index_then_search(tmp_path, capsys, monkeypatch):
     # A second index run reuses everything.
     code, out, _ = _run(capsys, "index", str(root))
     assert "0 changed, 0 deleted, 0 chunks embedded" in out
+    assert not (root / ".codeassist").exists() and (tmp_path / "home" / "indexes").is_dir()
 
 
 def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
@@ -63,14 +65,14 @@ def test_kill_9_while_indexing_never_leaves_a_corrupt_index(tmp_path):
             f"def function_{number}_{k}(value):\n    return value * {k} + {number}\n\n" for k in range(4)))
     folder = root / ".codeassist" / "index"
     for delay in (1.0, 2.5, 4.0, 5.5, 7.0):  # encoder load, embedding, saving
-        process = subprocess.Popen([console_script("codeassist"), "index", str(root)],
+        process = subprocess.Popen([console_script("codeassist"), "index", "--in-workspace", str(root)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         process.kill()
         process.wait(30)
         snapshot = store.load(folder)  # CorruptIndexError would fail the test
         assert snapshot is None or len(snapshot.files) in (0, 60)
-    finished = subprocess.run([console_script("codeassist"), "index", str(root)], capture_output=True,
+    finished = subprocess.run([console_script("codeassist"), "index", "--in-workspace", str(root)], capture_output=True,
                               text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert len(store.load(folder).files) == 60

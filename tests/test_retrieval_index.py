@@ -23,7 +23,7 @@ def encoder():
 
 
 def _index(repo, encoder, **config):
-    return CodeIndex(repo, IndexConfig(**config), encoder=encoder)
+    return CodeIndex(repo, IndexConfig(**{"location": "workspace", **config}), encoder=encoder)
 
 
 def test_first_update_indexes_every_file_and_saves_in_the_workspace(repo, encoder):
@@ -163,9 +163,9 @@ def test_another_encoder_rebuilds_the_index(repo, encoder, caplog):
     assert "was built with" in caplog.text
 
 
-def test_index_in_the_cache_dir(repo, encoder, tmp_path, monkeypatch):
+def test_index_in_the_cache_dir_by_default(repo, encoder, tmp_path, monkeypatch):
     monkeypatch.setenv("CODEASSIST_HOME", str(tmp_path / "home"))
-    index = _index(repo, encoder, location="cache")
+    index = CodeIndex(repo, IndexConfig(), encoder=encoder)
     index.update()
     assert index.folder.is_relative_to(tmp_path / "home" / "indexes")
     assert not (repo / ".codeassist").exists()

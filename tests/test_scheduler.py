@@ -37,6 +37,40 @@ def test_queued_request_is_answered_empty_when_superseded(scheduler):
     assert new.future.result(timeout=5) == "new"
 
 
+def test_requests_of_one_identity_share_a_job_until_all_cancel(scheduler):
+    release, started = threading.Event(), threading.Event()
+    runs = []
+
+    def work(cancelled):
+        runs.append(1)
+        started.set()
+        release.wait(10)
+        return None if cancelled() else "suggestion"
+
+    inline = scheduler.submit("doc", work, identity=("v1", 10))
+    started.wait(5)
+    menu = scheduler.submit("doc", work, identity=("v1", 10))  # joins the running job
+    assert menu is inline
+    scheduler.cancel(inline)  # one waiter gives up: the other still gets the answer
+    release.set()
+    assert menu.future.result(timeout=5) == "suggestion" and len(runs) == 1
+
+    release.clear()
+    started.clear()
+    first = scheduler.submit("doc", work, identity=("v2", 11))
+    started.wait(5)
+    other = scheduler.submit("doc", work, identity=("v3", 12))  # a newer keystroke supersedes
+    release.set()
+    assert first.future.result(timeout=5) is None and other.future.result(timeout=5) == "suggestion"
+    release.clear()
+    both = scheduler.submit("doc", work, identity=("v4", 13))
+    assert scheduler.submit("doc", work, identity=("v4", 13)) is both
+    scheduler.cancel(both)
+    scheduler.cancel(both)  # every waiter cancelled: the job stops
+    release.set()
+    assert both.future.result(timeout=5) is None
+
+
 def test_documents_are_served_in_arrival_order_one_at_a_time(scheduler):
     order, running, overlaps = [], [], []
 

@@ -98,3 +98,19 @@ def force_next_token(model, token_id: int) -> None:
         head.bias.fill_(-10.0)
         head.bias[token_id] = 10.0
     model.lm_head = head.to(model.device)
+
+
+def build_plain_text_model(directory: Path, letters: str = "x_") -> Path:
+    """A tiny qwen2.5-coder model that writes only the two single-byte tokens of `letters`
+    (which one follows the sign of one hidden unit), so its suggestions are printable: for
+    tests that read them off a screen. The other tokens' logits are zero, these two ±|h0|."""
+    build_tiny_model("qwen2.5-coder", directory)
+    model = Qwen2ForCausalLM.from_pretrained(directory)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    first, second = tokenizer.convert_tokens_to_ids(list(letters))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[first, 0] = 100.0
+        model.lm_head.weight[second, 0] = -100.0
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory

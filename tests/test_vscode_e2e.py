@@ -1,0 +1,221 @@
+"""VS Code as a user meets it: code-server (VS Code 1.139) with the extension packaged from
+editors/vscode, in headless Chromium driven by Playwright, against the real `codeassist serve`.
+What is asserted is what the page shows: the status bar, the ghost text, the hover, the quick
+pick, and the file saved after Tab.
+
+The tools are installed by editors/vscode/install_e2e_tools.sh (once, cached outside the
+repository; `.ci/run` calls it first). Where they cannot be installed the tests are skipped
+with the script's message. CODEASSIST_E2E_SCREENSHOTS=DIR keeps screenshots of each step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from codeassist.bench.code_server import CodeServer, ToolsUnavailable, Workbench, install_tools
+from tests.lsp_helpers import expected_text
+from tests.scripts import console_script
+from tests.tiny_models import build_plain_text_model
+
+SHAPES = '''import math
+
+
+def area(r):
+    """Area of a circle of radius r."""
+    return math.pi * r * r
+
+
+def ring(outer, inner):
+    return area(outer) - area(inner)
+'''
+UNITS = '''def inches_to_centimetres(value):
+    """Convert a length in inches to centimetres."""
+    return value * 2.54
+'''
+READY = r"codeassist: (ready|\d+ ms)"
+
+
+@pytest.fixture(scope="module")
+def tools():
+    try:
+        return install_tools()
+    except ToolsUnavailable as error:
+        pytest.skip(f"VS Code end-to-end tools could not be installed: {error}")
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium")
+        yield launched
+        launched.close()
+
+
+def _workspace(root: Path) -> Path:
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "shapes.py").write_text(SHAPES)
+    (root / "pkg" / "units.py").write_text(UNITS)
+    return root
+
+
+def _screenshot(workbench: Workbench, name: str) -> None:
+    folder = os.environ.get("CODEASSIST_E2E_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        workbench.page.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
+def _open_vscode(tools, browser, tmp_path, settings: dict, env: dict | None = None):
+    workspace = _workspace(tmp_path / "shapes_repo")
+    server = CodeServer(tools, workspace, tmp_path / "vscode", settings, env)
+    server.start()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    workbench = Workbench(page, server.port)
+    workbench.load(server.url)
+    return server, workbench
+
+
+@pytest.fixture(scope="module")
+def plain_model(tmp_path_factory) -> Path:
+    """A tiny model whose suggestions are printable (they are read off the screen)."""
+    return build_plain_text_model(tmp_path_factory.mktemp("plain_model"))
+
+
+def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, plain_model):
+    model = plain_model
+    settings = {
+        "codeassist.serverCommand": [console_script("codeassist"), "serve"],
+        "codeassist.model": str(model), "codeassist.device": "cpu", "codeassist.dtype": "fp32",
+        "codeassist.repoContext": False,  # the oracle below builds the prompt without it
+        "codeassist.summaryBudgetMs": 60_000,
+    }
+    home = tmp_path / "home"
+    server, workbench = _open_vscode(tools, browser, tmp_path, settings, {"CODEASSIST_HOME": str(home)})
+    try:
+        workbench.open_file("pkg/shapes.py")
+        workbench.wait_status(READY, 300)
+        _screenshot(workbench, "tiny-ready")
+
+        # Ghost text at the end of the file equals the server's answer there; Tab inserts it.
+        typed = " + "
+        text = SHAPES.rstrip("\n") + typed
+        want = expected_text(model, text, len(text), "pkg/shapes.py", "shapes_repo", time_budget_ms=5000)
+        assert len(want) > 3
+        page = workbench.page
+        page.keyboard.press("Control+End")
+        page.keyboard.press("Backspace")  # the file's final newline: type at the end of its last line
+        page.keyboard.insert_text(typed)  # one edit, so one request
+        first_line = want.split("\n", 1)[0]
+        assert workbench.wait_ghost_text(120, first_line) == first_line
+        assert workbench.wait_status(r"codeassist: \d+ ms", 30)
+        _screenshot(workbench, "tiny-ghost-text")
+
+        # Typing the suggestion's first characters keeps the rest on screen.
+        page.keyboard.type(first_line[:2])
+        assert workbench.wait_ghost_text(30, first_line[2:]) == first_line[2:]
+        page.keyboard.press("Tab")
+        page.keyboard.press("Control+s")
+        _wait_for_file(server.workspace / "pkg" / "shapes.py", SHAPES.rstrip("\n") + typed + want)
+
+        # Hover over the definition: VS Code's own hover with the signature, docstring, summary.
+        hover = _hover_with_summary(workbench, "area")
+        assert "def area(r)" in hover and "Area of a circle of radius r." in hover
+        _screenshot(workbench, "tiny-hover")
+        page.keyboard.press("Escape")
+
+        # Search by meaning: the quick pick lists the function and opens it.
+        workbench.run_command("codeassist: Search Code by Meaning")
+        page.locator(".quick-input-widget", has_text="search the workspace by meaning").wait_for()
+        page.keyboard.type("convert inches to centimetres")
+        page.keyboard.press("Enter")
+        row = page.locator(".quick-input-list .monaco-list-row", has_text="inches_to_centimetres").first
+        row.wait_for(timeout=60_000)
+        assert "pkg/units.py:1" in row.inner_text()
+        _screenshot(workbench, "tiny-search")
+        page.keyboard.press("Enter")
+        page.locator(".tab.active[data-resource-name='units.py']").wait_for(timeout=30_000)
+        assert workbench.cursor_position() == (1, 1)
+
+        # The index lives in CODEASSIST_HOME, not in the user's workspace; nothing logged as an error.
+        assert (home / "indexes").is_dir() and not (server.workspace / ".codeassist").exists()
+        log = server.extension_log()
+        assert "ready on cpu" in log and "[error]" not in log, log[-3000:]
+    except Exception:
+        _keep_failure(workbench, server)
+        raise
+    finally:
+        server.stop()
+
+
+def _keep_failure(workbench: Workbench, server: CodeServer) -> None:
+    """A screenshot and the extension's log next to the test's files, for the failure report."""
+    shot = server.scratch / "failure.png"
+    workbench.page.screenshot(path=str(shot))
+    print(f"screenshot: {shot}\nextension log:\n{server.extension_log()[-3000:]}")
+
+
+def _wait_for_file(path: Path, want: str, timeout_s: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while path.read_text() != want:
+        if time.monotonic() > deadline:
+            assert path.read_text() == want
+        time.sleep(0.1)
+
+
+def _hover_with_summary(workbench: Workbench, word: str, timeout_s: float = 180) -> str:
+    """Hover `word` until the hover carries a model summary (generated in the background)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = workbench.hover_word(word)
+        if "Summary" in text:
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no summary in the hover: {text!r}")
+        workbench.page.keyboard.press("Escape")
+        workbench.page.mouse.move(5, 5)
+        time.sleep(1)
+
+
+def test_a_missing_server_command_is_fixed_from_the_settings_without_reloading(tools, browser, tmp_path,
+                                                                                plain_model):
+    model = plain_model
+    missing = str(tmp_path / "no-venv" / "bin" / "codeassist")
+    settings = {"codeassist.serverCommand": [missing, "serve"], "codeassist.model": str(model),
+                "codeassist.device": "cpu", "codeassist.dtype": "fp32", "codeassist.indexEnabled": False}
+    server, workbench = _open_vscode(tools, browser, tmp_path, settings, {"CODEASSIST_HOME": str(tmp_path / "home")})
+    try:
+        workbench.open_file("pkg/shapes.py")
+        assert "not found" in workbench.wait_status("not found", 120)
+        page = workbench.page
+        toast = page.locator(".notification-toast", has_text="was not found")
+        toast.wait_for(timeout=30_000)
+        assert toast.locator("a.monaco-button", has_text="Choose the codeassist script").count() == 1
+        assert page.locator(".notification-toast").count() == 1  # one clear message, no stack trace
+        _screenshot(workbench, "missing-command")
+
+        # The user points the setting at the venv's script: the server starts, no window reload.
+        server.write_settings({**settings, "codeassist.serverCommand": [console_script("codeassist"), "serve"]})
+        workbench.wait_status(READY, 300)
+        page.keyboard.press("Control+End")
+        page.keyboard.insert_text(" + ")
+        workbench.wait_ghost_text(120)
+
+        # Restart Server stops this server and starts another.
+        workbench.run_command("codeassist: Restart Server")
+        workbench.wait_status("starting|loading", 60)
+        workbench.wait_status(READY, 300)
+    except Exception:
+        _keep_failure(workbench, server)
+        raise
+    finally:
+        server.stop()

@@ -68,6 +68,7 @@ def _screenshot(workbench: Workbench, name: str) -> None:
     folder = os.environ.get("CODEASSIST_E2E_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        workbench.page.wait_for_timeout(700)  # widgets fade in
         workbench.page.screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
@@ -94,15 +95,16 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         "codeassist.model": str(model), "codeassist.device": "cpu", "codeassist.dtype": "fp32",
         "codeassist.repoContext": False,  # the oracle below builds the prompt without it
         "codeassist.summaryBudgetMs": 60_000,
+        "codeassist.noSuchSetting": 1,  # the server warns: a warning, not an [error] line
     }
     home = tmp_path / "home"
     server, workbench = _open_vscode(tools, browser, tmp_path, settings, {"CODEASSIST_HOME": str(home)})
     try:
         workbench.open_file("pkg/shapes.py")
-        workbench.wait_status(READY, 300)
-        _screenshot(workbench, "tiny-ready")
+        workbench.wait_status("loading model", 300)
 
-        # Ghost text at the end of the file equals the server's answer there; Tab inserts it.
+        # Typed while the model loads: the ghost text comes once it is ready, and it equals
+        # the server's answer there; Tab inserts it.
         typed = " + "
         text = SHAPES.rstrip("\n") + typed
         want = expected_text(model, text, len(text), "pkg/shapes.py", "shapes_repo", time_budget_ms=5000)
@@ -140,12 +142,13 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         _screenshot(workbench, "tiny-search")
         page.keyboard.press("Enter")
         page.locator(".tab.active[data-resource-name='units.py']").wait_for(timeout=30_000)
-        assert workbench.cursor_position() == (1, 1)
+        workbench.wait_cursor((1, 1))
 
         # The index lives in CODEASSIST_HOME, not in the user's workspace; nothing logged as an error.
         assert (home / "indexes").is_dir() and not (server.workspace / ".codeassist").exists()
         log = server.extension_log()
         assert "ready on cpu" in log and "[error]" not in log, log[-3000:]
+        assert "[warning]" in log and "noSuchSetting" in log
     except Exception:
         _keep_failure(workbench, server)
         raise
@@ -160,11 +163,16 @@ def _keep_failure(workbench: Workbench, server: CodeServer) -> None:
     print(f"screenshot: {shot}\nextension log:\n{server.extension_log()[-3000:]}")
 
 
-def _wait_for_file(path: Path, want: str, timeout_s: float = 30) -> None:
+def _wait_for_file(path: Path, want: str, timeout_s: float = 30, exact: bool = True) -> None:
+    """Wait until the saved file is `want` (or, not `exact`, starts with it)."""
     import time
 
+    def matches() -> bool:
+        text = path.read_text()
+        return text == want if exact else text.startswith(want)
+
     deadline = time.monotonic() + timeout_s
-    while path.read_text() != want:
+    while not matches():
         if time.monotonic() > deadline:
             assert path.read_text() == want
         time.sleep(0.1)
@@ -203,9 +211,16 @@ def test_a_missing_server_command_is_fixed_from_the_settings_without_reloading(t
         assert page.locator(".notification-toast").count() == 1  # one clear message, no stack trace
         _screenshot(workbench, "missing-command")
 
-        # The user points the setting at the venv's script: the server starts, no window reload.
-        server.write_settings({**settings, "codeassist.serverCommand": [console_script("codeassist"), "serve"]})
+        # One click: the user picks the venv's script in VS Code's file dialog; the setting
+        # changes and the server starts, without reloading the window.
+        toast.locator("a.monaco-button", has_text="Choose the codeassist script").click()
+        dialog = page.locator(".quick-input-widget", has_text="The codeassist script")
+        dialog.wait_for(timeout=30_000)
+        page.keyboard.press("Control+a")
+        page.keyboard.type(console_script("codeassist"))
+        page.keyboard.press("Enter")
         workbench.wait_status(READY, 300)
+        assert f'"{console_script("codeassist")}"' in (server.user_data / "User" / "settings.json").read_text()
         page.keyboard.press("Control+End")
         page.keyboard.insert_text(" + ")
         workbench.wait_ghost_text(120)
@@ -219,3 +234,71 @@ def test_a_missing_server_command_is_fixed_from_the_settings_without_reloading(t
         raise
     finally:
         server.stop()
+
+
+CIRCLE = '''import math
+
+
+class Circle:
+    """A circle in the plane."""
+
+    def __init__(self, x, y, radius):
+        self.x = x
+        self.y = y
+        self.radius = radius
+
+    def area(self):
+        """The area enclosed by the circle."""
+        return math.pi * self.radius ** 2
+
+    def contains(self, px, py):
+        return math.hypot(px - self.x, py - self.y) <= self.radius
+
+'''
+
+
+@pytest.mark.embedded
+def test_the_embedded_model_in_vscode(tools, browser, tmp_path):
+    """The real model: a suggestion a person would take, Tab, a hover summary, search."""
+    from retrieval import IndexConfig
+
+    settings = {"codeassist.serverCommand": [console_script("codeassist"), "serve"],
+                "codeassist.summaryBudgetMs": 60_000}
+    server, workbench = _open_vscode(tools, browser, tmp_path, settings)
+    (server.workspace / "pkg" / "circle.py").write_text(CIRCLE)
+    index_folder = IndexConfig().folder_for(server.workspace.resolve())  # in the user's CODEASSIST_HOME
+    page = workbench.page
+    try:
+        workbench.open_file("pkg/circle.py")
+        workbench.wait_status(READY, 600)
+        page.keyboard.press("Control+End")
+        page.keyboard.insert_text("    def perimeter(self):\n        return ")
+        shown = workbench.wait_ghost_text(180)
+        assert "radius" in shown or "math.pi" in shown, shown
+        _screenshot(workbench, "vscode-ghost-text")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Control+s")
+        _wait_for_file(server.workspace / "pkg" / "circle.py",
+                       CIRCLE + "    def perimeter(self):\n        return " + shown, exact=False)
+
+        hover = _hover_with_summary(workbench, "area")
+        assert "def area(self)" in hover and "The area enclosed by the circle." in hover
+        _screenshot(workbench, "vscode-hover")
+        page.keyboard.press("Escape")
+
+        workbench.run_command("codeassist: Search Code by Meaning")
+        page.locator(".quick-input-widget", has_text="search the workspace by meaning").wait_for()
+        page.keyboard.type("is a point inside the circle")
+        page.keyboard.press("Enter")
+        row = page.locator(".quick-input-list .monaco-list-row", has_text="Circle.contains").first
+        row.wait_for(timeout=60_000)
+        _screenshot(workbench, "vscode-search")
+        row.click()
+        workbench.wait_cursor((CIRCLE.splitlines().index("    def contains(self, px, py):") + 1, 1))
+    except Exception:
+        _keep_failure(workbench, server)
+        raise
+    finally:
+        server.stop()
+        shutil.rmtree(index_folder, ignore_errors=True)
+        Path(f"{index_folder}.summaries.json").unlink(missing_ok=True)

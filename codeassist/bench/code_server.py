@@ -204,6 +204,13 @@ class Workbench:
                 return int(found.group(1)), int(found.group(2))
         raise LookupError("no cursor position in the status bar")
 
+    def wait_cursor(self, position: tuple[int, int], timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.cursor_position() != position:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the cursor is at {self.cursor_position()}, not {position}")
+            time.sleep(0.1)
+
     def hover_word(self, word: str, timeout_s: float = 60) -> str:
         """Move the mouse over the last `word` token in the editor; returns the hover's text
         once it shows one."""

@@ -127,7 +127,7 @@ async function startClient(): Promise<void> {
   const languages = (config.languages as string[] | undefined) ?? ["python"];
   const executable = command.length > 0 ? findExecutable(command[0]) : undefined;
   if (executable === undefined) {
-    statusBar.failed(`"${command[0] ?? ""}" not found`);
+    statusBar.failed("server command not found");
     output.error(`the server command ${JSON.stringify(command)} was not found`);
     void offerServerCommandFix(command);
     return;

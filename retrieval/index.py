@@ -33,6 +33,7 @@ class IndexConfig:
     file_filter: FileFilter = field(default_factory=FileFilter)
     batch_size: int = 32
     threads: int | None = None  # torch threads for encoding (None: torch's default)
+    checkpoint_every_s: float = indexer.CHECKPOINT_EVERY_S  # save what is embedded this often
     trust_remote_code: bool = False
 
     def __post_init__(self):
@@ -104,13 +105,17 @@ class CodeIndex:
                 self._snapshot = self._load()  # another process saved a newer index
             snapshot, stats = indexer.update(
                 self.snapshot, self.root, self.encoder, self.config.file_filter, relative,
-                self.config.batch_size, progress, pause)
+                self.config.batch_size, progress, pause, self._save, self.config.checkpoint_every_s)
             if snapshot.files != self.snapshot.files or self.snapshot.generation is None:
-                self._write_gitignore()
-                store.save(self.folder, snapshot)
-                self._snapshot = snapshot
+                self._save(snapshot)
             logger.info("index %s: %s", self.root, stats.summary())
             return stats
+
+    def _save(self, snapshot: store.Snapshot) -> None:
+        """Save `snapshot` (the update's result, or a checkpoint of it) and serve it."""
+        self._write_gitignore()
+        store.save(self.folder, snapshot)
+        self._snapshot = snapshot
 
     def _relative(self, path: str | Path) -> str | None:
         candidate = Path(path)

@@ -8,6 +8,7 @@ file embeds only its changed chunks and a renamed file embeds nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -39,6 +40,11 @@ NAME_WEIGHT = 0.2
 NAME_REPEAT = 3
 # Word pieces kept free in the window for the header `document_text` puts before a block.
 _HEADER_TOKENS = 24
+
+# Embedding goes in groups of whole files, at least this many chunks each; between groups,
+# at least CHECKPOINT_EVERY_S apart, the files done so far are saved.
+GROUP_CHUNKS = 256
+CHECKPOINT_EVERY_S = 60.0
 
 Progress = Callable[[int, int], None]  # (texts encoded so far, texts to encode): blocks, names
 
@@ -85,8 +91,12 @@ def content_hash(chunk: Chunk) -> str:
 def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFilter,
            paths: list[str] | None = None, batch_size: int = 32,
            progress: Progress | None = None, pause: Callable[[], None] | None = None,
-           ) -> tuple[Snapshot, IndexStats]:
-    """The next snapshot: all files under `root`, or only `paths` (relative to `root`)."""
+           checkpoint: Callable[[Snapshot], None] | None = None,
+           checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> tuple[Snapshot, IndexStats]:
+    """The next snapshot: all files under `root`, or only `paths` (relative to `root`).
+    Chunks are embedded in groups of whole files; at least `checkpoint_every_s` apart,
+    `checkpoint` gets a snapshot with the files embedded so far (the others as they were),
+    so that a killed update starts again from there."""
     start = time.perf_counter()
     current, gone = _file_states(snapshot, root, file_filter, paths)
     files = {p: r for p, r in snapshot.files.items() if p not in gone}
@@ -103,23 +113,62 @@ def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFi
         changed[state.path] = [] if text is None else chunk_file(
             state.path, text, language_for(state.path), encoder.max_tokens - _HEADER_TOKENS,
             encoder.count_tokens)
-    replaced = set(changed) | set(gone)
-    keep = [row for row, chunk in enumerate(snapshot.chunks) if chunk.path not in replaced]
-    new_chunks = [c for path in sorted(changed) for c in changed[path]]
+    ordered = sorted(changed)
+    new_chunks = [c for path in ordered for c in changed[path]]
     new_hashes = [content_hash(c) for c in new_chunks]
-    new_vectors, embedded = _vectors_for(snapshot, new_chunks, new_hashes, encoder, batch_size,
-                                         progress, pause)
-    chunks = [snapshot.chunks[r] for r in keep] + [_without_blocks(c) for c in new_chunks]
-    next_snapshot = Snapshot(
-        snapshot.encoder, snapshot.dim, chunks,
+    vectors, todo = _reused_vectors(snapshot, new_hashes)
+    ends = dict(zip(ordered, itertools.accumulate(len(changed[p]) for p in ordered)))  # path -> end row
+    texts = [_text_count(new_chunks[i]) for i in todo]
+    done_texts, last_checkpoint = 0, time.perf_counter()
+    for group in _whole_file_groups(todo, new_chunks):
+        def advance(done: int, _: int, before: int = done_texts) -> None:
+            if progress is not None:
+                progress(before + done, sum(texts))
+
+        vectors[group] = embed([new_chunks[i] for i in group], encoder, batch_size, advance, pause)
+        done_texts += sum(_text_count(new_chunks[i]) for i in group)
+        if checkpoint is not None and group[-1] != todo[-1] \
+                and time.perf_counter() - last_checkpoint >= checkpoint_every_s:
+            through = ends[new_chunks[group[-1]].path]  # every row before this one has its vector
+            finished = [path for path in ordered if ends[path] <= through]
+            checkpoint(_assemble(snapshot, set(finished), new_chunks[:through], new_hashes[:through],
+                                 vectors[:through], {**snapshot.files, **{p: files[p] for p in finished}}))
+            last_checkpoint = time.perf_counter()
+    next_snapshot = _assemble(snapshot, set(changed) | gone, new_chunks, new_hashes, vectors, files)
+    stats = IndexStats(len(files), len(changed), len(gone & set(snapshot.files)), len(next_snapshot),
+                       len(todo), time.perf_counter() - start)
+    return next_snapshot, stats
+
+
+def _assemble(snapshot: Snapshot, replaced: set[str], new_chunks: list[Chunk], new_hashes: list[str],
+              new_vectors: np.ndarray, files: dict[str, FileRecord]) -> Snapshot:
+    """`snapshot` with the chunks of the `replaced` paths swapped for `new_chunks`."""
+    keep = [row for row, chunk in enumerate(snapshot.chunks) if chunk.path not in replaced]
+    return Snapshot(
+        snapshot.encoder, snapshot.dim,
+        [snapshot.chunks[r] for r in keep] + [_without_blocks(c) for c in new_chunks],
         [snapshot.hashes[r] for r in keep] + new_hashes,
         [snapshot.terms[r] for r in keep] + [chunk_terms(c) for c in new_chunks],
         np.concatenate([np.asarray(snapshot.vectors[keep], np.float32), new_vectors]),
         files,
     )
-    stats = IndexStats(len(files), len(changed), len(gone & set(snapshot.files)), len(chunks),
-                       embedded, time.perf_counter() - start)
-    return next_snapshot, stats
+
+
+def _whole_file_groups(todo: list[int], chunks: list[Chunk]) -> list[list[int]]:
+    """`todo` (chunk rows in path order) cut into groups of at least GROUP_CHUNKS rows that
+    never split a file's chunks."""
+    groups: list[list[int]] = []
+    for row in todo:
+        if groups and (len(groups[-1]) < GROUP_CHUNKS or chunks[groups[-1][-1]].path == chunks[row].path):
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def _text_count(chunk: Chunk) -> int:
+    """Texts `embed` encodes for `chunk`: its blocks, and its name when it has one."""
+    return len(chunk.blocks) + (name_text(chunk) is not None)
 
 
 def _file_states(snapshot: Snapshot, root: Path, file_filter: FileFilter,
@@ -144,20 +193,18 @@ def _file_states(snapshot: Snapshot, root: Path, file_filter: FileFilter,
     return current, gone
 
 
-def _vectors_for(snapshot: Snapshot, chunks: list[Chunk], hashes: list[str], encoder: Encoder,
-                 batch_size: int, progress: Progress | None, pause) -> tuple[np.ndarray, int]:
-    """Vectors of `chunks`: reused by content hash where the snapshot has one, else encoded."""
+def _reused_vectors(snapshot: Snapshot, hashes: list[str]) -> tuple[np.ndarray, list[int]]:
+    """Vectors for chunks of these content hashes where the snapshot has one, and the rows
+    still to embed."""
     known = {h: row for row, h in enumerate(snapshot.hashes)}
-    vectors = np.zeros((len(chunks), snapshot.dim), np.float32)
+    vectors = np.zeros((len(hashes), snapshot.dim), np.float32)
     todo = []
     for i, h in enumerate(hashes):
         if h in known:
             vectors[i] = snapshot.vectors[known[h]]
         else:
             todo.append(i)
-    if todo:
-        vectors[todo] = embed([chunks[i] for i in todo], encoder, batch_size, progress, pause)
-    return vectors, len(todo)
+    return vectors, todo
 
 
 def embed(chunks: list[Chunk], encoder: Encoder, batch_size: int = 32,

@@ -255,3 +255,32 @@ def test_anonymous_chunks_have_no_name_part(repo, encoder):
              for c, v in zip(index.snapshot.chunks, index.snapshot.vectors)}
     assert norms[("lines", "")] == pytest.approx(1 - indexer.NAME_WEIGHT)
     assert norms[("method", "area")] > 1 - indexer.NAME_WEIGHT
+
+
+def test_a_killed_update_keeps_what_was_embedded_before_its_last_checkpoint(tmp_path, encoder, monkeypatch):
+    monkeypatch.setattr(indexer, "GROUP_CHUNKS", 4)
+    files = {f"mod_{n:02}.py": "".join(f"def f{n}_{k}(x):\n    return x * {k}\n\n" for k in range(3))
+             for n in range(12)}
+    root = write_repo(tmp_path / "many", files)
+
+    class Killed(Exception):
+        pass
+
+    def kill_midway(done: int, total: int) -> None:
+        if done > total // 2:
+            raise Killed  # as if the process died here
+
+    index = _index(root, encoder, checkpoint_every_s=0)
+    with pytest.raises(Killed):
+        index.update(progress=kill_midway)
+    reopened = _index(root, encoder)  # the next process
+    kept = set(reopened.snapshot.files)
+    assert 0 < len(kept) < len(files)
+    assert {c.path for c in reopened.snapshot.chunks} == kept  # whole files, nothing half-done
+    assert all(len([c for c in reopened.snapshot.chunks if c.path == p]) == 3 for p in kept)
+    encoder.encoded.clear()
+    stats = reopened.update()
+    assert stats.embedded_chunks == 3 * (len(files) - len(kept)) and stats.chunks == 3 * len(files)
+    fresh = _index(write_repo(tmp_path / "fresh", files), FakeEncoder())
+    fresh.update()
+    np.testing.assert_allclose(np.asarray(reopened.snapshot.vectors), np.asarray(fresh.snapshot.vectors))

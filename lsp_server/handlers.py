@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
@@ -11,6 +12,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 
 from retrieval.search import validate
 
+from .documents import LspWorkspace
 from .positions import position_of
 from .server import CodeassistServer, PreparedRequest
 from .settings import ServerSettings
@@ -23,6 +25,9 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: CodeassistServer, params: types.InitializeParams) -> None:
+        # pygls has just made the (still empty) workspace: its documents must count lines as
+        # the client does (documents.py).
+        ls.protocol._workspace = LspWorkspace.like(ls.workspace)
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)
@@ -120,6 +125,20 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
         if engine is not None:
             info.update(engine.status())
         return info
+
+    @server.command("codeassist.documentState")
+    def document_state(ls: CodeassistServer, *args) -> dict | None:
+        """What the server holds for an open document (`[uri]`): its version, length and the
+        SHA-256 of its UTF-8 text, so a client can check that both hold the same text."""
+        uri = args[0].get("uri") if len(args) == 1 and isinstance(args[0], dict) else args[0] if args else None
+        if not isinstance(uri, str):
+            raise JsonRpcInvalidParams('expected arguments ["file:///..."]')
+        document = ls.workspace.text_documents.get(uri)
+        if document is None:
+            return None
+        text = document.source
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return {"uri": uri, "version": document.version, "length": len(text), "sha256": digest}
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeassistServer, params: None) -> None:

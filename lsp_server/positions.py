@@ -5,6 +5,8 @@ Strict: a position past the end of its line or document is an error, not silentl
 
 from __future__ import annotations
 
+import re
+
 _UNITS = {"utf-8": 4, "utf-16": 2, "utf-32": 1}  # unit size in bytes
 
 
@@ -16,17 +18,22 @@ def _units(char: str, encoding: str) -> int:
     return len(char.encode("utf-8", "surrogatepass"))
 
 
+_BREAK = re.compile(r"\r\n|\r|\n")  # LSP's line breaks
+
+
 def _line_starts(text: str) -> list[int]:
-    starts = [0]
-    index = text.find("\n")
-    while index >= 0:
-        starts.append(index + 1)
-        index = text.find("\n", index + 1)
-    return starts
+    return [0, *(found.end() for found in _BREAK.finditer(text))]
 
 
-def offset_at(text: str, line: int, character: int, encoding: str = "utf-16") -> int:
-    """Offset (in code points) of an LSP position. ValueError when it is outside the text."""
+def _content_end(text: str, next_start: int) -> int:
+    """Where a line's text ends, given where the next line starts (before its break)."""
+    return next_start - (2 if text.startswith("\r\n", next_start - 2) else 1)
+
+
+def offset_at(text: str, line: int, character: int, encoding: str = "utf-16", clamp: bool = False) -> int:
+    """Offset (in code points) of an LSP position. ValueError when it is outside the text;
+    with `clamp`, a character past the end of its line means the line's end (what the LSP
+    prescribes for edit ranges)."""
     if encoding not in _UNITS:
         raise ValueError(f"unknown position encoding {encoding!r}; valid: {', '.join(_UNITS)}")
     starts = _line_starts(text)
@@ -35,13 +42,13 @@ def offset_at(text: str, line: int, character: int, encoding: str = "utf-16") ->
     if character < 0:
         raise ValueError(f"negative character {character}")
     start = starts[line]
-    end = starts[line + 1] - 1 if line + 1 < len(starts) else len(text)
-    if end > start and text[end - 1] == "\r":
-        end -= 1
+    end = len(text) if line + 1 == len(starts) else _content_end(text, starts[line + 1])
     units = 0
     offset = start
     while units < character:
         if offset >= end:
+            if clamp:
+                return end
             raise ValueError(f"character {character} is past the end of line {line}")
         units += _units(text[offset], encoding)
         offset += 1
@@ -54,6 +61,7 @@ def position_of(text: str, offset: int, encoding: str = "utf-16") -> tuple[int, 
     """(line, character) in `encoding` units of an offset into `text`."""
     if not 0 <= offset <= len(text):
         raise ValueError(f"offset {offset} is outside the text (0..{len(text)})")
-    line = text.count("\n", 0, offset)
-    start = text.rfind("\n", 0, offset) + 1
-    return line, sum(_units(c, encoding) for c in text[start:offset])
+    starts = _line_starts(text[:offset])
+    if offset < len(text) and text[offset] == "\n" and text.startswith("\r", offset - 1):
+        starts.pop()  # inside "\r\n": still on the line the "\r" ends
+    return len(starts) - 1, sum(_units(c, encoding) for c in text[starts[-1]:offset])

@@ -278,6 +278,26 @@ def test_position_conversions():
             offset_at(text, *bad)
     assert position_of(text, 2, "utf-16") == (0, 3)
     assert position_of(text, text.index("x"), "utf-8") == (1, 6)
+    # Only \n, \r\n and \r end lines (LSP); a form feed or U+2028 does not.
+    odd = "a\x0cb\rc\u2028d\r\ne"
+    assert offset_at(odd, 1, 3) == odd.index("d") + 1 and offset_at(odd, 2, 1) == len(odd)
+    assert position_of(odd, odd.index("d"), "utf-16") == (1, 2) and position_of(odd, len(odd)) == (2, 1)
+
+
+async def test_the_server_holds_the_clients_text_across_odd_line_breaks(server, workspace):
+    """Edits below a form feed, U+2028 or a lone \r land where the client put them."""
+    import hashlib
+
+    client, _, _, _ = server
+    text = "def f():\x0c\n    return 1\u2028 + 2\rx = 3\r\ny = 4\n"
+    uri = open_document(client, workspace / "pkg" / "odd.py", text)
+    client.text_document_did_change(_change(uri, 2, (1, 4), (1, 10), "yield"))  # "return" -> "yield"
+    client.text_document_did_change(_change(uri, 3, (2, 0), (2, 1), "z"))  # x -> z
+    want = "def f():\x0c\n    yield 1\u2028 + 2\rz = 3\r\ny = 4\n"
+    state = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command="codeassist.documentState", arguments=[uri]))
+    assert state["version"] == 3 and state["length"] == len(want)
+    assert state["sha256"] == hashlib.sha256(want.encode()).hexdigest()
 
 
 @pytest.mark.embedded

@@ -160,3 +160,37 @@ def test_cli_summarize_prints_signature_docstring_and_summary(tmp_path, monkeypa
     assert second["cached"] and second["summary"] == first["summary"]
     assert main(["summarize", f"{source}:9", *options]) == 1
     assert capsys.readouterr().err.startswith("codeassist: error: line 9 is out of range")
+
+
+def test_kill_9_during_cache_writes_never_loses_a_committed_summary(tmp_path):
+    """A real process writing summaries, killed at random moments: every summary whose write
+    returned is in the cache when it is opened again, and no temporary file is left."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "index.summaries.json"
+    committed = tmp_path / "committed.txt"  # the writer appends a key once its put() returned
+    writer = (
+        "import sys\n"
+        "from completion.summary_cache import SummaryCache\n"
+        "cache = SummaryCache(sys.argv[1])\n"
+        "with open(sys.argv[2], 'a') as log:\n"
+        "    for n in range(100_000):\n"
+        "        key = f'{sys.argv[3]}-{n}'\n"
+        "        cache.put(key, 'A summary of ' + key + '. ' * 200)\n"
+        "        log.write(key + '\\n'); log.flush()\n"
+    )
+    delays = random.Random(0)
+    for run in range(4):
+        process = subprocess.Popen([sys.executable, "-c", writer, str(path), str(committed), f"run{run}"])
+        time.sleep(delays.uniform(4.0, 7.0))  # interpreter and imports start-up, then writes
+        process.kill()
+        process.wait(30)
+        cache = SummaryCache(path)
+        for key in committed.read_text().split() if committed.exists() else []:
+            assert cache.get(key) is not None, key
+    assert len(SummaryCache(path)) >= 4  # the writers got going
+    SummaryCache(path).put("after", "Cleans up.")
+    assert not list(tmp_path.glob("*.tmp"))

@@ -48,7 +48,7 @@ class CompletionEngine:
         self.loaded = loaded
         self.settings = settings  # replaced as a whole; each request reads it once
         self.fim = resolve_fim(loaded.tokenizer)
-        self.kv = KvCacheManager(loaded.model, settings.kv_budget_tokens)
+        self.kv = KvCacheManager(loaded.model, settings.kv_budget_mb)
         self.memory = SuggestionMemory()
         self.decoder = Decoder(loaded.model, self.fim.stop_ids, self.decode)
         # Speculation state that outlives requests: what drafts were worth, what passes cost.
@@ -61,7 +61,7 @@ class CompletionEngine:
         self._vocabulary = Vocabulary.of(loaded.tokenizer) if settings.token_healing else None
         self.draft: DraftModel | None = None
         if draft is not None:
-            self.draft = DraftModel(draft, settings.kv_budget_tokens)
+            self.draft = DraftModel(draft, settings.kv_budget_mb)
             self.draft.check_tokenizer(loaded.tokenizer)
         self.drafts = self._draft_sources()
 

@@ -13,7 +13,8 @@ import torch
 from transformers import DynamicCache
 
 from .kv_plan import ReusePlan, plan_reuse
-from .kv_session import EncodingCancelled, KvSession, KvSessions, build_cache, rope_inv_freq, shift_support
+from .kv_session import (EncodingCancelled, KvSession, KvSessions, build_cache, kv_bytes_per_token, rope_inv_freq,
+                         shift_support)
 from .types import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ class PromptCache:
 class KvCacheManager:
     """Per-document KV sessions of one model, least recently used evicted beyond a budget."""
 
-    def __init__(self, model, budget_tokens: int):
+    def __init__(self, model, budget_mb: int):
         self.model = model
-        self.sessions = KvSessions(budget_tokens)
+        self.sessions = KvSessions(budget_mb * 2**20 // kv_bytes_per_token(model))
         self.inv_freq = rope_inv_freq(model)
         self.refreshes = 0  # sessions re-encoded from scratch in idle time (`refresh`)
         self._logged_refusal: str | None = None

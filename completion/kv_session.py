@@ -116,6 +116,15 @@ def _reuse(cache: DynamicCache, old: DynamicCache, segment: Segment, inv_freq) -
         cache.update(keys, layer.values[..., span, :], index)
 
 
+def kv_bytes_per_token(model) -> int:
+    """Bytes one token's keys and values take in `model`'s cache (all layers)."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    element = torch.finfo(model.dtype).bits // 8
+    return config.num_hidden_layers * 2 * heads * head_dim * element
+
+
 class KvSessions:
     """Sessions by document key, least recently used evicted beyond a total token budget."""
 

@@ -37,7 +37,7 @@ class EngineSettings:
     max_lines: int = 16
     kv_mode: str = "pie"  # full | prefix | pie: how the previous prompt's KV cache is reused
     reencode_margin: int = 64  # tokens after each change re-encoded too (fidelity vs speed)
-    kv_budget_tokens: int = 32_768  # KV sessions kept, over all documents (LRU)
+    kv_budget_mb: int = 512  # memory of the KV sessions kept, over all documents (LRU)
     refresh_after_edits: int = 32  # approximate reuses before a full re-encode
     refresh_after_stale: int = 16_384  # tokens reused after a change before a full re-encode
     # Speculative decoding (greedy-lossless): which draft sources, how long a draft may be.

@@ -195,6 +195,26 @@ def test_sessions_lru_by_token_budget():
     assert "b" not in sessions
 
 
+def test_the_kv_budget_is_memory_whatever_the_model():
+    from types import SimpleNamespace
+
+
+    from completion.kv_cache import KvCacheManager
+    from completion.kv_session import kv_bytes_per_token
+
+    # Qwen2.5-Coder 0.5B and 1.5B in fp32: 24 and 28 layers, 2 KV heads of 64 and 128.
+    small = SimpleNamespace(config=Qwen2Config(num_hidden_layers=24, hidden_size=896, num_attention_heads=14,
+                                               num_key_value_heads=2), dtype=torch.float32)
+    large = SimpleNamespace(config=Qwen2Config(num_hidden_layers=28, hidden_size=1536, num_attention_heads=12,
+                                               num_key_value_heads=2), dtype=torch.float32)
+    assert kv_bytes_per_token(small) == 24 * 2 * 2 * 64 * 4
+    assert kv_bytes_per_token(large) == 28 * 2 * 2 * 128 * 4
+    model = tiny()
+    manager = KvCacheManager(model, budget_mb=1)
+    assert manager.sessions.max_total_tokens * kv_bytes_per_token(model) <= 2**20
+    assert (manager.sessions.max_total_tokens + 1) * kv_bytes_per_token(model) > 2**20
+
+
 @pytest.mark.parametrize("family", ["qwen2.5-coder", "deepseek-coder"])
 def test_engine_reuses_the_session_across_edits(family, tiny_model_dir):
     loaded = load_model(str(tiny_model_dir(family)), device=TEST_DEVICE, dtype="fp32")

@@ -21,9 +21,9 @@ from .sources import Chain
 class DraftModel:
     """Owns the draft model and its per-document KV sessions."""
 
-    def __init__(self, loaded: LoadedModel, kv_budget_tokens: int, min_confidence: float = 0.3):
+    def __init__(self, loaded: LoadedModel, kv_budget_mb: int, min_confidence: float = 0.3):
         self.loaded = loaded
-        self.kv = KvCacheManager(loaded.model, kv_budget_tokens)
+        self.kv = KvCacheManager(loaded.model, kv_budget_mb)
         self.min_confidence = min_confidence
         self.token_ms: float | None = None  # measured cost of one draft step
 

@@ -132,12 +132,7 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         page.keyboard.press("Escape")
 
         # Search by meaning: the quick pick lists the function and opens it.
-        workbench.run_command("codeassist: Search Code by Meaning")
-        page.locator(".quick-input-widget", has_text="search the workspace by meaning").wait_for()
-        page.keyboard.type("convert inches to centimetres")
-        page.keyboard.press("Enter")
-        row = page.locator(".quick-input-list .monaco-list-row", has_text="inches_to_centimetres").first
-        row.wait_for(timeout=60_000)
+        row = workbench.search_by_meaning("convert inches to centimetres", "inches_to_centimetres")
         assert "pkg/units.py:1" in row.inner_text()
         _screenshot(workbench, "tiny-search")
         page.keyboard.press("Enter")
@@ -286,12 +281,7 @@ def test_the_embedded_model_in_vscode(tools, browser, tmp_path):
         _screenshot(workbench, "vscode-hover")
         page.keyboard.press("Escape")
 
-        workbench.run_command("codeassist: Search Code by Meaning")
-        page.locator(".quick-input-widget", has_text="search the workspace by meaning").wait_for()
-        page.keyboard.type("is a point inside the circle")
-        page.keyboard.press("Enter")
-        row = page.locator(".quick-input-list .monaco-list-row", has_text="Circle.contains").first
-        row.wait_for(timeout=60_000)
+        row = workbench.search_by_meaning("is a point inside the circle", "Circle.contains")
         _screenshot(workbench, "vscode-search")
         row.click()
         workbench.wait_cursor((CIRCLE.splitlines().index("    def contains(self, px, py):") + 1, 1))

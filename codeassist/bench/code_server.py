@@ -161,6 +161,16 @@ class Workbench:
         self.page.locator(".quick-input-list .monaco-list-row", has_text=title).first.wait_for(timeout=30_000)
         self.page.keyboard.press("Enter")
 
+    def search_by_meaning(self, query: str, symbol: str, timeout_s: float = 60):
+        """"codeassist: Search Code by Meaning" for `query`; the quick pick's row of `symbol`."""
+        self.run_command("codeassist: Search Code by Meaning")
+        self.page.locator(".quick-input-widget", has_text="search the workspace by meaning").wait_for()
+        self.page.keyboard.type(query)
+        self.page.keyboard.press("Enter")
+        row = self.page.locator(".quick-input-list .monaco-list-row", has_text=symbol).first
+        row.wait_for(timeout=timeout_s * 1000)
+        return row
+
     def status_item(self) -> str:
         """The codeassist status-bar item's text ("" when it is not shown)."""
         texts = self.page.locator(".statusbar-item").all_inner_texts()

@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 
@@ -58,6 +59,14 @@ class LspProcess:
             message = self.messages.get(timeout=timeout)
             if "method" not in message and message.get("id") == msg_id:
                 return message
+
+    def sample_rss(self, start: float, every_s: float, samples: list[dict], stop: threading.Event) -> None:
+        """Append {"t_s", "rss_mb"} to `samples` every `every_s` until `stop` (run on a thread)."""
+        while not stop.wait(every_s):
+            try:
+                samples.append({"t_s": round(time.monotonic() - start, 1), "rss_mb": round(self.rss_mb(), 1)})
+            except OSError:  # the process is gone
+                return
 
     def rss_mb(self) -> float:
         """The server's resident memory (Linux)."""

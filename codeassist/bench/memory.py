@@ -66,7 +66,8 @@ def run_bench(args) -> BenchResult:
         phases: list[dict] = []
         stop = threading.Event()
         start = time.monotonic()
-        sampler = threading.Thread(target=_sample, args=(server, start, samples, stop), daemon=True)
+        sampler = threading.Thread(target=server.sample_rss, args=(start, SAMPLE_EVERY_S, samples, stop),
+                               daemon=True)
         try:
             session = _Session(server)
             session.ask("initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {},
@@ -154,14 +155,6 @@ def _storm(session: _Session, root: Path, stdlib: Path) -> None:
 def _phase(phases: list[dict], name: str, server: LspProcess, start: float) -> None:
     phases.append({"phase": name, "t_s": round(time.monotonic() - start, 1), "rss_mb": round(server.rss_mb(), 1)})
     print(f"{phases[-1]['t_s']:>7} s  {name}: {phases[-1]['rss_mb']} MB", flush=True)
-
-
-def _sample(server: LspProcess, start: float, samples: list[dict], stop: threading.Event) -> None:
-    while not stop.wait(SAMPLE_EVERY_S):
-        try:
-            samples.append({"t_s": round(time.monotonic() - start, 1), "rss_mb": round(server.rss_mb(), 1)})
-        except OSError:
-            return
 
 
 def _plot(figure, samples: list[dict], phases: list[dict]) -> None:

@@ -63,7 +63,8 @@ def _session(server: LspProcess, root: Path, seconds: float) -> tuple[list[dict]
     memory: list[dict] = []
     stop = threading.Event()
     start = time.monotonic()
-    sampler = threading.Thread(target=_sample_memory, args=(server, start, memory, stop), daemon=True)
+    sampler = threading.Thread(target=server.sample_rss, args=(start, SAMPLE_EVERY_S, memory, stop),
+                               daemon=True)
     sampler.start()
     rows: list[dict] = []
     tracker = _Answers(server, start, rows)
@@ -163,14 +164,6 @@ class _Answers:
             self.rows.append({"t_s": round(sent_at - self.start, 2), "kind": kind,
                               "ms": round((time.monotonic() - sent_at) * 1000, 1),
                               "error": error.get("message") if error else None})
-
-
-def _sample_memory(server: LspProcess, start: float, memory: list[dict], stop: threading.Event) -> None:
-    while not stop.wait(SAMPLE_EVERY_S):
-        try:
-            memory.append({"t_s": round(time.monotonic() - start, 1), "rss_mb": round(server.rss_mb(), 1)})
-        except OSError:
-            return
 
 
 def _summary(rows: list[dict], memory: list[dict]) -> dict:

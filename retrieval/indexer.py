@@ -118,12 +118,12 @@ def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFi
     new_hashes = [content_hash(c) for c in new_chunks]
     vectors, todo = _reused_vectors(snapshot, new_hashes)
     ends = dict(zip(ordered, itertools.accumulate(len(changed[p]) for p in ordered)))  # path -> end row
-    texts = [_text_count(new_chunks[i]) for i in todo]
+    total_texts = sum(_text_count(new_chunks[i]) for i in todo)
     done_texts, last_checkpoint = 0, time.perf_counter()
     for group in _whole_file_groups(todo, new_chunks):
         def advance(done: int, _: int, before: int = done_texts) -> None:
             if progress is not None:
-                progress(before + done, sum(texts))
+                progress(before + done, total_texts)
 
         vectors[group] = embed([new_chunks[i] for i in group], encoder, batch_size, advance, pause)
         done_texts += sum(_text_count(new_chunks[i]) for i in group)

@@ -229,7 +229,3 @@ class Workbench:
         hover = self.page.locator(".monaco-hover:not(.hidden) .hover-contents").first
         hover.wait_for(timeout=timeout_s * 1000)
         return hover.inner_text()
-
-    def hover_text(self) -> str:
-        hovers = self.page.locator(".monaco-hover:not(.hidden) .hover-contents").all_inner_texts()
-        return "\n".join(hovers)

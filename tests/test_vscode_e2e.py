@@ -97,6 +97,10 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         "codeassist.summaryBudgetMs": 60_000,
         "codeassist.noSuchSetting": 1,  # the server warns: a warning, not an [error] line
     }
+    typed = " + "
+    text = SHAPES.rstrip("\n") + typed
+    want = expected_text(model, text, len(text), "pkg/shapes.py", "shapes_repo", time_budget_ms=5000)
+    assert len(want) > 3
     home = tmp_path / "home"
     server, workbench = _open_vscode(tools, browser, tmp_path, settings, {"CODEASSIST_HOME": str(home)})
     try:
@@ -105,10 +109,6 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
 
         # Typed while the model loads: the ghost text comes once it is ready, and it equals
         # the server's answer there; Tab inserts it.
-        typed = " + "
-        text = SHAPES.rstrip("\n") + typed
-        want = expected_text(model, text, len(text), "pkg/shapes.py", "shapes_repo", time_budget_ms=5000)
-        assert len(want) > 3
         page = workbench.page
         page.keyboard.press("Control+End")
         page.keyboard.press("Backspace")  # the file's final newline: type at the end of its last line

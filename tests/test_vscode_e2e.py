@@ -11,6 +11,7 @@ with the script's message. CODEASSIST_E2E_SCREENSHOTS=DIR keeps screenshots of e
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,26 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         server.stop()
 
 
+def _choose_in_file_dialog(page, dialog, path: str, button: str, attempts: int = 5) -> None:
+    """Pick `path` in VS Code's own file dialog. It fills in its start folder and lists
+    folders as it resolves them, asynchronously, and may rewrite the path while that runs:
+    set the path at once, wait for its folder's listing, accept, and try again if the dialog
+    is still open."""
+    name = Path(path).name
+    for _ in range(attempts):
+        dialog.locator("input").first.fill(path)
+        try:
+            dialog.locator(".monaco-list-row", has_text=re.compile(rf"^{re.escape(name)}$")).first.wait_for(
+                timeout=10_000)
+            if dialog.locator("input").first.input_value() == path:
+                dialog.locator(".monaco-button", has_text=button).click()
+            dialog.wait_for(state="hidden", timeout=5_000)
+            return
+        except Exception:  # Playwright's timeout: the dialog was still settling
+            page.wait_for_timeout(500)
+    raise AssertionError(f"the file dialog did not take {path}")
+
+
 def _keep_failure(workbench: Workbench, server: CodeServer) -> None:
     """A screenshot and the extension's log next to the test's files, for the failure report."""
     shot = server.scratch / "failure.png"
@@ -211,9 +232,7 @@ def test_a_missing_server_command_is_fixed_from_the_settings_without_reloading(t
         toast.locator("a.monaco-button", has_text="Choose the codeassist script").click()
         dialog = page.locator(".quick-input-widget", has_text="The codeassist script")
         dialog.wait_for(timeout=30_000)
-        page.keyboard.press("Control+a")
-        page.keyboard.type(console_script("codeassist"))
-        page.keyboard.press("Enter")
+        _choose_in_file_dialog(page, dialog, console_script("codeassist"), "Use this codeassist")
         workbench.wait_status(READY, 300)
         assert f'"{console_script("codeassist")}"' in (server.user_data / "User" / "settings.json").read_text()
         page.keyboard.press("Control+End")

@@ -25,9 +25,19 @@ def _line_starts(text: str) -> list[int]:
     return [0, *(found.end() for found in _BREAK.finditer(text))]
 
 
-def _content_end(text: str, next_start: int) -> int:
-    """Where a line's text ends, given where the next line starts (before its break)."""
-    return next_start - (2 if text.startswith("\r\n", next_start - 2) else 1)
+def _line_span(text: str, line: int) -> tuple[int, int]:
+    """(start, end before the break) of `line`, scanning the text only up to it (this runs
+    for every edit and every request)."""
+    if line < 0:
+        raise ValueError(f"line {line} is out of range")
+    start, seen = 0, 0
+    for found in _BREAK.finditer(text):
+        if seen == line:
+            return start, found.start()
+        start, seen = found.end(), seen + 1
+    if seen == line:
+        return start, len(text)
+    raise ValueError(f"line {line} is out of range (document has {seen + 1} lines)")
 
 
 def offset_at(text: str, line: int, character: int, encoding: str = "utf-16", clamp: bool = False) -> int:
@@ -36,13 +46,9 @@ def offset_at(text: str, line: int, character: int, encoding: str = "utf-16", cl
     prescribes for edit ranges)."""
     if encoding not in _UNITS:
         raise ValueError(f"unknown position encoding {encoding!r}; valid: {', '.join(_UNITS)}")
-    starts = _line_starts(text)
-    if not 0 <= line < len(starts):
-        raise ValueError(f"line {line} is out of range (document has {len(starts)} lines)")
     if character < 0:
         raise ValueError(f"negative character {character}")
-    start = starts[line]
-    end = len(text) if line + 1 == len(starts) else _content_end(text, starts[line + 1])
+    start, end = _line_span(text, line)
     units = 0
     offset = start
     while units < character:

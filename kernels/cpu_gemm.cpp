@@ -1,6 +1,7 @@
 // Small-batch linear layers for CPUs: out = x @ w.T + bias for the 1 to kMaxRows rows of a
 // decode or verify pass, with fp32 weights or GGUF-quantized (packed) weights. Built by
-// kernels/cpu_gemm.py, once with AVX2/FMA and once portable (plain C++ vectors).
+// kernels/cpu_gemm.py for the instruction set the CPU has: AVX-512 with VNNI, AVX2/FMA, or
+// portable (plain C++ vectors).
 //
 // fp32 weights: BLAS and oneDNN GEMMs are tuned for many rows; for 2-8 rows they cost 2-4x
 // one row on the project's CPU, although the weights (which dominate the memory traffic) are
@@ -295,40 +296,59 @@ struct QuantizedRows {  // m_len rows of k_len int8 values, one scale and sum pe
     std::vector<float> sum;  // sum of the block's q, as float (for the mins of Q4_K / Q5_K)
 };
 
+// One block of 32 floats -> 32 int8 (scale = max|x| / 127, ties to even); returns the scale
+// and stores the sum of the int8 values in *sum.
+inline float quantize_block(const float* xb, int8_t* q, float* sum) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(xb + 8 * i);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float d = _mm_cvtss_f32(m4) / 127.0f;
+    const __m256 inverse = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    __m256i qi[4];
+    for (int i = 0; i < 4; ++i)
+        qi[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], inverse),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // int32 -> int8, undoing the lane interleave of the packs
+    const __m256i q16 = _mm256_packs_epi32(qi[0], qi[1]), r16 = _mm256_packs_epi32(qi[2], qi[3]);
+    const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16, r16),
+                                                   _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i*)q, q8);
+    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q8), _mm256_set1_epi16(1));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    *sum = (float)_mm_cvtsi128_si32(s4);
+    return d;
+}
+
 // Quantizes x into `rows` (a per-thread buffer reused across calls: no allocation per call).
 void quantize_rows(const float* x, long m_len, long k_len, QuantizedRows& rows) {
     rows.q.resize(m_len * k_len);
     rows.scale.resize(m_len * k_len / 32);
     rows.sum.resize(m_len * k_len / 32);
-    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-    for (long b = 0; b < m_len * k_len / 32; ++b) {
-        const float* xb = x + 32 * b;
-        __m256 v[4], amax = _mm256_setzero_ps();
-        for (int i = 0; i < 4; ++i) {
-            v[i] = _mm256_loadu_ps(xb + 8 * i);
-            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v[i]));
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float d = _mm_cvtss_f32(m4) / 127.0f;
-        const __m256 inverse = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
-        __m256i q[4];
-        for (int i = 0; i < 4; ++i)
-            q[i] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[i], inverse),
-                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        // int32 -> int8, undoing the lane interleave of the packs
-        const __m256i q16 = _mm256_packs_epi32(q[0], q[1]), r16 = _mm256_packs_epi32(q[2], q[3]);
-        const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16, r16),
-                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i*)&rows.q[32 * b], q8);
-        rows.scale[b] = d;
-        const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q8), _mm256_set1_epi16(1));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-        rows.sum[b] = (float)_mm_cvtsi128_si32(s4);
-    }
+    for (long b = 0; b < m_len * k_len / 32; ++b)
+        rows.scale[b] = quantize_block(x + 32 * b, &rows.q[32 * b], &rows.sum[b]);
+}
+
+// The eight scales and eight mins of a Q4_K / Q5_K block as floats times the block's d and
+// dmin (k_scales on 32-bit words: the 6-bit fields gathered into bytes, then widened).
+inline void k_scales_times(const uint8_t* b, __m256* scales, __m256* mins) {
+    uint32_t packed[3], six[4];  // six: the 8 scales, then the 8 mins, as bytes
+    std::memcpy(packed, b + 4, 12);
+    six[0] = packed[0] & 0x3F3F3F3F;
+    six[1] = (packed[2] & 0x0F0F0F0F) | ((packed[0] >> 6) & 0x03030303) << 4;
+    six[2] = packed[1] & 0x3F3F3F3F;
+    six[3] = ((packed[2] >> 4) & 0x0F0F0F0F) | ((packed[1] >> 6) & 0x03030303) << 4;
+    const __m128i bytes = _mm_loadu_si128((const __m128i*)six);
+    *scales = _mm256_mul_ps(_mm256_set1_ps(half_to_float(b)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+    *mins = _mm256_mul_ps(_mm256_set1_ps(half_to_float(b + 2)),
+                          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8))));
 }
 
 // 32 weights of one row, as bytes: signed (w) or unsigned (q, with a per-slice min).
@@ -368,9 +388,10 @@ struct DecodeK {  // Q4_K, Q5_K
     static constexpr int kWeights = 256, kBytes = kFive ? 176 : 144;
     static constexpr bool kSigned = false, kHasMin = true;
     static void decode(const uint8_t* b, Slice* s) {
-        const float d = half_to_float(b), dmin = half_to_float(b + 2);
-        float scale[8], min[8];
-        k_scales(b + 4, scale, min);
+        __m256 scales, mins;
+        k_scales_times(b, &scales, &mins);
+        float min[8];
+        _mm256_storeu_ps(min, mins);
         const uint8_t* qs = b + (kFive ? 48 : 16);
         const __m256i mask = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
         const __m256i qh = kFive ? _mm256_loadu_si256((const __m256i*)(b + 16)) : _mm256_setzero_si256();
@@ -383,7 +404,7 @@ struct DecodeK {  // Q4_K, Q5_K
                     const __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
                     q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
                 }
-                s[j] = {q, _mm256_set1_ps(d * scale[j]), dmin * min[j]};
+                s[j] = {q, _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(j)), min[j]};
             }
         }
     }
@@ -486,6 +507,256 @@ bool with_decoder(int format, Body body) {
         default: return false;
     }
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+// ---- AVX-512 VNNI: 64 weights per instruction, no sign tricks ----
+//
+// The same int8 activations and the same exact integer dot products per 32 weights as the
+// AVX2 path, computed with one dpbusd (unsigned bytes times signed bytes, summed into int32
+// lanes) per 64 weights. Each format's weights are decoded as unsigned bytes u = w + offset,
+// and the offset is taken off in the integer lanes, which start at -offset * (the lane's four
+// activations), prepared once per call. Lanes 0-7 hold the first 32 weights of a pair, 8-15
+// the next 32; each lane is scaled by its weight and activation scales and accumulated in
+// float, even pairs and odd pairs apart (two chains of float additions in flight instead of
+// one) and in k order within each, so a row's result never depends on the other rows of the
+// call.
+
+constexpr int kPairWeights = 64;
+
+struct Pair {     // 64 weights of one row
+    __m512i u;    // unsigned bytes, k order
+    __m512 scale; // weight scale of each int32 lane
+};
+
+struct Activations512 {  // m_len rows, each k_pad = k_len rounded up to whole units
+    QuantizedRows rows;
+    long k_pad = 0;
+    std::vector<int8_t> q;        // m_len x k_pad int8, zero past k_len
+    std::vector<float> scale16;   // per pair: the scale of each lane's block (16 floats)
+    std::vector<int32_t> offset16;  // per pair: -offset * the sum of each lane's 4 activations
+    std::vector<float> min_terms;   // per block of 32: scale * sum (the mins of Q4_K / Q5_K)
+};
+
+void prepare_activations(const float* x, long m_len, long k_len, int offset, long unit, Activations512& a) {
+    quantize_rows(x, m_len, k_len, a.rows);
+    a.k_pad = (k_len + unit - 1) / unit * unit;
+    const long pairs = a.k_pad / kPairWeights, blocks = k_len / 32;
+    a.q.assign(m_len * a.k_pad, 0);
+    a.scale16.assign(m_len * pairs * 16, 0.0f);
+    a.offset16.resize(m_len * pairs * 16);
+    a.min_terms.resize(m_len * blocks);
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (long m = 0; m < m_len; ++m) {
+        std::memcpy(&a.q[m * a.k_pad], &a.rows.q[m * k_len], k_len);
+        for (long b = 0; b < blocks; ++b) {
+            const float d = a.rows.scale[m * blocks + b];
+            std::fill_n(&a.scale16[(m * pairs + b / 2) * 16 + 8 * (b % 2)], 8, d);
+            a.min_terms[m * blocks + b] = d * a.rows.sum[m * blocks + b];
+        }
+        for (long p = 0; p < pairs; ++p) {
+            const __m512i xq = _mm512_loadu_si512(&a.q[m * a.k_pad + p * kPairWeights]);
+            const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xq);
+            _mm512_storeu_si512(&a.offset16[(m * pairs + p) * 16], _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
+        }
+    }
+}
+
+// Two fp16 scales -> 16 lanes: the first eight a, the next eight b.
+inline __m512 two_scales(const uint8_t* a, const uint8_t* b) {
+    uint16_t ha, hb;
+    std::memcpy(&ha, a, 2);
+    std::memcpy(&hb, b, 2);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128(ha | (uint32_t)hb << 16));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castps128_ps512(f));
+}
+
+// Two blocks' 16 nibble bytes -> 64 unsigned bytes in k order (each block: low nibbles, then high).
+inline __m512i nibbles_64(const uint8_t* a, const uint8_t* b) {
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i*)a)),
+                                              _mm_loadu_si128((const __m128i*)b), 1);
+    const __m512i halves = _mm512_and_si512(
+        _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), _mm512_set1_epi8(0xF));
+    // [a low, b low, a high, b high] -> [a low, a high, b low, b high]
+    return _mm512_shuffle_i64x2(halves, halves, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+// A unit: the blocks decoded together (a decoder gets pointers to each), as kPairs pairs.
+// Formats of 32-weight blocks: four blocks, two pairs.
+struct Pack8_0 {
+    static constexpr int kWeights = 32, kBytes = 34, kBlocks = 4, kPairs = 2, kOffset = 128;
+    static constexpr bool kHasMin = false;
+    static void decode(const uint8_t* const* blocks, Pair* p, __m256*) {
+        for (int i = 0; i < 2; ++i) {
+            const uint8_t *a = blocks[2 * i], *b = blocks[2 * i + 1];
+            const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(a + 2))),
+                                                 _mm256_loadu_si256((const __m256i*)(b + 2)), 1);
+            p[i] = {_mm512_xor_si512(w, _mm512_set1_epi8((char)0x80)), two_scales(a, b)};
+        }
+    }
+};
+
+struct Pack4_0 {
+    static constexpr int kWeights = 32, kBytes = 18, kBlocks = 4, kPairs = 2, kOffset = 8;
+    static constexpr bool kHasMin = false;
+    static void decode(const uint8_t* const* blocks, Pair* p, __m256*) {
+        for (int i = 0; i < 2; ++i) {
+            const uint8_t *a = blocks[2 * i], *b = blocks[2 * i + 1];
+            p[i] = {nibbles_64(a + 2, b + 2), two_scales(a, b)};
+        }
+    }
+};
+
+struct Pack5_0 {
+    static constexpr int kWeights = 32, kBytes = 22, kBlocks = 4, kPairs = 2, kOffset = 16;
+    static constexpr bool kHasMin = false;
+    static void decode(const uint8_t* const* blocks, Pair* p, __m256*) {
+        for (int i = 0; i < 2; ++i) {
+            const uint8_t *a = blocks[2 * i], *b = blocks[2 * i + 1];
+            uint32_t ha, hb;  // bit j: the fifth bit of weight j
+            std::memcpy(&ha, a + 2, 4);
+            std::memcpy(&hb, b + 2, 4);
+            const __m512i low = nibbles_64(a + 6, b + 6);
+            const __mmask64 fifth = _cvtu64_mask64(ha | (uint64_t)hb << 32);
+            p[i] = {_mm512_mask_add_epi8(low, fifth, low, _mm512_set1_epi8(0x10)), two_scales(a, b)};
+        }
+    }
+};
+
+// Q4_K, Q5_K: one 256-weight block, four pairs (sub-blocks 2c and 2c+1), and the eight mins
+// as one vector.
+template <bool kFive>
+struct PackK {
+    static constexpr int kWeights = 256, kBytes = kFive ? 176 : 144, kBlocks = 1, kPairs = 4, kOffset = 0;
+    static constexpr bool kHasMin = true;
+    static void decode(const uint8_t* const* blocks, Pair* p, __m256* mins) {
+        const uint8_t* b = blocks[0];
+        __m256 scales8;
+        k_scales_times(b, &scales8, mins);
+        const __m512 scales = _mm512_castps256_ps512(scales8);
+        const uint8_t* qs = b + (kFive ? 48 : 16);
+        const __m512i mask = _mm512_set1_epi8(0xF);
+        __m512i qh = _mm512_setzero_si512();
+        if (kFive) qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(b + 16)));
+        for (int c = 0; c < 4; ++c) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * c));
+            __m512i u = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1), mask);
+            if (kFive) {  // bit 2c of qh[l]: weight l of sub-block 2c; bit 2c+1: of sub-block 2c+1
+                const __m512i bits = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))),
+                                                        _mm256_set1_epi8((char)(1 << (2 * c + 1))), 1);
+                u = _mm512_mask_add_epi8(u, _mm512_test_epi8_mask(qh, bits), u, _mm512_set1_epi8(0x10));
+            }
+            const __m512i lanes = _mm512_inserti64x4(_mm512_set1_epi32(2 * c), _mm256_set1_epi32(2 * c + 1), 1);
+            p[c] = {u, _mm512_permutexvar_ps(lanes, scales)};
+        }
+    }
+};
+
+// Q6_K: one 256-weight block, four pairs; each int32 lane has one of 16 scales.
+struct Pack6_K {
+    static constexpr int kWeights = 256, kBytes = 210, kBlocks = 1, kPairs = 4, kOffset = 32;
+    static constexpr bool kHasMin = false;
+    static void decode(const uint8_t* const* blocks, Pair* p, __m256*) {
+        const uint8_t* b = blocks[0];
+        const __m512 scales = _mm512_mul_ps(
+            _mm512_set1_ps(half_to_float(b + 208)),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(b + 192)))));
+        const __m512i mask4 = _mm512_set1_epi8(0xF), mask2 = _mm512_set1_epi8(3);
+        for (int half = 0; half < 2; ++half) {
+            const __m512i ql = _mm512_loadu_si512(b + 64 * half);  // weights l and l + 32 (low nibbles), l + 64 and l + 96 (high)
+            const __m256i h = _mm256_loadu_si256((const __m256i*)(b + 128 + 32 * half));
+            const __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 2), 1);
+            for (int part = 0; part < 2; ++part) {
+                const __m512i low = _mm512_and_si512(part ? _mm512_srli_epi16(ql, 4) : ql, mask4);
+                const __m512i high = _mm512_and_si512(part ? _mm512_srli_epi16(qh, 4) : qh, mask2);
+                const int t = 2 * half + part;  // pair t: scales 4t .. 4t + 3, four lanes each
+                const __m512i lanes = _mm512_add_epi32(_mm512_set1_epi32(4 * t),
+                    _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+                p[t] = {_mm512_or_si512(low, _mm512_slli_epi16(high, 4)), _mm512_permutexvar_ps(lanes, scales)};
+            }
+        }
+    }
+};
+
+// C input rows times one packed weight row.
+template <typename D, int C>
+inline void dot_row_512(const uint8_t* w, long k_len, const Activations512& a, long m, float* out) {
+    const long pairs = a.k_pad / kPairWeights, blocks = k_len / 32;
+    __m512 acc[2][C];  // even and odd pairs
+    __m256 min_acc[C];
+    const int8_t* xq[C];
+    const float* xs[C];
+    const int32_t* xo[C];
+    const float* xm[C];
+    for (int c = 0; c < C; ++c) {
+        acc[0][c] = acc[1][c] = _mm512_setzero_ps();
+        min_acc[c] = _mm256_setzero_ps();
+        xq[c] = &a.q[(m + c) * a.k_pad];
+        xs[c] = &a.scale16[(m + c) * pairs * 16];
+        xo[c] = &a.offset16[(m + c) * pairs * 16];
+        xm[c] = &a.min_terms[(m + c) * blocks];
+    }
+    Pair unit[D::kPairs];
+    __m256 mins;
+    const long row_blocks = k_len / D::kWeights, units = (row_blocks + D::kBlocks - 1) / D::kBlocks;
+    for (long u = 0; u < units; ++u) {
+        const uint8_t* block[D::kBlocks];  // past the row's end: its last block again, against zeros
+        for (int i = 0; i < D::kBlocks; ++i) block[i] = w + std::min(u * D::kBlocks + i, row_blocks - 1) * D::kBytes;
+        D::decode(block, unit, &mins);
+        for (int s = 0; s < D::kPairs; ++s) {
+            const long pair = u * D::kPairs + s;
+            for (int c = 0; c < C; ++c) {
+                const __m512i x = _mm512_loadu_si512(xq[c] + pair * kPairWeights);
+                const __m512i start = D::kOffset ? _mm512_loadu_si512(xo[c] + pair * 16) : _mm512_setzero_si512();
+                const __m512i dots = _mm512_dpbusd_epi32(start, unit[s].u, x);
+                acc[s % 2][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots),
+                                                _mm512_mul_ps(unit[s].scale, _mm512_loadu_ps(xs[c] + pair * 16)),
+                                                acc[s % 2][c]);
+            }
+        }
+        if (D::kHasMin)
+            for (int c = 0; c < C; ++c)
+                min_acc[c] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(xm[c] + 8 * u), min_acc[c]);
+    }
+    for (int c = 0; c < C; ++c)
+        out[c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][c], acc[1][c])) - (D::kHasMin ? lane_sum(min_acc[c]) : 0.0f);
+}
+
+template <typename D>
+void int8_rows_512(const Activations512& a, const uint8_t* w, const float* bias, float* out, long m_len,
+                   long n_len, long k_len, long begin, long end) {
+    const long row_bytes = k_len / D::kWeights * D::kBytes;
+    float acc[4];
+    for (long n = begin; n < end; ++n) {
+        const uint8_t* row = w + n * row_bytes;
+        if (n + 2 < end)  // the row after next: streams from memory while this one is computed
+            for (long i = 0; i < row_bytes; i += 64) _mm_prefetch((const char*)(row + 2 * row_bytes + i), _MM_HINT_T0);
+        for (long m = 0; m < m_len; m += 4) {
+            const long group = std::min(4L, m_len - m);
+            switch (group) {
+                case 1: dot_row_512<D, 1>(row, k_len, a, m, acc); break;
+                case 2: dot_row_512<D, 2>(row, k_len, a, m, acc); break;
+                case 3: dot_row_512<D, 3>(row, k_len, a, m, acc); break;
+                default: dot_row_512<D, 4>(row, k_len, a, m, acc); break;
+            }
+            for (long c = 0; c < group; ++c) out[(m + c) * n_len + n] = acc[c] + (bias ? bias[n] : 0.0f);
+        }
+    }
+}
+
+template <typename Body>
+bool with_packer(int format, Body body) {
+    switch (format) {
+        case Q4_0: body(Pack4_0{}); return true;
+        case Q5_0: body(Pack5_0{}); return true;
+        case Q8_0: body(Pack8_0{}); return true;
+        case Q4_K: body(PackK<false>{}); return true;
+        case Q5_K: body(PackK<true>{}); return true;
+        case Q6_K: body(Pack6_K{}); return true;
+        default: return false;
+    }
+}
+#endif
 #endif
 
 }  // namespace
@@ -511,7 +782,19 @@ extern "C" int small_batch_gemm(const float* x, const float* w, const float* bia
 extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out,
                           long m_len, long n_len, long k_len, int threads) {
     if (!valid_shape(format, m_len, n_len, k_len)) return -1;
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+    if (format != F32 && format != F16) {
+        static thread_local Activations512 buffer;
+        const Activations512& a = buffer;  // a reference: OpenMP workers must read the caller's buffer
+        return with_packer(format, [&](auto packer) {
+            using D = decltype(packer);
+            prepare_activations(x, m_len, k_len, D::kOffset, D::kPairs * kPairWeights, buffer);
+            parallel_rows(n_len, threads, [&](long begin, long end) {
+                int8_rows_512<D>(a, w, bias, out, m_len, n_len, k_len, begin, end);
+            });
+        }) ? 0 : -1;
+    }
+#elif defined(__AVX2__) && defined(__FMA__)
     if (format != F32 && format != F16) {
         static thread_local QuantizedRows buffer;
         const QuantizedRows& xq = buffer;  // a reference: OpenMP workers must read the caller's buffer

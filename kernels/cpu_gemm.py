@@ -4,10 +4,11 @@ Besides the linear layers, the library holds the RMS norm and the rotary embeddi
 decode pass, one call each instead of seven and eight torch operations.
 
 The library is compiled once per source version and instruction set into a cache folder the
-caller names and loaded with ctypes (no torch headers: it builds in a few seconds). Two
-builds exist: AVX2/FMA intrinsics where the CPU has them, else portable C++ vectors (any
-CPU, slower, the same summation order). Where there is no compiler or the build fails,
-`load` returns None and logs why; the caller then keeps torch's own paths. Calls release the
+caller names and loaded with ctypes (no torch headers: it builds in a few seconds). Three
+builds exist, chosen from the CPU's flags at run time: AVX-512 with VNNI, AVX2/FMA, and
+portable C++ vectors (any CPU, slower, the same summation order as AVX2 in the fp32 path).
+Where a build fails the next one is tried; where there is no compiler or none builds, `load`
+returns None and logs why; the caller then keeps torch's own paths. Calls release the
 GIL (ctypes does) and run on `torch.get_num_threads()` threads.
 """
 
@@ -31,7 +32,17 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_gemm.cpp")
 COMMON_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off", "-Wno-psabi"]
-ISA_FLAGS = {"avx2": ["-mavx2", "-mfma", "-mf16c"], "portable": []}
+ISA_FLAGS = {
+    "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "portable": [],
+}
+# /proc/cpuinfo flags each build needs (torch's own capability check where there is no cpuinfo)
+ISA_CPU_FLAGS = {
+    "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"},
+    "avx2": {"avx2", "fma", "f16c"},
+    "portable": set(),
+}
 MAX_ROWS = 64  # kMaxRows in cpu_gemm.cpp
 _PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
@@ -42,9 +53,10 @@ class SmallBatchGemm:
 
     def __init__(self, library: ctypes.CDLL, isa: str):
         self.isa = isa
-        # The AVX2 build multiplies quantized weights with int8-quantized activations (blocks
-        # of 32, as llama.cpp does); the portable one dequantizes weights to fp32 instead.
-        self.int8_activations = isa == "avx2"
+        # The AVX2 and AVX-512 builds multiply quantized weights with int8-quantized
+        # activations (blocks of 32, as llama.cpp does); the portable one dequantizes weights
+        # to fp32 instead.
+        self.int8_activations = isa in ("avx2", "avx512")
         self._fp32 = library.small_batch_gemm
         self._fp32.argtypes = [_PTR] * 4 + [_LONG] * 3 + [_INT]
         self._packed = library.quant_gemm
@@ -129,8 +141,33 @@ def _check_packed(data: torch.Tensor, fmt: BlockFormat, out_features: int, in_fe
                          f"{out_features} contiguous rows of {in_features} weights")
 
 
+@functools.cache
+def _cpu_flags() -> set[str] | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_supports(isa: str) -> bool:
+    """Whether this CPU runs the `isa` build (detected at run time)."""
+    flags = _cpu_flags()
+    if flags is not None:
+        return ISA_CPU_FLAGS[isa] <= flags
+    capability = torch.backends.cpu.get_cpu_capability()
+    return isa == "portable" or (isa == "avx2" and capability in ("AVX2", "AVX512"))
+
+
 def cpu_supports_avx2() -> bool:
-    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    return cpu_supports("avx2")
+
+
+def supported_isas() -> list[str]:
+    """The builds this CPU runs, best first."""
+    return [isa for isa in ISA_FLAGS if cpu_supports(isa)]
 
 
 def find_compiler() -> str | None:
@@ -139,29 +176,39 @@ def find_compiler() -> str | None:
 
 def best_isa() -> str:
     """The instruction set this CPU runs the kernels with (detected at run time)."""
-    return "avx2" if cpu_supports_avx2() else "portable"
+    return supported_isas()[0]
 
 
 @functools.cache
 def load(build_dir: Path, isa: str | None = None) -> SmallBatchGemm | None:
-    """The compiled kernels for `isa` (default: the best this CPU has), built into `build_dir`
-    if needed; None (logged) where unavailable."""
-    isa = isa or best_isa()
-    if isa not in ISA_FLAGS:
-        raise ValueError(f"unknown instruction set {isa!r}; valid: {', '.join(ISA_FLAGS)}")
+    """The compiled kernels for `isa` (default: the best this CPU has and the compiler
+    builds), built into `build_dir` if needed; None (logged) where unavailable."""
+    candidates = [isa] if isa else supported_isas()
+    for candidate in candidates:
+        if candidate not in ISA_FLAGS:
+            raise ValueError(f"unknown instruction set {candidate!r}; valid: {', '.join(ISA_FLAGS)}")
     compiler = find_compiler()
     if not compiler:
         logger.info("small-batch kernels: no C++ compiler found (set CXX), keeping torch's GEMM")
         return None
+    for candidate in candidates:
+        gemm = _load_build(Path(build_dir), candidate, compiler)
+        if gemm is not None:
+            return gemm
+    logger.warning("small-batch kernels unavailable, keeping torch's GEMM")
+    return None
+
+
+def _load_build(build_dir: Path, isa: str, compiler: str) -> SmallBatchGemm | None:
     flags = COMMON_FLAGS + ISA_FLAGS[isa]
     try:
         digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
-        library = Path(build_dir) / f"cpu_gemm-{isa}-{digest}.so"
+        library = build_dir / f"cpu_gemm-{isa}-{digest}.so"
         if not library.exists():
             _build(compiler, flags, library)
         return SmallBatchGemm(ctypes.CDLL(str(library)), isa)
     except (OSError, subprocess.SubprocessError) as error:
-        logger.warning("small-batch kernels unavailable, keeping torch's GEMM: %s", error)
+        logger.warning("small-batch kernels: the %s build is unavailable: %s", isa, error)
         return None
 
 

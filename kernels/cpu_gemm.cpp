@@ -528,36 +528,45 @@ struct Pair {     // 64 weights of one row
     __m512 scale; // weight scale of each int32 lane
 };
 
-struct Activations512 {  // m_len rows, each k_pad = k_len rounded up to whole units
+struct alignas(64) PairRow {  // one row's 64 activations of a pair, as the inner loop reads them
+    int8_t q[64];       // int8 values, zero past k_len
+    int32_t offset[16]; // -offset * the sum of each lane's four values
+    float scale[16];    // the scale of each lane's block
+};
+
+struct alignas(32) UnitMins { float terms[8]; };  // per block of 32 of a 256-weight unit: scale * sum
+
+// m_len rows laid out pair by pair (all rows of pair 0, then of pair 1, ...): a group of rows
+// is read at fixed distances from one pointer.
+struct Activations512 {
     QuantizedRows rows;
     long k_pad = 0;
-    std::vector<int8_t> q;        // m_len x k_pad int8, zero past k_len
-    std::vector<float> scale16;   // per pair: the scale of each lane's block (16 floats)
-    std::vector<int32_t> offset16;  // per pair: -offset * the sum of each lane's 4 activations
-    std::vector<float> min_terms;   // per block of 32: scale * sum (the mins of Q4_K / Q5_K)
+    std::vector<PairRow> pairs;
+    std::vector<UnitMins> mins;  // unit by unit, row by row (Q4_K / Q5_K)
 };
 
 void prepare_activations(const float* x, long m_len, long k_len, int offset, long unit, Activations512& a) {
     quantize_rows(x, m_len, k_len, a.rows);
     a.k_pad = (k_len + unit - 1) / unit * unit;
     const long pairs = a.k_pad / kPairWeights, blocks = k_len / 32;
-    a.q.assign(m_len * a.k_pad, 0);
-    a.scale16.assign(m_len * pairs * 16, 0.0f);
-    a.offset16.resize(m_len * pairs * 16);
-    a.min_terms.resize(m_len * blocks);
+    a.pairs.resize(pairs * m_len);
+    a.mins.resize(a.k_pad / 256 * m_len);
     const __m512i ones = _mm512_set1_epi8(1);
     for (long m = 0; m < m_len; ++m) {
-        std::memcpy(&a.q[m * a.k_pad], &a.rows.q[m * k_len], k_len);
-        for (long b = 0; b < blocks; ++b) {
-            const float d = a.rows.scale[m * blocks + b];
-            std::fill_n(&a.scale16[(m * pairs + b / 2) * 16 + 8 * (b % 2)], 8, d);
-            a.min_terms[m * blocks + b] = d * a.rows.sum[m * blocks + b];
-        }
         for (long p = 0; p < pairs; ++p) {
-            const __m512i xq = _mm512_loadu_si512(&a.q[m * a.k_pad + p * kPairWeights]);
-            const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, xq);
-            _mm512_storeu_si512(&a.offset16[(m * pairs + p) * 16], _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
+            PairRow& pr = a.pairs[p * m_len + m];
+            for (int half = 0; half < 2; ++half) {
+                const long b = 2 * p + half;
+                const bool inside = b < blocks;
+                if (inside) std::memcpy(pr.q + 32 * half, &a.rows.q[m * k_len + 32 * b], 32);
+                else std::memset(pr.q + 32 * half, 0, 32);
+                std::fill_n(pr.scale + 8 * half, 8, inside ? a.rows.scale[m * blocks + b] : 0.0f);
+            }
+            const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_load_si512(pr.q));
+            _mm512_store_si512(pr.offset, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
         }
+        for (long b = 0; b < blocks && unit == 256; ++b)
+            a.mins[b / 8 * m_len + m].terms[b % 8] = a.rows.scale[m * blocks + b] * a.rows.sum[m * blocks + b];
     }
 }
 
@@ -678,45 +687,36 @@ struct Pack6_K {
     }
 };
 
-// C input rows times one packed weight row.
+// C input rows (from row m) times one packed weight row.
 template <typename D, int C>
-inline void dot_row_512(const uint8_t* w, long k_len, const Activations512& a, long m, float* out) {
-    const long pairs = a.k_pad / kPairWeights, blocks = k_len / 32;
+inline void dot_row_512(const uint8_t* w, long k_len, const Activations512& a, long m_len, long m, float* out) {
     __m512 acc[2][C];  // even and odd pairs
     __m256 min_acc[C];
-    const int8_t* xq[C];
-    const float* xs[C];
-    const int32_t* xo[C];
-    const float* xm[C];
     for (int c = 0; c < C; ++c) {
         acc[0][c] = acc[1][c] = _mm512_setzero_ps();
         min_acc[c] = _mm256_setzero_ps();
-        xq[c] = &a.q[(m + c) * a.k_pad];
-        xs[c] = &a.scale16[(m + c) * pairs * 16];
-        xo[c] = &a.offset16[(m + c) * pairs * 16];
-        xm[c] = &a.min_terms[(m + c) * blocks];
     }
     Pair unit[D::kPairs];
     __m256 mins;
     const long row_blocks = k_len / D::kWeights, units = (row_blocks + D::kBlocks - 1) / D::kBlocks;
+    const PairRow* x = &a.pairs[m];
+    const UnitMins* xm = D::kHasMin ? &a.mins[m] : nullptr;
     for (long u = 0; u < units; ++u) {
         const uint8_t* block[D::kBlocks];  // past the row's end: its last block again, against zeros
         for (int i = 0; i < D::kBlocks; ++i) block[i] = w + std::min(u * D::kBlocks + i, row_blocks - 1) * D::kBytes;
         D::decode(block, unit, &mins);
-        for (int s = 0; s < D::kPairs; ++s) {
-            const long pair = u * D::kPairs + s;
+        for (int s = 0; s < D::kPairs; ++s, x += m_len) {
             for (int c = 0; c < C; ++c) {
-                const __m512i x = _mm512_loadu_si512(xq[c] + pair * kPairWeights);
-                const __m512i start = D::kOffset ? _mm512_loadu_si512(xo[c] + pair * 16) : _mm512_setzero_si512();
-                const __m512i dots = _mm512_dpbusd_epi32(start, unit[s].u, x);
-                acc[s % 2][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots),
-                                                _mm512_mul_ps(unit[s].scale, _mm512_loadu_ps(xs[c] + pair * 16)),
+                const __m512i start = D::kOffset ? _mm512_load_si512(x[c].offset) : _mm512_setzero_si512();
+                const __m512i dots = _mm512_dpbusd_epi32(start, unit[s].u, _mm512_load_si512(x[c].q));
+                acc[s % 2][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(unit[s].scale, _mm512_load_ps(x[c].scale)),
                                                 acc[s % 2][c]);
             }
         }
-        if (D::kHasMin)
-            for (int c = 0; c < C; ++c)
-                min_acc[c] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(xm[c] + 8 * u), min_acc[c]);
+        if (D::kHasMin) {
+            for (int c = 0; c < C; ++c) min_acc[c] = _mm256_fmadd_ps(mins, _mm256_load_ps(xm[c].terms), min_acc[c]);
+            xm += m_len;
+        }
     }
     for (int c = 0; c < C; ++c)
         out[c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][c], acc[1][c])) - (D::kHasMin ? lane_sum(min_acc[c]) : 0.0f);
@@ -734,10 +734,10 @@ void int8_rows_512(const Activations512& a, const uint8_t* w, const float* bias,
         for (long m = 0; m < m_len; m += 4) {
             const long group = std::min(4L, m_len - m);
             switch (group) {
-                case 1: dot_row_512<D, 1>(row, k_len, a, m, acc); break;
-                case 2: dot_row_512<D, 2>(row, k_len, a, m, acc); break;
-                case 3: dot_row_512<D, 3>(row, k_len, a, m, acc); break;
-                default: dot_row_512<D, 4>(row, k_len, a, m, acc); break;
+                case 1: dot_row_512<D, 1>(row, k_len, a, m_len, m, acc); break;
+                case 2: dot_row_512<D, 2>(row, k_len, a, m_len, m, acc); break;
+                case 3: dot_row_512<D, 3>(row, k_len, a, m_len, m, acc); break;
+                default: dot_row_512<D, 4>(row, k_len, a, m_len, m, acc); break;
             }
             for (long c = 0; c < group; ++c) out[(m + c) * n_len + n] = acc[c] + (bias ? bias[n] : 0.0f);
         }

@@ -11,7 +11,9 @@ way, ~62 ms with the copies. The outputs agree with transformers' path to float 
 
 A single query row (a decode step) is two batched matrix products and a softmax over the
 grouped heads (`_one_row`): ~80 us a layer over 512 cached tokens, against ~130-200 us for
-torch's flash-attention kernel, whose setup dominates at one row.
+torch's flash-attention kernel, whose setup dominates at one row. Where the model was given
+the compiled kernels (kernels/cpu_gemm.cpp `attend_rows`), single rows and verify rows take
+one call a layer instead, with the same row-by-row property.
 
 Passes over a few new tokens (speculative verify passes, up to ROWWISE_MAX_ROWS rows) go one
 query row at a time instead, each over the cache entries its mask allows, through the very
@@ -31,6 +33,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from kernels.cpu_gemm import SmallBatchGemm
+
 NAME = "codeassist_grouped_sdpa"
 ROWWISE_MAX_ROWS = 32  # verify passes: at most the draft limit + 1 rows
 
@@ -40,11 +44,19 @@ def grouped_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
                          scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     grouped = query.shape[1] != key.shape[1]
     plain = query.device.type == "cpu" and kwargs.get("position_bias") is None and dropout == 0.0
+    kernel = getattr(module, "row_attention", None)
+    if kernel is not None and not (plain and kernel.takes_attention(query, key, value)):
+        kernel = None
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if plain and attention_mask is None and query.shape[0] == 1 and query.shape[2] == 1 and not kwargs.get("sliding_window"):
+        if kernel is not None:
+            return kernel.attend_rows(query, key, value, None, scale), None
         return _one_row(query, key, value, scaling).transpose(1, 2), None
     if plain and attention_mask is not None and query.shape[0] == 1 and 1 < query.shape[2] <= ROWWISE_MAX_ROWS:
         allowed = _allowed_keys(attention_mask)
         if allowed is not None and allowed.shape == (query.shape[2], key.shape[2]):
+            if kernel is not None:
+                return kernel.attend_rows(query, key, value, allowed, scale), None
             return _rowwise(query, key, value, allowed, scaling), None
     if attention_mask is None or not grouped or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -97,10 +109,14 @@ def _one_row(query, key, value, scaling) -> torch.Tensor:
     return out.reshape(1, -1, 1, value.shape[-1])
 
 
-def use_grouped_sdpa(model) -> bool:
-    """Switch a CPU model that uses "sdpa" attention to the grouped variant; whether it did."""
+def use_grouped_sdpa(model, kernel: SmallBatchGemm | None = None) -> bool:
+    """Switch a CPU model that uses "sdpa" attention to the grouped variant; whether it did.
+    With `kernel`, single rows and verify rows take its `attend_rows` (one call a layer)."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
+    for module in model.modules():
+        if hasattr(module, "q_proj") and hasattr(module, "head_dim"):
+            module.row_attention = kernel
     AttentionInterface.register(NAME, grouped_sdpa_forward)
     AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as "sdpa"
     model.set_attn_implementation(NAME)

@@ -169,7 +169,7 @@ def _load_packed(spec: str, gguf: Path, device: torch.device, start: float) -> L
     if device.type == "cpu":
         from .attention import use_grouped_sdpa
 
-        use_grouped_sdpa(model)
+        use_grouped_sdpa(model, gemm)
     load_ms = (time.perf_counter() - start) * 1000
     kernel = f"{gemm.isa} kernel" if gemm else "torch reference" if device.type == "cpu" else "Triton"
     logger.info("loaded %s packed (%s) on %s in %.0f ms", spec, kernel, device, load_ms)

@@ -861,6 +861,89 @@ extern "C" int rope_rows(float* x, const float* cos, const float* sin, long rows
     return 0;
 }
 
+// e^x for x <= 0 (softmax after subtracting the maximum), 8 at a time: the exponent from
+// rounding x / ln 2, the rest from Cephes' expf polynomial. The same function for every
+// element, so a score's weight never depends on where it sits in a vector.
+inline V8 exp_nonpositive(V8 x) {
+#if defined(__AVX2__) && defined(__FMA__)
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(power));
+#else
+    V8 y;
+    for (int i = 0; i < 8; ++i) y[i] = std::exp(x[i]);
+    return y;
+#endif
+}
+
+// Attention of each query row over its allowed keys, grouped query heads sharing a key/value
+// head (head h reads key/value head h / (heads / kv_heads)). q[r * q_row + h * q_head + i];
+// keys and values [g * kv_head + j * kv_key + i] (each its own strides); allowed: rows x keys
+// bytes, or null for every key; out: rows x heads x dim. Each (row, head) is computed alone
+// over the list of its allowed keys in order, so a row of a verify pass gets bit for bit what
+// a single-token step over the same keys gets.
+extern "C" int attend_rows(const float* q, long q_row, long q_head, const float* k, long k_head, long k_key,
+                           const float* v, long v_head, long v_key, const uint8_t* allowed, float* out, long rows,
+                           long heads, long kv_heads, long keys, long dim, float scale, int threads) {
+    if (rows < 1 || heads < 1 || kv_heads < 1 || heads % kv_heads || keys < 1 || dim < 8 || dim % 8 || dim > 512)
+        return -1;
+    const long group = heads / kv_heads, padded = (keys + 7) / 8 * 8;
+#pragma omp parallel num_threads(std::max(1, std::min<int>(threads, rows * heads)))
+    {
+        std::vector<float> weights(padded);
+        std::vector<long> order(keys);
+#pragma omp for schedule(static)
+        for (long task = 0; task < rows * heads; ++task) {
+            const long r = task / heads, h = task % heads, g = h / group;
+            const float* qv = q + r * q_row + h * q_head;
+            const float* kg = k + g * k_head;
+            const float* vg = v + g * v_head;
+            long count = 0;
+            for (long j = 0; j < keys; ++j)
+                if (!allowed || allowed[r * keys + j]) order[count++] = j;
+            float* o = out + (r * heads + h) * dim;
+            if (count == 0) { std::fill_n(o, dim, 0.0f); continue; }
+            float top = -INFINITY;
+            for (long c = 0; c < count; ++c) {
+                const float* kv = kg + order[c] * k_key;
+                V8 sum = v_zero();
+                for (long i = 0; i < dim; i += 8) sum = v_fma(v_load(qv + i), v_load(kv + i), sum);
+                weights[c] = lane_sum(sum) * scale;
+                top = std::max(top, weights[c]);
+            }
+            const long filled = (count + 7) / 8 * 8;
+            std::fill(weights.begin() + count, weights.begin() + filled, -INFINITY);
+            V8 total = v_zero();
+            for (long c = 0; c < filled; c += 8) {
+                const V8 e = exp_nonpositive(v_load(&weights[c]) - top);
+                std::memcpy(&weights[c], &e, sizeof e);
+                total = total + e;
+            }
+            const float inverse = 1.0f / lane_sum(total);
+            V8 acc[64];  // dim / 8 <= 64
+            for (long i = 0; i < dim / 8; ++i) acc[i] = v_zero();
+            for (long c = 0; c < count; ++c) {
+                const float* vv = vg + order[c] * v_key;
+                const V8 wc = v_zero() + weights[c];
+                for (long i = 0; i < dim / 8; ++i) acc[i] = v_fma(wc, v_load(vv + 8 * i), acc[i]);
+            }
+            for (long i = 0; i < dim / 8; ++i) {
+                const V8 scaled = acc[i] * inverse;
+                std::memcpy(o + 8 * i, &scaled, sizeof scaled);
+            }
+        }
+    }
+    return 0;
+}
+
 // Rows [0, n_len) of a packed tensor -> out (n_len x k_len floats): prefill tiles.
 extern "C" int dequantize_rows(int format, const uint8_t* w, float* out, long n_len, long k_len, int threads) {
     const BlockShape shape = block_shape(format);

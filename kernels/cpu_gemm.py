@@ -1,7 +1,7 @@
 """Build and load the small-batch CPU kernels (cpu_gemm.cpp) with the system C++ compiler.
 
-Besides the linear layers, the library holds the RMS norm and the rotary embedding of a
-decode pass, one call each instead of seven and eight torch operations.
+Besides the linear layers, the library holds the RMS norm, the rotary embedding and the
+attention of a decode or verify pass, one call each instead of several torch operations.
 
 The library is compiled once per source version and instruction set into a cache folder the
 caller names and loaded with ctypes (no torch headers: it builds in a few seconds). Three
@@ -67,7 +67,10 @@ class SmallBatchGemm:
         self._rms_norm.argtypes = [_PTR, _PTR, ctypes.c_float, _PTR, _LONG, _LONG]
         self._rope = library.rope_rows
         self._rope.argtypes = [_PTR] * 3 + [_LONG] * 3
-        for function in (self._fp32, self._packed, self._dequantize, self._rms_norm, self._rope):
+        self._attend = library.attend_rows
+        self._attend.argtypes = [_PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _PTR, _PTR] + [_LONG] * 5 + [
+            ctypes.c_float, _INT]
+        for function in (self._fp32, self._packed, self._dequantize, self._rms_norm, self._rope, self._attend):
             function.restype = ctypes.c_int
 
     def takes(self, rows: int, weight: torch.Tensor) -> bool:
@@ -123,6 +126,31 @@ class SmallBatchGemm:
         dim = cos.shape[-1]
         status = self._rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.numel() // dim, heads, dim)
         _check(status, f"rope_rows refused {heads} heads of {dim}")
+
+
+    def takes_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+        """Whether `attend_rows` takes these (batch 1, fp32 CPU, rows of floats in memory)."""
+        dim = query.shape[-1]
+        return (query.shape[0] == 1 and dim % 8 == 0 and 8 <= dim <= 512 and value.shape[-1] == dim
+                and query.shape[1] % key.shape[1] == 0
+                and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
+                        for t in (query, key, value)))
+
+    def attend_rows(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    allowed: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """Attention of each query row over its allowed keys: query (1, heads, rows, dim), key
+        and value (1, kv_heads, keys, dim), allowed (rows, keys) booleans or None (every key);
+        returns (1, rows, heads, dim). `takes_attention` must hold."""
+        _, heads, rows, dim = query.shape
+        kv_heads, keys = key.shape[1], key.shape[2]
+        if allowed is not None:
+            allowed = allowed.to(torch.bool).contiguous().view(torch.uint8)
+        out = torch.empty(1, rows, heads, dim, dtype=torch.float32)
+        status = self._attend(query.data_ptr(), query.stride(2), query.stride(1), key.data_ptr(), key.stride(1),
+                              key.stride(2), value.data_ptr(), value.stride(1), value.stride(2), _ptr(allowed),
+                              out.data_ptr(), rows, heads, kv_heads, keys, dim, scale, torch.get_num_threads())
+        _check(status, f"attend_rows refused {heads} heads over {kv_heads} of {dim}, {keys} keys")
+        return out
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:

@@ -3,11 +3,13 @@
 
 import types
 
+import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from completion import load_model
 from completion.attention import NAME, grouped_sdpa_forward
+from kernels import cpu_gemm
 
 
 def test_grouped_attention_with_a_mask_equals_transformers_sdpa():
@@ -44,7 +46,8 @@ def test_cpu_models_use_it_and_agree_with_sdpa(tiny_model_dir):
     torch.testing.assert_close(ours, verify_pass(), atol=1e-4, rtol=1e-4)
 
 
-def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("row_kernel", [True, False])
+def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path, row_kernel):
     # The lossless promise on the packed path: int8-quantized activations turn any last-bit
     # difference between a verify pass and single-token steps into a different token, so
     # every row of a chain or tree pass must reproduce its single-token step exactly.
@@ -58,8 +61,9 @@ def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path):
 
     write_tiny_gguf("qwen2", tmp_path / "tiny.gguf")
     parsed = read_gguf(tmp_path / "tiny.gguf")
-    model = build_packed_model(parsed, packed_config(parsed), cpu_gemm.load(tmp_path / "kernels"), torch.device("cpu"))
-    use_grouped_sdpa(model)
+    gemm = cpu_gemm.load(tmp_path / "kernels")
+    model = build_packed_model(parsed, packed_config(parsed), gemm, torch.device("cpu"))
+    use_grouped_sdpa(model, gemm if row_kernel else None)
     prefix = torch.randint(0, 300, (1, 30))
     a, b, c = 11, 22, 33  # tree: a, then b or c after a
 
@@ -103,3 +107,26 @@ def test_one_query_row_equals_torch_attention():
         want = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=0.3,
                                                                 enable_gqa=heads != kv_heads)
         torch.testing.assert_close(_one_row(query, key, value, 0.3), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", cpu_gemm.supported_isas())
+def test_attend_rows_kernel_equals_torch_and_rows_are_independent(tmp_path, isa):
+    gemm = cpu_gemm.load(tmp_path, isa)
+    torch.manual_seed(2)
+    for heads, kv_heads, dim in ((14, 2, 64), (4, 4, 16)):
+        rows, keys = 5, 37
+        query = torch.randn(1, rows, heads, dim).transpose(1, 2)  # as the attention layer passes it
+        buffer_k, buffer_v = torch.randn(1, kv_heads, 50, dim), torch.randn(1, kv_heads, 50, dim)
+        key, value = buffer_k[:, :, :keys], buffer_v[:, :, :keys]  # a growing cache's views
+        allowed = torch.rand(rows, keys) < 0.6  # a draft tree's rows see different subsets
+        allowed[:, 0] = True
+        assert gemm.takes_attention(query, key, value)
+        ours = gemm.attend_rows(query, key, value, allowed, 0.3)
+        mask = torch.where(allowed, 0.0, float("-inf"))[None, None]
+        want = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.3,
+                                                                enable_gqa=heads != kv_heads)
+        torch.testing.assert_close(ours, want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+        for row in range(rows):  # each row alone, over just its keys, as a single-token step
+            keep = allowed[row].nonzero().squeeze(-1)
+            alone = gemm.attend_rows(query[:, :, row:row + 1], key[:, :, keep], value[:, :, keep], None, 0.3)
+            assert torch.equal(alone[0, 0], ours[0, row])

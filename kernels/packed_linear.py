@@ -5,8 +5,8 @@
   build: activations quantized to int8 per block against the packed blocks; portable build:
   four weight rows dequantized at a time into cache), which sums every output in the same order
   whatever the row count (verify passes reproduce single-token passes bit for bit);
-- more rows (prefill): tiles of weight rows are dequantized to fp32 and fed to torch's GEMM,
-  which is fastest there;
+- more rows (prefill): tiles of weight rows are dequantized to fp32 and fed to a GEMM
+  (`large_batch_linear`: oneDNN on AVX-512 CPUs, else torch's default), fastest there;
 - on CUDA tensors: the Triton kernel of triton_packed.py (tested under TRITON_INTERPRET=1 on
   CPU, not measured on a GPU);
 - without a compiled kernel: the torch reference of gguf_blocks.py, tile by tile.
@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import gguf_blocks
 from .cpu_gemm import MAX_ROWS, SmallBatchGemm
+from .cpu_linear import large_batch_linear
 
 TILE_FLOATS = 1 << 20  # a dequantized prefill tile: 4 MB, in cache while the GEMM reads it
 
@@ -71,7 +71,7 @@ class PackedLinear(torch.nn.Module):
         for start in range(0, self.out_features, step):
             stop = min(start + step, self.out_features)
             bias = None if self.bias is None else self.bias[start:stop]
-            out[:, start:stop] = F.linear(flat, self.dequantized(start, stop), bias)
+            out[:, start:stop] = large_batch_linear(flat, self.dequantized(start, stop), bias)
         return out
 
 

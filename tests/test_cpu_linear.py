@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import cpu_gemm
+from kernels import cpu_gemm, cpu_linear
 from kernels.cpu_linear import (MAX_ROWS, onednn_linear_available, small_batch_linear, takes_onednn,
                                 use_small_batch_linear)
 
@@ -126,3 +126,17 @@ def test_a_missing_kernel_source_leaves_onednn(monkeypatch, tmp_path, caplog):
     assert cpu_gemm.load(tmp_path) is None
     if cpu_gemm.cpu_supports_avx2() and cpu_gemm.find_compiler():
         assert "keeping torch's GEMM" in caplog.text
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_large_batches_agree_with_f_linear(monkeypatch, onednn):
+    # prefill tiles: oneDNN where the CPU has AVX-512, else torch's default GEMM
+    monkeypatch.setattr(cpu_linear, "onednn_for_large_batches", lambda: onednn)
+    x, weight, bias = torch.randn(200, 64), torch.randn(48, 64), torch.randn(48)
+    with torch.inference_mode():
+        torch.testing.assert_close(cpu_linear.large_batch_linear(x, weight, bias), F.linear(x, weight, bias),
+                                   atol=1e-4, rtol=1e-4)
+        layer = torch.nn.Linear(64, 48)
+        want = layer(x)
+        use_small_batch_linear(layer)
+        torch.testing.assert_close(layer(x), want, atol=1e-4, rtol=1e-4)  # more rows than MAX_ROWS

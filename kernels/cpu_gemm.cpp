@@ -8,9 +8,10 @@
 // the same. Here each weight vector is loaded once and multiplied with up to four input rows
 // while it sits in registers, so a verify pass over 4 tokens costs little more than one.
 //
-// Packed weights are read at 4.5-8.5 bits per weight instead of 32. The AVX2 build multiplies
-// them with int8-quantized activations (below); the portable build dequantizes four weight
-// rows at a time into a buffer that stays in cache and runs the fp32 tiles over it.
+// Packed weights are read at 4.5-8.5 bits per weight instead of 32. The AVX-512 and AVX2
+// builds multiply them with int8-quantized activations (below); the portable build
+// dequantizes four weight rows at a time into a buffer that stays in cache and runs the fp32
+// tiles over it.
 //
 // Every output element is summed in the same order whatever the number of rows, so a verify
 // pass over n tokens yields bit for bit the numbers of n single-token passes.
@@ -777,8 +778,9 @@ extern "C" int small_batch_gemm(const float* x, const float* w, const float* bia
 }
 
 // As small_batch_gemm, with w the n_len packed rows of a GGUF tensor of type `format`
-// (each row k_len / block_weights blocks). The AVX2 build takes quantized formats through
-// int8 activations; otherwise it is bit for bit small_batch_gemm over the dequantized weights.
+// (each row k_len / block_weights blocks). The AVX-512 and AVX2 builds take quantized
+// formats through int8 activations; otherwise it is bit for bit small_batch_gemm over the
+// dequantized weights.
 extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out,
                           long m_len, long n_len, long k_len, int threads) {
     if (!valid_shape(format, m_len, n_len, k_len)) return -1;

@@ -1,4 +1,5 @@
-"""Small-batch linear layers on CPU: the AVX2 kernel of cpu_gemm.cpp, else oneDNN.
+"""fp32 linear layers on CPU: the AVX2 kernel of cpu_gemm.cpp or oneDNN for small batches,
+oneDNN or the default GEMM for large ones.
 
 Decoding feeds 1 to ~32 rows through every linear layer. On the project's CPU (AVX2, MKL)
 PyTorch's default fp32 GEMM is slow for 2-32 rows: Qwen2.5-Coder-0.5B's 151,936 x 896 output

@@ -1,10 +1,11 @@
 """Linear and embedding layers over GGUF-packed weights, kept packed in memory.
 
 `PackedLinear` multiplies fp32 activations with the packed rows:
-- up to MAX_ROWS rows (decode and verify passes): the C++ kernel of cpu_gemm.cpp (AVX2
-  build: activations quantized to int8 per block against the packed blocks; portable build:
-  four weight rows dequantized at a time into cache), which sums every output in the same order
-  whatever the row count (verify passes reproduce single-token passes bit for bit);
+- up to MAX_ROWS rows (decode and verify passes): the C++ kernel of cpu_gemm.cpp (AVX-512
+  and AVX2 builds: activations quantized to int8 per block against the packed blocks;
+  portable build: four weight rows dequantized at a time into cache), which sums every
+  output in the same order whatever the row count (verify passes reproduce single-token
+  passes bit for bit);
 - more rows (prefill): tiles of weight rows are dequantized to fp32 and fed to a GEMM
   (`large_batch_linear`: oneDNN on AVX-512 CPUs, else torch's default), fastest there;
 - on CUDA tensors: the Triton kernel of triton_packed.py (tested under TRITON_INTERPRET=1 on

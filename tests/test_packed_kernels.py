@@ -71,7 +71,7 @@ def test_kernel_dequantizes_like_the_reference_bit_for_bit(kernel_dir, isa, name
 
 
 def int8_activations(x: torch.Tensor) -> torch.Tensor:
-    """x as the AVX2 kernel sees it: blocks of 32 quantized to int8 with scale max|x| / 127
+    """x as the int8 builds (AVX-512, AVX2) see it: blocks of 32 quantized to int8 with scale max|x| / 127
     (the same float32 operations, ties rounded to even), dequantized again."""
     blocks = x.reshape(-1, 32)
     scale = blocks.abs().amax(1, keepdim=True) / 127.0

@@ -127,7 +127,6 @@ class SmallBatchGemm:
         status = self._rope(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.numel() // dim, heads, dim)
         _check(status, f"rope_rows refused {heads} heads of {dim}")
 
-
     def takes_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
         """Whether `attend_rows` takes these (batch 1, fp32 CPU, rows of floats in memory)."""
         dim = query.shape[-1]

@@ -3,10 +3,12 @@ path and llama.cpp on the same file, threads and machine, in one run.
 
 Rows, per model and path:
 - prefill tokens/s over 512 and 2048 tokens of real code (a fresh cache, one pass);
-- decode tokens/s: greedy steps one token at a time after a 512-token prompt (median step);
-- for llama.cpp, `llama-bench` on the same GGUF (pp512, pp2048, tg64 at depth 512), found
-  through `--llama-bench PATH` or `$CODEASSIST_LLAMA_BENCH` (the column is skipped, with a
-  message, when absent).
+- decode tokens/s: greedy steps one token at a time after a 512-token prompt (median step),
+  in ROUNDS rounds (the median is reported);
+- for llama.cpp, `llama-bench` on the same GGUF (pp512, pp2048, and tg64 at depth 512 once
+  after each decode round of the packed path: a shared machine's speed drifts, and both
+  sides then see the same drifts), found through `--llama-bench PATH` or
+  `$CODEASSIST_LLAMA_BENCH` (the column is skipped, with a message, when absent).
 Then, for the default model: greedy completions of the speculative bench's holes on the
 packed path against the fp32 path (the share with the same text), speculative decoding
 against plain greedy on the packed path (identical share and tokens/s), the time from an
@@ -40,19 +42,31 @@ from .speculative import _holes, _source_files
 
 PROMPTS = (512, 2048)
 DEPTH = 512  # decode steps run after a prompt of this many tokens
+ROUNDS = 5  # decode measurements alternating with llama-bench's (the median is reported)
 
 
 def run_bench(args) -> BenchResult:
     quick = args.quick
     models = [m for m in (DEFAULT_MODEL, "qwen2.5-coder-1.5b") if is_installed(EMBEDDED_MODELS[m])]
     rows: list[dict] = []
+    llama_bench = _llama_bench_binary(args)
+    rounds = 1 if quick else ROUNDS
     for model in models:
+        llama = _llama_prefill(llama_bench, model, repeats=1 if quick else 3) if llama_bench else None
         paths = ["packed", "fp32"] if model == DEFAULT_MODEL else ["packed"]  # fp32 1.5B: 6 GB, ~2 tok/s
         for path in paths:
-            rows.append(_pass_speed(model, path, repeats=1 if quick else 3, steps=24 if quick else 48))
-        rows.extend(_llama_bench(model, args, repeats=1 if quick else 3))
+            # The packed path's decode alternates with llama.cpp's, round by round.
+            rival = llama if path == "packed" else None
+            rows.append(_pass_speed(model, path, repeats=1 if quick else 3, steps=24 if quick else 48,
+                                    rounds=rounds, rival=(llama_bench, rival) if rival else None))
+        if llama:
+            rows.append(llama)
     summary = _speed_summary(rows)
     summary.update(_exactness(quick))
+    llama_decode = summary.get("decode_tok_s_0.5b_llamacpp")
+    if llama_decode:
+        summary["engine_speculative_vs_llamacpp_0.5b"] = round(
+            summary["engine_decode_tok_s_packed_speculative"] / llama_decode, 2)
     summary["first_suggestion_s_fresh_home"] = _first_suggestion_s()
     summary["serve_rss_mb_after_load"] = _serve_rss_mb()
     columns = ["model", "path", "prefill_512_tok_s", "prefill_2048_tok_s", "decode_tok_s", "load_s"]
@@ -70,7 +84,11 @@ def _code_tokens(tokenizer, count: int) -> torch.Tensor:
     return ids
 
 
-def _pass_speed(model: str, path: str, repeats: int, steps: int) -> dict:
+def _pass_speed(model: str, path: str, repeats: int, steps: int, rounds: int,
+                rival: tuple[str, dict] | None) -> dict:
+    """Prefill and decode speed of one path. Decode is measured in `rounds` rounds; with a
+    `rival` (llama-bench and its row), each round is followed by one llama-bench decode run,
+    so both see the same drifts of a shared machine's speed. Medians over the rounds."""
     loaded = load_model(model, dtype=path)
     ids = _code_tokens(loaded.tokenizer, max(PROMPTS))
     row = {"model": model, "path": path, "load_s": round(loaded.load_ms / 1000, 1)}
@@ -84,19 +102,34 @@ def _pass_speed(model: str, path: str, repeats: int, steps: int) -> dict:
                              logits_to_keep=1)
                 times.append(time.perf_counter() - began)
             row[f"prefill_{count}_tok_s"] = round(count / statistics.median(times), 1)
-        cache = growing_cache(loaded.model.config)
-        out = loaded.model(input_ids=ids[:, :DEPTH], cache=cache, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1:].argmax(-1)
-        times = []
-        for _ in range(steps):
-            began = time.perf_counter()
-            out = loaded.model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
-            token = out.logits[:, -1:].argmax(-1)
-            times.append(time.perf_counter() - began)
-    row["decode_tok_s"] = round(1 / statistics.median(times), 2)
-    del loaded, cache, out
+        ours, theirs = [], []
+        for _ in range(rounds):
+            ours.append(_decode_speed(loaded.model, ids, steps))
+            if rival:
+                theirs.append(_llama_decode(rival[0], model))
+    row["decode_tok_s"] = round(statistics.median(ours), 2)
+    row["decode_rounds"] = [round(r, 2) for r in ours]
+    if rival and all(theirs):
+        rival[1]["decode_tok_s"] = round(statistics.median(theirs), 2)
+        rival[1]["decode_rounds"] = [round(r, 2) for r in theirs]
+        row["decode_vs_llamacpp"] = round(statistics.median(a / b for a, b in zip(ours, theirs)), 2)
+    del loaded
     gc.collect()
     return row
+
+
+def _decode_speed(model, ids: torch.Tensor, steps: int) -> float:
+    """Greedy steps one token at a time after a DEPTH-token prompt: tokens/s of the median step."""
+    cache = growing_cache(model.config)
+    out = model(input_ids=ids[:, :DEPTH], cache=cache, use_cache=True, logits_to_keep=1)
+    token = out.logits[:, -1:].argmax(-1)
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1:].argmax(-1)
+        times.append(time.perf_counter() - began)
+    return 1 / statistics.median(times)
 
 
 def _llama_bench_binary(args) -> str | None:
@@ -108,28 +141,32 @@ def _llama_bench_binary(args) -> str | None:
     return None
 
 
-def _llama_bench(model: str, args, repeats: int) -> list[dict]:
-    binary = _llama_bench_binary(args)
-    if binary is None:
-        return []
+def _run_llama_bench(binary: str, model: str, *options: str) -> list[dict] | None:
     gguf = ensure_gguf(EMBEDDED_MODELS[model])
-    threads = str(torch.get_num_threads())
-    command = [binary, "-m", str(gguf), "-t", threads, "-r", str(repeats), "-o", "json",
-               "-p", ",".join(map(str, PROMPTS)), "-n", "0"]
-    decode = [binary, "-m", str(gguf), "-t", threads, "-r", str(repeats), "-o", "json",
-              "-p", "0", "-n", "64", "-d", str(DEPTH)]
+    argv = [binary, "-m", str(gguf), "-t", str(torch.get_num_threads()), "-o", "json", *options]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        print(f"bench decode: llama-bench failed: {result.stderr[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout)
+
+
+def _llama_prefill(binary: str, model: str, repeats: int) -> dict | None:
+    """llama.cpp's row: prefill from llama-bench (pp512, pp2048); its decode is added by the
+    packed path's rounds."""
+    tests = _run_llama_bench(binary, model, "-r", str(repeats), "-p", ",".join(map(str, PROMPTS)), "-n", "0")
+    if tests is None:
+        return None
     row = {"model": model, "path": "llama.cpp", "load_s": None}
-    for argv in (command, decode):
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-        if result.returncode != 0:
-            print(f"bench decode: llama-bench failed: {result.stderr[-500:]}", file=sys.stderr)
-            return []
-        for test in json.loads(result.stdout):
-            if test["n_gen"]:
-                row["decode_tok_s"] = round(test["avg_ts"], 2)
-            else:
-                row[f"prefill_{test['n_prompt']}_tok_s"] = round(test["avg_ts"], 1)
-    return [row]
+    for test in tests:
+        row[f"prefill_{test['n_prompt']}_tok_s"] = round(test["avg_ts"], 1)
+    return row
+
+
+def _llama_decode(binary: str, model: str) -> float | None:
+    """llama-bench tg64 at depth DEPTH, one run: tokens/s."""
+    tests = _run_llama_bench(binary, model, "-r", "1", "-p", "0", "-n", "64", "-d", str(DEPTH))
+    return tests[0]["avg_ts"] if tests else None
 
 
 def _speed_summary(rows: list[dict]) -> dict:
@@ -145,6 +182,10 @@ def _speed_summary(rows: list[dict]) -> dict:
             summary[f"decode_packed_vs_fp32_{size}"] = round(packed / fp32, 2)
         if packed and llama:
             summary[f"decode_packed_vs_llamacpp_{size}"] = round(packed / llama, 2)
+    for row in rows:
+        if "decode_vs_llamacpp" in row:  # the median of the rounds' ratios
+            summary[f"decode_packed_vs_llamacpp_rounds_{row['model'].removeprefix('qwen2.5-coder-')}"] = \
+                row["decode_vs_llamacpp"]
     return summary
 
 

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstring>
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -466,33 +467,47 @@ inline void dot_row(const uint8_t* w, long k_len, const int8_t* const* xq, const
     for (int c = 0; c < C; ++c) out[c] = lane_sum(acc[c]) - min_acc[c];
 }
 
-template <typename D>
-void int8_rows(const QuantizedRows& x, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
-               long k_len, long begin, long end) {
-    const long row_bytes = k_len / D::kWeights * D::kBytes, blocks = k_len / 32;
+// Packed weight rows [begin, end) of row_bytes each times every input row, in groups of up
+// to four input rows: dot(row, m, std::integral_constant<int, C>{}, acc) fills acc[0..C) for
+// input rows m..m+C-1. The row after next is prefetched: it streams from memory while this
+// one is computed.
+template <typename Dot>
+void weight_rows(const uint8_t* w, long row_bytes, const float* bias, float* out, long m_len, long n_len,
+                 long begin, long end, Dot dot) {
     float acc[4];
     for (long n = begin; n < end; ++n) {
         const uint8_t* row = w + n * row_bytes;
-        if (n + 2 < end)  // the row after next: streams from memory while this one is computed
+        if (n + 2 < end)
             for (long i = 0; i < row_bytes; i += 64) _mm_prefetch((const char*)(row + 2 * row_bytes + i), _MM_HINT_T0);
         for (long m = 0; m < m_len; m += 4) {
             const long group = std::min(4L, m_len - m);
-            const int8_t* xq[4];
-            const float *xd[4], *xs[4];
-            for (long c = 0; c < group; ++c) {
-                xq[c] = &x.q[(m + c) * k_len];
-                xd[c] = &x.scale[(m + c) * blocks];
-                xs[c] = &x.sum[(m + c) * blocks];
-            }
             switch (group) {
-                case 1: dot_row<D, 1>(row, k_len, xq, xd, xs, acc); break;
-                case 2: dot_row<D, 2>(row, k_len, xq, xd, xs, acc); break;
-                case 3: dot_row<D, 3>(row, k_len, xq, xd, xs, acc); break;
-                default: dot_row<D, 4>(row, k_len, xq, xd, xs, acc); break;
+                case 1: dot(row, m, std::integral_constant<int, 1>{}, acc); break;
+                case 2: dot(row, m, std::integral_constant<int, 2>{}, acc); break;
+                case 3: dot(row, m, std::integral_constant<int, 3>{}, acc); break;
+                default: dot(row, m, std::integral_constant<int, 4>{}, acc); break;
             }
             for (long c = 0; c < group; ++c) out[(m + c) * n_len + n] = acc[c] + (bias ? bias[n] : 0.0f);
         }
     }
+}
+
+template <typename D>
+void int8_rows(const QuantizedRows& x, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
+               long k_len, long begin, long end) {
+    const long blocks = k_len / 32;
+    weight_rows(w, k_len / D::kWeights * D::kBytes, bias, out, m_len, n_len, begin, end,
+                [&](const uint8_t* row, long m, auto rows, float* acc) {
+                    constexpr int C = decltype(rows)::value;
+                    const int8_t* xq[C];
+                    const float *xd[C], *xs[C];
+                    for (int c = 0; c < C; ++c) {
+                        xq[c] = &x.q[(m + c) * k_len];
+                        xd[c] = &x.scale[(m + c) * blocks];
+                        xs[c] = &x.sum[(m + c) * blocks];
+                    }
+                    dot_row<D, C>(row, k_len, xq, xd, xs, acc);
+                });
 }
 
 // Returns false where the format has no int8 path (the float path is used).
@@ -726,23 +741,10 @@ inline void dot_row_512(const uint8_t* w, long k_len, const Activations512& a, l
 template <typename D>
 void int8_rows_512(const Activations512& a, const uint8_t* w, const float* bias, float* out, long m_len,
                    long n_len, long k_len, long begin, long end) {
-    const long row_bytes = k_len / D::kWeights * D::kBytes;
-    float acc[4];
-    for (long n = begin; n < end; ++n) {
-        const uint8_t* row = w + n * row_bytes;
-        if (n + 2 < end)  // the row after next: streams from memory while this one is computed
-            for (long i = 0; i < row_bytes; i += 64) _mm_prefetch((const char*)(row + 2 * row_bytes + i), _MM_HINT_T0);
-        for (long m = 0; m < m_len; m += 4) {
-            const long group = std::min(4L, m_len - m);
-            switch (group) {
-                case 1: dot_row_512<D, 1>(row, k_len, a, m_len, m, acc); break;
-                case 2: dot_row_512<D, 2>(row, k_len, a, m_len, m, acc); break;
-                case 3: dot_row_512<D, 3>(row, k_len, a, m_len, m, acc); break;
-                default: dot_row_512<D, 4>(row, k_len, a, m_len, m, acc); break;
-            }
-            for (long c = 0; c < group; ++c) out[(m + c) * n_len + n] = acc[c] + (bias ? bias[n] : 0.0f);
-        }
-    }
+    weight_rows(w, k_len / D::kWeights * D::kBytes, bias, out, m_len, n_len, begin, end,
+                [&](const uint8_t* row, long m, auto rows, float* acc) {
+                    dot_row_512<D, decltype(rows)::value>(row, k_len, a, m_len, m, acc);
+                });
 }
 
 template <typename Body>

@@ -145,8 +145,18 @@ BlockShape block_shape(int format) {
     }
 }
 
-// The eight 6-bit (scale, min) pairs of a Q4_K / Q5_K block (below).
-void k_scales(const uint8_t* s, float* scale, float* min);
+// The eight 6-bit scales, then the eight 6-bit mins, of a Q4_K / Q5_K block's 12 scale bytes
+// `s` as 16 bytes (ggml's get_scale_min_k4, on little-endian 32-bit words as the file stores
+// them).
+inline void k_scale_bytes(const uint8_t* s, uint8_t* bytes) {
+    uint32_t packed[3], six[4];
+    std::memcpy(packed, s, 12);
+    six[0] = packed[0] & 0x3F3F3F3F;
+    six[1] = (packed[2] & 0x0F0F0F0F) | ((packed[0] >> 6) & 0x03030303) << 4;
+    six[2] = packed[1] & 0x3F3F3F3F;
+    six[3] = ((packed[2] >> 4) & 0x0F0F0F0F) | ((packed[1] >> 6) & 0x03030303) << 4;
+    std::memcpy(bytes, six, 16);
+}
 
 inline void dequant_q4_0(const uint8_t* b, float* y) {
     const float d = half_to_float(b);
@@ -176,12 +186,12 @@ inline void dequant_q8_0(const uint8_t* b, float* y) {
 // Q4_K (high == nullptr) and Q5_K: sub-block j holds 32 weights d * scale_j * q - dmin * min_j.
 inline void dequant_k(const uint8_t* b, const uint8_t* qs, const uint8_t* high, float* y) {
     const float d = half_to_float(b), dmin = half_to_float(b + 2);
-    float scale[8], min[8];
-    k_scales(b + 4, scale, min);
+    uint8_t six[16];  // the scales, then the mins
+    k_scale_bytes(b + 4, six);
     for (int chunk = 0; chunk < 4; ++chunk, qs += 32) {
         for (int half = 0; half < 2; ++half) {
             const int j = 2 * chunk + half;
-            const float ds = d * scale[j], dm = dmin * min[j];
+            const float ds = d * (float)six[j], dm = dmin * (float)six[8 + j];
             for (int l = 0; l < 32; ++l) {
                 int q = half ? qs[l] >> 4 : qs[l] & 0xF;
                 if (high) q |= ((high[l] >> j) & 1) << 4;
@@ -213,16 +223,6 @@ inline void dequant_q6_k(const uint8_t* b, float* y) {
     }
 }
 
-
-// The eight 6-bit (scale, min) pairs of a Q4_K / Q5_K block (ggml's get_scale_min_k4).
-void k_scales(const uint8_t* s, float* scale, float* min) {
-    for (int j = 0; j < 4; ++j) {
-        scale[j] = (float)(s[j] & 63);
-        min[j] = (float)(s[j + 4] & 63);
-        scale[j + 4] = (float)((s[j + 8] & 0xF) | ((s[j] >> 6) << 4));
-        min[j + 4] = (float)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
-    }
-}
 
 // One packed row of k_len weights -> floats; the block decoder is inlined per format.
 template <typename Block>
@@ -339,14 +339,10 @@ void quantize_rows(const float* x, long m_len, long k_len, QuantizedRows& rows) 
 }
 
 // The eight scales and eight mins of a Q4_K / Q5_K block as floats times the block's d and
-// dmin (k_scales on 32-bit words: the 6-bit fields gathered into bytes, then widened).
+// dmin (widened as vectors).
 inline void k_scales_times(const uint8_t* b, __m256* scales, __m256* mins) {
-    uint32_t packed[3], six[4];  // six: the 8 scales, then the 8 mins, as bytes
-    std::memcpy(packed, b + 4, 12);
-    six[0] = packed[0] & 0x3F3F3F3F;
-    six[1] = (packed[2] & 0x0F0F0F0F) | ((packed[0] >> 6) & 0x03030303) << 4;
-    six[2] = packed[1] & 0x3F3F3F3F;
-    six[3] = ((packed[2] >> 4) & 0x0F0F0F0F) | ((packed[1] >> 6) & 0x03030303) << 4;
+    uint8_t six[16];
+    k_scale_bytes(b + 4, six);
     const __m128i bytes = _mm_loadu_si128((const __m128i*)six);
     *scales = _mm256_mul_ps(_mm256_set1_ps(half_to_float(b)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
     *mins = _mm256_mul_ps(_mm256_set1_ps(half_to_float(b + 2)),
@@ -555,34 +551,32 @@ struct alignas(32) UnitMins { float terms[8]; };  // per block of 32 of a 256-we
 // m_len rows laid out pair by pair (all rows of pair 0, then of pair 1, ...): a group of rows
 // is read at fixed distances from one pointer.
 struct Activations512 {
-    QuantizedRows rows;
-    long k_pad = 0;
     std::vector<PairRow> pairs;
     std::vector<UnitMins> mins;  // unit by unit, row by row (Q4_K / Q5_K)
 };
 
-void prepare_activations(const float* x, long m_len, long k_len, int offset, long unit, Activations512& a) {
-    quantize_rows(x, m_len, k_len, a.rows);
-    a.k_pad = (k_len + unit - 1) / unit * unit;
-    const long pairs = a.k_pad / kPairWeights, blocks = k_len / 32;
+// Quantizes x (m_len rows of k_len) into `a`, each row padded with zeros to whole units of
+// `unit` weights (what a decoder takes at once); `with_mins`: also the mins' terms.
+void prepare_activations(const float* x, long m_len, long k_len, int offset, long unit, bool with_mins,
+                         Activations512& a) {
+    const long pairs = (k_len + unit - 1) / unit * unit / kPairWeights, blocks = k_len / 32;
     a.pairs.resize(pairs * m_len);
-    a.mins.resize(a.k_pad / 256 * m_len);
+    if (with_mins) a.mins.resize(blocks / 8 * m_len);
     const __m512i ones = _mm512_set1_epi8(1);
     for (long m = 0; m < m_len; ++m) {
         for (long p = 0; p < pairs; ++p) {
             PairRow& pr = a.pairs[p * m_len + m];
             for (int half = 0; half < 2; ++half) {
                 const long b = 2 * p + half;
-                const bool inside = b < blocks;
-                if (inside) std::memcpy(pr.q + 32 * half, &a.rows.q[m * k_len + 32 * b], 32);
+                float d = 0.0f, sum;
+                if (b < blocks) d = quantize_block(x + m * k_len + 32 * b, pr.q + 32 * half, &sum);
                 else std::memset(pr.q + 32 * half, 0, 32);
-                std::fill_n(pr.scale + 8 * half, 8, inside ? a.rows.scale[m * blocks + b] : 0.0f);
+                std::fill_n(pr.scale + 8 * half, 8, d);
+                if (with_mins && b < blocks) a.mins[b / 8 * m_len + m].terms[b % 8] = d * sum;
             }
             const __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_load_si512(pr.q));
             _mm512_store_si512(pr.offset, _mm512_mullo_epi32(sums, _mm512_set1_epi32(-offset)));
         }
-        for (long b = 0; b < blocks && unit == 256; ++b)
-            a.mins[b / 8 * m_len + m].terms[b % 8] = a.rows.scale[m * blocks + b] * a.rows.sum[m * blocks + b];
     }
 }
 
@@ -792,7 +786,7 @@ extern "C" int quant_gemm(int format, const float* x, const uint8_t* w, const fl
         const Activations512& a = buffer;  // a reference: OpenMP workers must read the caller's buffer
         return with_packer(format, [&](auto packer) {
             using D = decltype(packer);
-            prepare_activations(x, m_len, k_len, D::kOffset, D::kPairs * kPairWeights, buffer);
+            prepare_activations(x, m_len, k_len, D::kOffset, D::kPairs * kPairWeights, D::kHasMin, buffer);
             parallel_rows(n_len, threads, [&](long begin, long end) {
                 int8_rows_512<D>(a, w, bias, out, m_len, n_len, k_len, begin, end);
             });

@@ -44,26 +44,30 @@ def grouped_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
                          scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     grouped = query.shape[1] != key.shape[1]
     plain = query.device.type == "cpu" and kwargs.get("position_bias") is None and dropout == 0.0
-    kernel = getattr(module, "row_attention", None)
-    if kernel is not None and not (plain and kernel.takes_attention(query, key, value)):
-        kernel = None
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if plain and attention_mask is None and query.shape[0] == 1 and query.shape[2] == 1 and not kwargs.get("sliding_window"):
-        if kernel is not None:
-            return kernel.attend_rows(query, key, value, None, scale), None
-        return _one_row(query, key, value, scaling).transpose(1, 2), None
+        return _by_rows(module, query, key, value, None, scaling), None
     if plain and attention_mask is not None and query.shape[0] == 1 and 1 < query.shape[2] <= ROWWISE_MAX_ROWS:
         allowed = _allowed_keys(attention_mask)
         if allowed is not None and allowed.shape == (query.shape[2], key.shape[2]):
-            if kernel is not None:
-                return kernel.attend_rows(query, key, value, allowed, scale), None
-            return _rowwise(query, key, value, allowed, scaling), None
+            return _by_rows(module, query, key, value, allowed, scaling), None
     if attention_mask is None or not grouped or not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling, enable_gqa=True)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _by_rows(module, query, key, value, allowed: torch.Tensor | None, scaling) -> torch.Tensor:
+    """Each query row over its allowed keys (all keys where `allowed` is None), as a
+    single-token step computes it: the module's compiled `row_attention` where it takes the
+    tensors, else torch one row at a time. Returns (batch, rows, heads, dim)."""
+    kernel = getattr(module, "row_attention", None)
+    if kernel is not None and kernel.takes_attention(query, key, value):
+        return kernel.attend_rows(query, key, value, allowed, query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if allowed is None:
+        return _one_row(query, key, value, scaling).transpose(1, 2)
+    return _rowwise(query, key, value, allowed, scaling)
 
 
 def _allowed_keys(mask: torch.Tensor) -> torch.Tensor | None:

@@ -35,21 +35,28 @@ def onednn_linear_available() -> bool:
 
 
 def takes_onednn(x: torch.Tensor, weight: torch.Tensor, max_rows: int = MAX_ROWS) -> bool:
-    """Whether `small_batch_linear` sends this input through oneDNN. A model's parameters keep
-    `requires_grad` under `torch.inference_mode()`: only a graph that is being recorded (grad
-    mode on and something requiring grad) needs autograd's path."""
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    """Whether `small_batch_linear` sends this input through the small-batch paths."""
+    return _fp32_inference(x, weight) and 0 < _rows(x) <= max_rows
+
+
+def _fp32_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """fp32 CPU tensors outside a recorded graph. A model's parameters keep `requires_grad`
+    under `torch.inference_mode()`: only a graph that is being recorded (grad mode on and
+    something requiring grad) needs autograd's path."""
     recording = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and 0 < rows <= max_rows and not recording)
+    return x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32 and not recording
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.shape[-1] else 0
 
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        max_rows: int = MAX_ROWS, gemm: cpu_gemm.SmallBatchGemm | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`; fp32 CPU inputs of at most `max_rows` rows go through `gemm`
     where it takes the shape, else through oneDNN; more rows through `large_batch_linear`."""
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not takes_onednn(x, weight, max(rows, 1)):
+    rows = _rows(x)
+    if rows == 0 or not _fp32_inference(x, weight):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     if rows > max_rows:

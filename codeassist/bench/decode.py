@@ -56,9 +56,15 @@ def run_bench(args) -> BenchResult:
         paths = ["packed", "fp32"] if model == DEFAULT_MODEL else ["packed"]  # fp32 1.5B: 6 GB, ~2 tok/s
         for path in paths:
             # The packed path's decode alternates with llama.cpp's, round by round.
-            rival = llama if path == "packed" else None
-            rows.append(_pass_speed(model, path, repeats=1 if quick else 3, steps=24 if quick else 48,
-                                    rounds=rounds, rival=(llama_bench, rival) if rival else None))
+            rival = llama_bench if llama and path == "packed" else None
+            row, theirs = _pass_speed(model, path, repeats=1 if quick else 3, steps=24 if quick else 48,
+                                      rounds=rounds, llama_bench=rival)
+            if theirs and all(theirs):
+                llama["decode_tok_s"] = round(statistics.median(theirs), 2)
+                llama["decode_rounds"] = [round(r, 2) for r in theirs]
+                row["decode_vs_llamacpp"] = round(
+                    statistics.median(a / b for a, b in zip(row["decode_rounds"], theirs)), 2)
+            rows.append(row)
         if llama:
             rows.append(llama)
     summary = _speed_summary(rows)
@@ -85,10 +91,10 @@ def _code_tokens(tokenizer, count: int) -> torch.Tensor:
 
 
 def _pass_speed(model: str, path: str, repeats: int, steps: int, rounds: int,
-                rival: tuple[str, dict] | None) -> dict:
-    """Prefill and decode speed of one path. Decode is measured in `rounds` rounds; with a
-    `rival` (llama-bench and its row), each round is followed by one llama-bench decode run,
-    so both see the same drifts of a shared machine's speed. Medians over the rounds."""
+                llama_bench: str | None) -> tuple[dict, list[float | None]]:
+    """Prefill and decode speed of one path, and llama.cpp's decode tokens/s per round. Decode
+    is measured in `rounds` rounds; with `llama_bench`, each round is followed by one
+    llama-bench decode run, so both see the same drifts of a shared machine's speed."""
     loaded = load_model(model, dtype=path)
     ids = _code_tokens(loaded.tokenizer, max(PROMPTS))
     row = {"model": model, "path": path, "load_s": round(loaded.load_ms / 1000, 1)}
@@ -105,17 +111,13 @@ def _pass_speed(model: str, path: str, repeats: int, steps: int, rounds: int,
         ours, theirs = [], []
         for _ in range(rounds):
             ours.append(_decode_speed(loaded.model, ids, steps))
-            if rival:
-                theirs.append(_llama_decode(rival[0], model))
+            if llama_bench:
+                theirs.append(_llama_decode(llama_bench, model))
     row["decode_tok_s"] = round(statistics.median(ours), 2)
     row["decode_rounds"] = [round(r, 2) for r in ours]
-    if rival and all(theirs):
-        rival[1]["decode_tok_s"] = round(statistics.median(theirs), 2)
-        rival[1]["decode_rounds"] = [round(r, 2) for r in theirs]
-        row["decode_vs_llamacpp"] = round(statistics.median(a / b for a, b in zip(ours, theirs)), 2)
     del loaded
     gc.collect()
-    return row
+    return row, theirs
 
 
 def _decode_speed(model, ids: torch.Tensor, steps: int) -> float:

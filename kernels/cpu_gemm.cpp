@@ -42,22 +42,37 @@ using V8 = __m256;
 inline V8 v_zero() { return _mm256_setzero_ps(); }
 inline V8 v_load(const float* p) { return _mm256_loadu_ps(p); }
 inline V8 v_fma(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
+inline V8 v_max(V8 a, V8 b) { return _mm256_max_ps(a, b); }
 inline float lane_sum(V8 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+// Lane c of the result: the lanes of v[c] summed as ((0+1)+(2+3)) + ((4+5)+(6+7)).
+inline V8 lane_sums8(const V8* v) {
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+    // u0: lanes 0-3 the (0+1)+(2+3) sums of v[0..3], lanes 4-7 their (4+5)+(6+7) sums; u1 for v[4..7]
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
 #else
 typedef float V8 __attribute__((vector_size(32)));
 inline V8 v_zero() { return V8{}; }
 inline V8 v_load(const float* p) { V8 v; std::memcpy(&v, p, sizeof v); return v; }
 inline V8 v_fma(V8 a, V8 b, V8 c) { return a * b + c; }
+inline V8 v_max(V8 a, V8 b) { return a > b ? a : b; }
 inline float lane_sum(V8 v) {  // the same tree as the AVX2 version
     float s[4] = {v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]};
     s[0] += s[2];
     s[1] += s[3];
     return s[0] + s[1];
+}
+inline V8 lane_sums8(const V8* v) {  // the same tree as the AVX2 version
+    V8 out;
+    for (int c = 0; c < 8; ++c)
+        out[c] = ((v[c][0] + v[c][1]) + (v[c][2] + v[c][3])) + ((v[c][4] + v[c][5]) + (v[c][6] + v[c][7]));
+    return out;
 }
 #endif
 
@@ -882,6 +897,37 @@ inline V8 exp_nonpositive(V8 x) {
 #endif
 }
 
+// The scores of keys[0..8) (each `dim` floats) against q, times `scale`: eight dot products
+// in flight at once (one after another, each waits on its previous fma). A key's score does
+// not depend on the other seven.
+inline V8 eight_scores(const float* q, const float* const* keys, long dim, float scale) {
+    V8 sums[8];
+    for (int j = 0; j < 8; ++j) sums[j] = v_zero();
+    for (long i = 0; i < dim; i += 8) {
+        const V8 qi = v_load(q + i);
+        for (int j = 0; j < 8; ++j) sums[j] = v_fma(qi, v_load(keys[j] + i), sums[j]);
+    }
+    return lane_sums8(sums) * scale;
+}
+
+// o[0 .. 8N) = inverse * sum over c of weights[c] * values[c][offset ..], in c order, the N
+// accumulators kept in registers.
+template <int N>
+inline void weighted_values(const float* v, long v_key, const long* order, const float* weights, long count,
+                            long offset, float inverse, float* o) {
+    V8 acc[N];
+    for (int i = 0; i < N; ++i) acc[i] = v_zero();
+    for (long c = 0; c < count; ++c) {
+        const float* vv = v + order[c] * v_key + offset;
+        const V8 wc = v_zero() + weights[c];
+        for (int i = 0; i < N; ++i) acc[i] = v_fma(wc, v_load(vv + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < N; ++i) {
+        const V8 scaled = acc[i] * inverse;
+        std::memcpy(o + offset + 8 * i, &scaled, sizeof scaled);
+    }
+}
+
 // Attention of each query row over its allowed keys, grouped query heads sharing a key/value
 // head (head h reads key/value head h / (heads / kv_heads)). q[r * q_row + h * q_head + i];
 // keys and values [g * kv_head + j * kv_key + i] (each its own strides); allowed: rows x keys
@@ -909,16 +955,18 @@ extern "C" int attend_rows(const float* q, long q_row, long q_head, const float*
                 if (!allowed || allowed[r * keys + j]) order[count++] = j;
             float* o = out + (r * heads + h) * dim;
             if (count == 0) { std::fill_n(o, dim, 0.0f); continue; }
-            float top = -INFINITY;
-            for (long c = 0; c < count; ++c) {
-                const float* kv = kg + order[c] * k_key;
-                V8 sum = v_zero();
-                for (long i = 0; i < dim; i += 8) sum = v_fma(v_load(qv + i), v_load(kv + i), sum);
-                weights[c] = lane_sum(sum) * scale;
-                top = std::max(top, weights[c]);
-            }
             const long filled = (count + 7) / 8 * 8;
-            std::fill(weights.begin() + count, weights.begin() + filled, -INFINITY);
+            V8 tops = v_zero() - INFINITY;
+            for (long c = 0; c < filled; c += 8) {
+                const float* group_keys[8];  // past the last key: the last key again, masked below
+                for (int j = 0; j < 8; ++j) group_keys[j] = kg + order[std::min(c + j, count - 1)] * k_key;
+                V8 scores = eight_scores(qv, group_keys, dim, scale);
+                for (long j = count - c; j < 8; ++j) scores[j] = -INFINITY;
+                tops = v_max(tops, scores);
+                std::memcpy(&weights[c], &scores, sizeof scores);
+            }
+            float top = tops[0];
+            for (int j = 1; j < 8; ++j) top = std::max(top, tops[j]);
             V8 total = v_zero();
             for (long c = 0; c < filled; c += 8) {
                 const V8 e = exp_nonpositive(v_load(&weights[c]) - top);
@@ -926,16 +974,19 @@ extern "C" int attend_rows(const float* q, long q_row, long q_head, const float*
                 total = total + e;
             }
             const float inverse = 1.0f / lane_sum(total);
-            V8 acc[64];  // dim / 8 <= 64
-            for (long i = 0; i < dim / 8; ++i) acc[i] = v_zero();
-            for (long c = 0; c < count; ++c) {
-                const float* vv = vg + order[c] * v_key;
-                const V8 wc = v_zero() + weights[c];
-                for (long i = 0; i < dim / 8; ++i) acc[i] = v_fma(wc, v_load(vv + 8 * i), acc[i]);
-            }
-            for (long i = 0; i < dim / 8; ++i) {
-                const V8 scaled = acc[i] * inverse;
-                std::memcpy(o + 8 * i, &scaled, sizeof scaled);
+            for (long offset = 0; offset < dim; offset += 64) {
+                const float* w = weights.data();
+                const long* keys_in_order = order.data();
+                switch (std::min(64L, dim - offset) / 8) {
+                    case 1: weighted_values<1>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    case 2: weighted_values<2>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    case 3: weighted_values<3>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    case 4: weighted_values<4>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    case 5: weighted_values<5>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    case 6: weighted_values<6>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    case 7: weighted_values<7>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                    default: weighted_values<8>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
+                }
             }
         }
     }

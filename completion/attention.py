@@ -47,7 +47,7 @@ def grouped_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torc
     if plain and attention_mask is None and query.shape[0] == 1 and query.shape[2] == 1 and not kwargs.get("sliding_window"):
         return _by_rows(module, query, key, value, None, scaling), None
     if plain and attention_mask is not None and query.shape[0] == 1 and 1 < query.shape[2] <= ROWWISE_MAX_ROWS:
-        allowed = _allowed_keys(attention_mask)
+        allowed = allowed_keys(attention_mask)
         if allowed is not None and allowed.shape == (query.shape[2], key.shape[2]):
             return _by_rows(module, query, key, value, allowed, scaling), None
     if attention_mask is None or not grouped or not plain:
@@ -70,7 +70,7 @@ def _by_rows(module, query, key, value, allowed: torch.Tensor | None, scaling) -
     return _rowwise(query, key, value, allowed, scaling)
 
 
-def _allowed_keys(mask: torch.Tensor) -> torch.Tensor | None:
+def allowed_keys(mask: torch.Tensor) -> torch.Tensor | None:
     """(rows, keys) booleans from a bool or additive mask shared by all heads; None when the
     mask holds anything but allowed / disallowed (then the batched path runs)."""
     if mask.dim() != 4 or mask.shape[0] != 1 or mask.shape[1] != 1:

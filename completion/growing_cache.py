@@ -24,17 +24,29 @@ class GrowingLayer(DynamicLayer):
         self._key_buffer = self._value_buffer = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length, new = self.get_seq_length(), key_states.shape[-2]
-        if not self._owns_prefix(length, key_states, new):
-            self._key_buffer = _buffer_with(self.keys if length else None, key_states, length + new)
-            self._value_buffer = _buffer_with(self.values if length else None, value_states, length + new)
-        self._key_buffer[..., length:length + new, :].copy_(key_states)
-        self._value_buffer[..., length:length + new, :].copy_(value_states)
-        self.keys = self._key_buffer[..., :length + new, :]
-        self.values = self._value_buffer[..., :length + new, :]
+        keys, values, length = self.reserve(key_states, value_states)
+        new = key_states.shape[-2]
+        keys[..., length:length + new, :].copy_(key_states)
+        values[..., length:length + new, :].copy_(value_states)
+        self.commit(length + new)
         return self.keys, self.values
+
+    def reserve(self, new_keys: torch.Tensor, new_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The key and value buffers, with room after their filled prefix for tokens shaped
+        like `new_keys` and `new_values` (batch, heads, tokens, dim), and the prefix's length.
+        Whoever writes the new tokens there then calls `commit`."""
+        if not self.is_initialized:
+            self.lazy_initialization(new_keys, new_values)
+        length, new = self.get_seq_length(), new_keys.shape[-2]
+        if not self._owns_prefix(length, new_keys, new):
+            self._key_buffer = _buffer_with(self.keys if length else None, new_keys, length + new)
+            self._value_buffer = _buffer_with(self.values if length else None, new_values, length + new)
+        return self._key_buffer, self._value_buffer, length
+
+    def commit(self, length: int) -> None:
+        """Make the buffers' first `length` tokens the cached keys and values."""
+        self.keys = self._key_buffer[..., :length, :]
+        self.values = self._value_buffer[..., :length, :]
 
     def _owns_prefix(self, length: int, key_states: torch.Tensor, new: int) -> bool:
         """Whether keys/values are still views of the buffers' first `length` tokens and the

@@ -16,18 +16,22 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
 
-from kernels.cpu_gemm import SmallBatchGemm
+from kernels.cpu_gemm import SmallBatchGemm, is_plain_fp32
+
+from .fused_layer import LastMask, fused_layer_forward
 
 
 def use_lean_forwards(model: torch.nn.Module, gemm: SmallBatchGemm) -> None:
     """Give the decoder layers and RMS norms of `model` the lean forwards (the norms first:
-    a layer binds its norms' forwards when it is given its own)."""
+    a layer binds its norms' forwards when it is given its own); layers of packed weights
+    also get the one-call forward of fused_layer.py for decode and verify passes."""
     for module in model.modules():
         if hasattr(module, "variance_epsilon") and isinstance(getattr(module, "weight", None), torch.Tensor):
             module.forward = _norm_forward(module, gemm)
+    masks = LastMask()
     for module in model.modules():
         if _is_decoder_layer(module):
-            module.forward = _layer_forward(module, gemm)
+            module.forward = _layer_forward(module, gemm, masks)
 
 
 def _is_decoder_layer(module) -> bool:
@@ -37,37 +41,47 @@ def _is_decoder_layer(module) -> bool:
             and hasattr(module, "input_layernorm") and hasattr(module, "post_attention_layernorm"))
 
 
-def _is_plain(x: torch.Tensor) -> bool:
-    return x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
-
-
 def _norm_forward(module, gemm: SmallBatchGemm):
     original, weight, eps = module.forward, module.weight, module.variance_epsilon
-    takes_weight = _is_plain(weight) and weight.dim() == 1 and weight.numel() % 8 == 0
+    takes_weight = is_plain_fp32(weight) and weight.dim() == 1 and weight.numel() % 8 == 0
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
-        if takes_weight and _is_plain(hidden_states) and hidden_states.shape[-1] == weight.numel():
+        if takes_weight and is_plain_fp32(hidden_states) and hidden_states.shape[-1] == weight.numel():
             return gemm.rms_norm(hidden_states, weight, eps)
         return original(hidden_states)
 
     return forward
 
 
-def _layer_forward(layer, gemm: SmallBatchGemm):
+def _layer_forward(layer, gemm: SmallBatchGemm, masks: LastMask):
     """transformers' Qwen2/Llama decoder layer, calling the forwards of its parts directly
-    (each nn.Module call costs a few microseconds; a decode step makes ~300)."""
+    (each nn.Module call costs a few microseconds; a decode step makes ~300), or the whole
+    layer in one kernel call where fused_layer.py takes the pass."""
+    fused = fused_layer_forward(layer, gemm, masks)
     attend = _attention_forward(layer.self_attn, gemm)
     norm_in, norm_post = layer.input_layernorm.forward, layer.post_attention_layernorm.forward
     mlp = layer.mlp
     gate, up, down, act = mlp.gate_proj.forward, mlp.up_proj.forward, mlp.down_proj.forward, mlp.act_fn
+    # SiLU in the kernel library where it applies: the fused forward computes it there too.
+    silu_kernel = getattr(layer.self_attn.config, "hidden_act", None) == "silu"
+
+    def gated(normed: torch.Tensor) -> torch.Tensor:
+        gates, ups = gate(normed), up(normed)
+        if silu_kernel and gates.shape == ups.shape and gates.numel() % 8 == 0 and is_plain_fp32(gates) \
+                and is_plain_fp32(ups):
+            return gemm.silu_mul(gates, ups)
+        return act(gates).mul_(ups)
 
     def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids=None,
                 cache=None, use_cache: bool = False, position_embeddings=None, **kwargs) -> torch.Tensor:
+        if fused is not None and position_embeddings is not None:
+            out = fused(hidden_states, attention_mask, position_embeddings, cache)
+            if out is not None:
+                return out
         attended, _ = attend(norm_in(hidden_states), position_embeddings, attention_mask, cache=cache,
                              position_ids=position_ids, use_cache=use_cache, **kwargs)
         hidden_states = attended.add_(hidden_states)  # the residual (a fresh tensor: added in place)
-        normed = norm_post(hidden_states)
-        return down(act(gate(normed)).mul_(up(normed))).add_(hidden_states)
+        return down(gated(norm_post(hidden_states))).add_(hidden_states)
 
     return forward
 
@@ -84,7 +98,7 @@ def _attention_forward(module, gemm: SmallBatchGemm):
         batch, length = hidden_states.shape[:2]
         query, key, value = q_proj(hidden_states), k_proj(hidden_states), v_proj(hidden_states)
         cos, sin = position_embeddings
-        rotate_here = batch == 1 and all(map(_is_plain, (query, key, cos, sin)))
+        rotate_here = batch == 1 and all(map(is_plain_fp32, (query, key, cos, sin)))
         if rotate_here:
             gemm.rope_(query, cos, sin, heads)
             gemm.rope_(key, cos, sin, kv_heads)

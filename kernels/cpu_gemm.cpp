@@ -1002,3 +1002,91 @@ extern "C" int dequantize_rows(int format, const uint8_t* w, float* out, long n_
     for (long n = 0; n < n_len; ++n) dequant_row(format, w + n * row_bytes, k_len, out + n * k_len);
     return 0;
 }
+
+// out[i] = silu(gate[i]) * up[i] (count a multiple of 8), silu(g) = g * sigmoid(g) with the
+// sigmoid from t = e^-|g| (never overflows): 1 / (1 + t) for g >= 0, t / (1 + t) below.
+extern "C" int silu_mul(const float* gate, const float* up, float* out, long count) {
+    if (count < 0 || count % 8) return -1;
+    for (long i = 0; i < count; i += 8) {
+        const V8 g = v_load(gate + i);
+#if defined(__AVX2__) && defined(__FMA__)
+        const V8 t = exp_nonpositive(_mm256_or_ps(g, _mm256_set1_ps(-0.0f)));  // -|g|
+        const V8 above = _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_GE_OQ);
+        const V8 numerator = _mm256_blendv_ps(t, _mm256_set1_ps(1.0f), above);
+#else
+        const V8 t = exp_nonpositive(g > 0 ? -g : g);
+        const V8 numerator = g >= 0 ? v_zero() + 1.0f : t;
+#endif
+        const V8 y = g * numerator / (t + 1.0f) * v_load(up + i);
+        std::memcpy(out + i, &y, sizeof y);
+    }
+    return 0;
+}
+
+// One packed weight matrix of a decoder layer: `rows` output features of `format` blocks.
+struct PackedMatrix {
+    const uint8_t* data;
+    const float* bias;  // or null
+    long format, rows;
+};
+
+// The weights of a Qwen2/Llama decoder layer (RMS norms, grouped-query attention with rotary
+// embeddings, gated SiLU MLP); kernels/cpu_gemm.py mirrors this layout.
+struct DecoderLayer {
+    const float *norm_in, *norm_post;
+    float eps, scale;  // RMS norm epsilon, attention score scale
+    long hidden, intermediate, heads, kv_heads, head_dim;
+    PackedMatrix q, k, v, o, gate, up, down;
+};
+
+namespace {
+int project(const PackedMatrix& m, const float* x, float* out, long rows, long k_len, int threads) {
+    return quant_gemm((int)m.format, x, m.data, m.bias, out, rows, m.rows, k_len, threads);
+}
+}  // namespace
+
+// A whole decoder layer for `rows` new positions of one sequence: out = the layer applied to x
+// (rows x hidden), the new keys and values written into the cache buffers at positions
+// [length, length + rows) (keys and values: kv_heads x capacity x head_dim, the first `length`
+// positions filled), attention over the `length + rows` positions as `allowed` says (rows x
+// (length + rows) bytes; null: every position, for a single row). The same calls in the same
+// order as the layer's separate steps (norm, projections, rotary embedding, attend_rows, ...),
+// so every row still gets bit for bit what a single-token step gets.
+extern "C" int decoder_layer_rows(const DecoderLayer* layer, const float* x, float* out, long rows,
+                                  const float* cos, const float* sin, float* keys, float* values, long capacity,
+                                  long length, const uint8_t* allowed, int threads) {
+    const DecoderLayer& L = *layer;
+    const long dim = L.head_dim, q_width = L.heads * dim, kv_width = L.kv_heads * dim;
+    if (rows < 1 || rows > kMaxRows || length < 0 || length + rows > capacity || (!allowed && rows > 1)) return -1;
+    static thread_local std::vector<float> normed, q, k, v, attended, gate, up;
+    normed.resize(rows * std::max(L.hidden, q_width));
+    q.resize(rows * q_width);
+    k.resize(rows * kv_width);
+    v.resize(rows * kv_width);
+    attended.resize(rows * q_width);
+    gate.resize(rows * L.intermediate);
+    up.resize(rows * L.intermediate);
+    if (rms_norm_rows(x, L.norm_in, L.eps, normed.data(), rows, L.hidden) || project(L.q, normed.data(), q.data(), rows, L.hidden, threads) ||
+        project(L.k, normed.data(), k.data(), rows, L.hidden, threads) || project(L.v, normed.data(), v.data(), rows, L.hidden, threads) ||
+        rope_rows(q.data(), cos, sin, rows, L.heads, dim) || rope_rows(k.data(), cos, sin, rows, L.kv_heads, dim))
+        return -1;
+    for (long r = 0; r < rows; ++r)
+        for (long g = 0; g < L.kv_heads; ++g) {
+            const long at = (g * capacity + length + r) * dim;
+            std::memcpy(keys + at, &k[r * kv_width + g * dim], dim * sizeof(float));
+            std::memcpy(values + at, &v[r * kv_width + g * dim], dim * sizeof(float));
+        }
+    if (attend_rows(q.data(), q_width, dim, keys, capacity * dim, dim, values, capacity * dim, dim, allowed,
+                    attended.data(), rows, L.heads, L.kv_heads, length + rows, dim, L.scale, threads) ||
+        project(L.o, attended.data(), out, rows, q_width, threads))
+        return -1;
+    for (long i = 0; i < rows * L.hidden; ++i) out[i] += x[i];  // the residual
+    if (rms_norm_rows(out, L.norm_post, L.eps, normed.data(), rows, L.hidden) ||
+        project(L.gate, normed.data(), gate.data(), rows, L.hidden, threads) ||
+        project(L.up, normed.data(), up.data(), rows, L.hidden, threads) ||
+        silu_mul(gate.data(), up.data(), gate.data(), rows * L.intermediate) ||
+        project(L.down, gate.data(), normed.data(), rows, L.intermediate, threads))
+        return -1;
+    for (long i = 0; i < rows * L.hidden; ++i) out[i] += normed[i];
+    return 0;
+}

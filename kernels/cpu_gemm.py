@@ -47,6 +47,21 @@ MAX_ROWS = 64  # kMaxRows in cpu_gemm.cpp
 _PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
+class PackedMatrix(ctypes.Structure):
+    """cpu_gemm.cpp's PackedMatrix: one packed weight of a decoder layer."""
+
+    _fields_ = [("data", _PTR), ("bias", _PTR), ("format", _LONG), ("rows", _LONG)]
+
+
+class DecoderLayerWeights(ctypes.Structure):
+    """cpu_gemm.cpp's DecoderLayer. It holds raw pointers: whoever builds one keeps the tensors
+    it points into alive (`tensors`)."""
+
+    _fields_ = [("norm_in", _PTR), ("norm_post", _PTR), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                *((name, _LONG) for name in ("hidden", "intermediate", "heads", "kv_heads", "head_dim")),
+                *((name, PackedMatrix) for name in ("q", "k", "v", "o", "gate", "up", "down"))]
+
+
 class SmallBatchGemm:
     """`out = x @ weight.T + bias` for fp32 CPU inputs of 1 to MAX_ROWS rows, with fp32 or
     GGUF-packed weights; and dequantization of packed rows."""
@@ -70,7 +85,13 @@ class SmallBatchGemm:
         self._attend = library.attend_rows
         self._attend.argtypes = [_PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _PTR, _LONG, _LONG, _PTR, _PTR] + [_LONG] * 5 + [
             ctypes.c_float, _INT]
-        for function in (self._fp32, self._packed, self._dequantize, self._rms_norm, self._rope, self._attend):
+        self._silu_mul = library.silu_mul
+        self._silu_mul.argtypes = [_PTR, _PTR, _PTR, _LONG]
+        self._decoder_layer = library.decoder_layer_rows
+        self._decoder_layer.argtypes = [ctypes.POINTER(DecoderLayerWeights), _PTR, _PTR, _LONG, _PTR, _PTR, _PTR, _PTR,
+                                        _LONG, _LONG, _PTR, _INT]
+        for function in (self._fp32, self._packed, self._dequantize, self._rms_norm, self._rope, self._attend,
+                         self._silu_mul, self._decoder_layer):
             function.restype = ctypes.c_int
 
     def takes(self, rows: int, weight: torch.Tensor) -> bool:
@@ -150,6 +171,37 @@ class SmallBatchGemm:
                               out.data_ptr(), rows, heads, kv_heads, keys, dim, scale, torch.get_num_threads())
         _check(status, f"attend_rows refused {heads} heads over {kv_heads} of {dim}, {keys} keys")
         return out
+
+
+    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up for contiguous fp32 tensors of the same shape (numel a multiple of 8)."""
+        out = torch.empty_like(gate)
+        status = self._silu_mul(gate.data_ptr(), up.data_ptr(), out.data_ptr(), gate.numel())
+        _check(status, f"silu_mul refused {gate.numel()} values")
+        return out
+
+    def decoder_layer(self, weights: DecoderLayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      keys: torch.Tensor, values: torch.Tensor, length: int,
+                      allowed: torch.Tensor | None) -> torch.Tensor:
+        """A whole decoder layer over x (rows <= MAX_ROWS, hidden) contiguous fp32: returns its
+        output and writes the rows' keys and values into `keys`/`values` (kv_heads, capacity,
+        head_dim) contiguous buffers at positions [length, length + rows); attention over
+        the first length + rows positions as `allowed` (rows, length + rows) says, or every
+        one for a single row (None). cos/sin: (rows, head_dim) contiguous fp32."""
+        rows = x.shape[0]
+        if allowed is not None:
+            allowed = allowed.to(torch.bool).contiguous().view(torch.uint8)
+        out = torch.empty_like(x)
+        status = self._decoder_layer(ctypes.byref(weights), x.data_ptr(), out.data_ptr(), rows, cos.data_ptr(),
+                                     sin.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.shape[-2], length,
+                                     _ptr(allowed), torch.get_num_threads())
+        _check(status, f"decoder_layer_rows refused {rows} rows at {length} of {keys.shape[-2]} positions")
+        return out
+
+
+def is_plain_fp32(x: torch.Tensor) -> bool:
+    """Whether the kernels read `x` as it is: contiguous fp32 in CPU memory."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous()
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:

@@ -47,7 +47,8 @@ def test_cpu_models_use_it_and_agree_with_sdpa(tiny_model_dir):
 
 
 @pytest.mark.parametrize("row_kernel", [True, False])
-def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path, row_kernel):
+@pytest.mark.parametrize("growing", [True, False])  # growing: the layers run fused (completion/fused_layer.py)
+def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path, row_kernel, growing):
     # The lossless promise on the packed path: int8-quantized activations turn any last-bit
     # difference between a verify pass and single-token steps into a different token, so
     # every row of a chain or tree pass must reproduce its single-token step exactly.
@@ -56,6 +57,7 @@ def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path, row_kernel):
     from completion.attention import use_grouped_sdpa
     from completion.gguf_file import read_gguf
     from completion.gguf_model import build_packed_model, packed_config
+    from completion.growing_cache import growing_cache
     from kernels import cpu_gemm
     from tests.tiny_gguf import write_tiny_gguf
 
@@ -68,7 +70,7 @@ def test_verify_rows_equal_single_token_steps_bit_for_bit(tmp_path, row_kernel):
     a, b, c = 11, 22, 33  # tree: a, then b or c after a
 
     def primed():
-        cache = DynamicCache()
+        cache = growing_cache(model.config) if growing else DynamicCache()
         with torch.inference_mode():
             model(input_ids=prefix, cache=cache, use_cache=True)
         return cache

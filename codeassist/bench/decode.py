@@ -11,9 +11,10 @@ Rows, per model and path:
   `$CODEASSIST_LLAMA_BENCH` (the column is skipped, with a message, when absent).
 Then, for the default model: greedy completions of the speculative bench's holes on the
 packed path against the fp32 path (the share with the same text), speculative decoding
-against plain greedy on the packed path (identical share and tokens/s), the time from an
-empty CODEASSIST_HOME to the first suggestion (`codeassist complete` in a fresh process),
-and the resident memory of `codeassist serve` once its model is loaded.
+against plain greedy on the packed path (identical share and tokens/s; the engine's n-gram
+cache holds the hole's sibling modules, as the server fills it for an open document), the
+time from an empty CODEASSIST_HOME to the first suggestion (`codeassist complete` in a fresh
+process), and the resident memory of `codeassist serve` once its model is loaded.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from completion.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ensure_gguf, is_
 from completion.growing_cache import growing_cache
 
 from .report import BenchResult, machine_info
-from .speculative import _holes, _source_files
+from .speculative import _holes, _source_files, open_folder
 
 PROMPTS = (512, 2048)
 DEPTH = 512  # decode steps run after a prompt of this many tokens
@@ -194,7 +195,7 @@ def _speed_summary(rows: list[dict]) -> dict:
 def _exactness(quick: bool) -> dict:
     """Greedy texts packed vs fp32; speculative vs plain greedy on the packed path."""
     rng = random.Random(0)
-    work = [(path, hole) for path, _ in _source_files(quick)
+    work = [(path, siblings, hole) for path, siblings in _source_files(quick)
             for hole in _holes(path.read_text(encoding="utf-8"), 3 if quick else 6, rng)]
     texts: dict[str, list[str]] = {}
     speeds: dict[str, tuple[int, float]] = {}
@@ -206,7 +207,8 @@ def _exactness(quick: bool) -> dict:
                                                              time_budget_ms=600_000, **overrides))
             key = f"{path}_{name}"
             texts[key], tokens, decode_ms = [], 0, 0.0
-            for file, (text, cursor, _) in work:
+            for file, siblings, (text, cursor, _) in work:
+                open_folder(engine, siblings)
                 result = engine.complete(CompletionRequest(text, cursor, "python", file.name))
                 texts[key].append(result.text)
                 if result.tokens > 1:

@@ -49,6 +49,15 @@ def _source_files(quick: bool) -> list[tuple[Path, list[Path]]]:
     return chosen
 
 
+def open_folder(engine: CompletionEngine, siblings: list[Path]) -> None:
+    """Each hole starts with its own repository: the n-gram caches hold the hole's sibling
+    modules (what the server gives them for an open document's folder), no past suggestions."""
+    engine.repo_ngrams = type(engine.repo_ngrams)(engine.settings.repo_cache_tokens)
+    engine.past_ngrams = type(engine.past_ngrams)(engine.settings.repo_cache_tokens)
+    for sibling in siblings:
+        engine.remember_text(str(sibling), sibling.read_text(encoding="utf-8", errors="replace"))
+
+
 def _holes(text: str, count: int, rng: random.Random) -> list[tuple[str, int, str]]:
     """(document with a hole, cursor, kind) for line-start and mid-line holes."""
     lines = text.split("\n")
@@ -145,11 +154,7 @@ def run(loaded, draft, quick: bool, holes_per_file: int, max_new_tokens: int, co
     bar = tqdm(total=len(work), desc="bench speculative", unit="hole")
     for path, siblings, (text, cursor, kind) in work:
         for engine in engines.values():
-            # Each hole starts with its own repository: its siblings, no past suggestions.
-            engine.repo_ngrams = type(engine.repo_ngrams)(engine.settings.repo_cache_tokens)
-            engine.past_ngrams = type(engine.past_ngrams)(engine.settings.repo_cache_tokens)
-            for sibling in siblings:
-                engine.remember_text(str(sibling), sibling.read_text(encoding="utf-8", errors="replace"))
+            open_folder(engine, siblings)
         label = f"{path.parent.name}/{path.name}"
         # A new prompt's first completion pays allocations the next ones reuse (on a GPU about
         # twice the time per step): prime them untimed, or the first configuration pays.

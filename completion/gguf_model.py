@@ -93,7 +93,7 @@ def build_packed_model(gguf: GGUFFile, config, gemm: SmallBatchGemm | None, devi
 def _put_tensors(model, gguf: GGUFFile, config, gemm: SmallBatchGemm | None, device: torch.device) -> None:
     inner = model.model
     embed = gguf.tensors["token_embd.weight"]
-    inner.embed_tokens = PackedEmbedding(_bytes(embed, device), _format(embed), config.hidden_size)
+    inner.embed_tokens = PackedEmbedding(_bytes(embed, device), _format(embed), config.hidden_size, gemm)
     inner.norm.weight = _parameter(gguf.tensors["output_norm.weight"], device)
     head = gguf.tensors.get("output.weight", embed)
     model.lm_head = PackedLinear(_bytes(head, device), _format(head), config.hidden_size, gemm=gemm)

@@ -77,17 +77,24 @@ class PackedLinear(torch.nn.Module):
 
 
 class PackedEmbedding(torch.nn.Module):
-    def __init__(self, data: torch.Tensor, fmt: gguf_blocks.BlockFormat, embedding_dim: int):
+    def __init__(self, data: torch.Tensor, fmt: gguf_blocks.BlockFormat, embedding_dim: int,
+                 gemm: SmallBatchGemm | None = None):
         super().__init__()
         self.fmt, self.embedding_dim, self.num_embeddings = fmt, embedding_dim, data.shape[0]
         gguf_blocks.row_bytes(fmt, embedding_dim)  # validates the row length
-        self.data = data
+        self.data, self.gemm = data, gemm
+        # The compiled dequantization where it takes the rows (the same numbers as the torch
+        # reference, ~0.3 ms less per decode step of the 0.5B).
+        self.kernel_takes = gemm is not None and embedding_dim % 8 == 0 and data.is_contiguous() and not data.is_cuda
 
     def extra_repr(self) -> str:
         return f"{self.fmt.name}, {self.num_embeddings}, {self.embedding_dim}"
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         unique, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-        rows = gguf_blocks.dequantize(self.data[unique.to(self.data.device)].contiguous(), self.fmt,
-                                      len(unique), self.embedding_dim)
+        packed = self.data[unique.to(self.data.device)].contiguous()
+        if self.kernel_takes:
+            rows = self.gemm.dequantize(packed, self.fmt, len(unique), self.embedding_dim)
+        else:
+            rows = gguf_blocks.dequantize(packed, self.fmt, len(unique), self.embedding_dim)
         return rows[inverse].reshape(*ids.shape, self.embedding_dim)

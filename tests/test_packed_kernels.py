@@ -143,11 +143,14 @@ def test_packed_linear_every_path(kernel_dir, with_kernel, rows):
         torch.testing.assert_close(layer(x), F.linear(seen, weight, bias), atol=2e-4, rtol=1e-4)
 
 
-def test_packed_embedding_dequantizes_the_rows_looked_up():
-    data = random_packed("Q5_0", 50, 64, seed=2)
-    table = dequantize(data, block_format("Q5_0"), 50, 64)
+@pytest.mark.parametrize("isa", [None, *builds()])  # None: the torch reference
+@pytest.mark.parametrize("name", ["Q5_0", "Q8_0", "Q6_K"])
+def test_packed_embedding_dequantizes_the_rows_looked_up(kernel_dir, isa, name):
+    data = random_packed(name, 50, 256, seed=2)
+    table = dequantize(data, block_format(name), 50, 256)
     ids = torch.tensor([[3, 49, 3, 0], [7, 7, 1, 2]])
-    assert torch.equal(PackedEmbedding(data, block_format("Q5_0"), 64)(ids), F.embedding(ids, table))
+    gemm = cpu_gemm.load(kernel_dir, isa) if isa else None
+    assert torch.equal(PackedEmbedding(data, block_format(name), 256, gemm)(ids), F.embedding(ids, table))
 
 
 @pytest.mark.parametrize("isa", builds())

@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from completion.growing_cache import growing_cache
 from completion.speculative import AcceptanceStats, Drafter, ForwardCost, greedy_decode
 from completion.speculative.sources import Chain
 from completion.speculative.tree import DraftTree
@@ -68,8 +69,8 @@ def _prompts(engine, count: int, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(10, vocab) for _ in range(rng.randrange(5, 60))] for _ in range(count)]
 
 
-def _prefill(model, ids: list[int]):
-    cache = DynamicCache(config=model.config)
+def _prefill(model, ids: list[int], growing: bool = False):
+    cache = growing_cache(model.config) if growing else DynamicCache(config=model.config)
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids], device=model.device), cache=cache, use_cache=True).logits[:, -1:]
     return cache, logits
@@ -111,7 +112,8 @@ def test_any_draft_gives_the_plain_greedy_output(engines, family, script):
 
 @pytest.mark.parametrize("family", TINY_ARCH_FAMILIES)
 @pytest.mark.parametrize("shape", ["chain", "tree"])
-def test_cache_after_verify_equals_plain_decoding(engines, family, shape):
+@pytest.mark.parametrize("growing", [False, True])
+def test_cache_after_verify_equals_plain_decoding(engines, family, shape, growing):
     engine = engines[family]
     model = engine.loaded.model
     prompt = _prompts(engine, 1, seed=5)[0]
@@ -121,7 +123,7 @@ def test_cache_after_verify_equals_plain_decoding(engines, family, shape):
     with torch.inference_mode():
         for token in plain[:5]:
             model(input_ids=torch.tensor([[token]], device=model.device), cache=ref_cache, use_cache=True)
-    cache, _ = _prefill(model, prompt)
+    cache, _ = _prefill(model, prompt, growing)
     if shape == "tree" and not supports_trees(cache):
         pytest.skip("this architecture's cache does not allow tree compaction")
     tree = DraftTree.rooted_at(plain[0])
@@ -129,7 +131,10 @@ def test_cache_after_verify_equals_plain_decoding(engines, family, shape):
         tree.add_chain(_wrong(plain[1:6], 300), "x", 64)
         tree.add_chain(plain[1:3] + _wrong(plain[3:6], 300), "x", 64)
     tree.add_chain(plain[1:5] + _wrong(plain[5:7], 300), "x", 64)
+    buffers = [layer.keys.data_ptr() for layer in cache.layers]
     verdict = verify(model, cache, tree)
+    if growing:  # the kept entries moved within the buffers: nothing reallocated
+        assert [layer.keys.data_ptr() for layer in cache.layers] == buffers
     assert verdict.accepted == plain[1:5]
     assert int(verdict.logits[0, -1].argmax()) == plain[5]
     assert cache.get_seq_length() == ref_cache.get_seq_length() == len(prompt) + 5

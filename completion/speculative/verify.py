@@ -56,14 +56,16 @@ def verify(model, cache: DynamicCache, tree: DraftTree) -> Verdict:
 
 
 def _keep(cache: DynamicCache, past: int, tree: DraftTree, nodes: list[int]) -> None:
-    """Drop the cache entries of rejected nodes."""
-    if nodes == list(range(len(nodes))):  # a prefix of the flattened tree: crop the tail
-        extra = len(tree) - len(nodes)
-        if extra:
-            cache.crop(-extra)
-        return
-    keep = torch.cat([torch.arange(past), past + torch.tensor(nodes)])
-    for layer in cache.layers:
-        keep = keep.to(layer.keys.device)
-        layer.keys = layer.keys.index_select(-2, keep)
-        layer.values = layer.values.index_select(-2, keep)
+    """Drop the cache entries of rejected nodes. The kept nodes (ancestors before
+    descendants: increasing) move down in place to follow the past, then the tail is
+    cropped: the cache keeps its buffers (a growing cache would otherwise copy all of them
+    at the next step) and only the kept nodes' entries are copied."""
+    if nodes != list(range(len(nodes))):
+        sources = past + torch.tensor(nodes)
+        targets = past + torch.arange(len(nodes))
+        for layer in cache.layers:
+            for cached in (layer.keys, layer.values):
+                cached[..., targets.to(cached.device), :] = cached[..., sources.to(cached.device), :]
+    extra = len(tree) - len(nodes)
+    if extra:
+        cache.crop(-extra)

@@ -22,7 +22,8 @@ from kernels.packed_linear import PackedLinear
 from .attention import ROWWISE_MAX_ROWS, allowed_keys
 from .growing_cache import GrowingLayer
 
-FusedForward = Callable[[torch.Tensor, "torch.Tensor | None", tuple, object], "torch.Tensor | None"]
+# (hidden_states, attention_mask, position_embeddings, cache) -> the output, or None: not taken
+FusedForward = Callable[..., "torch.Tensor | None"]
 
 
 class LastMask:

@@ -18,9 +18,10 @@
 // Dequantization is plain float arithmetic (built with -ffp-contract=off), bit for bit the
 // torch reference of kernels/gguf_blocks.py.
 //
-// The library also holds the two row-wise steps of a decoder layer that cost a decode pass
-// most in torch calls (RMS norm: seven tensor operations; rotary embedding: eight), each in
-// one call that treats every row alone, so they keep the row-count independence too.
+// The library also holds the row-wise steps of a decoder layer that cost a decode pass most
+// in torch calls (RMS norm: seven tensor operations; rotary embedding: eight; attention;
+// SiLU times up), and a whole decoder layer of packed weights in one call built from them.
+// Each treats every row alone, so they keep the row-count independence too.
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -898,8 +899,8 @@ inline V8 exp_nonpositive(V8 x) {
 }
 
 // The scores of keys[0..8) (each `dim` floats) against q, times `scale`: eight dot products
-// in flight at once (one after another, each waits on its previous fma). A key's score does
-// not depend on the other seven.
+// in flight at once (computed one by one, each fma waits on the previous one). A key's score
+// does not depend on the other seven.
 inline V8 eight_scores(const float* q, const float* const* keys, long dim, float scale) {
     V8 sums[8];
     for (int j = 0; j < 8; ++j) sums[j] = v_zero();

@@ -55,7 +55,7 @@ class PackedMatrix(ctypes.Structure):
 
 class DecoderLayerWeights(ctypes.Structure):
     """cpu_gemm.cpp's DecoderLayer. It holds raw pointers: whoever builds one keeps the tensors
-    it points into alive (`tensors`)."""
+    it points into alive."""
 
     _fields_ = [("norm_in", _PTR), ("norm_post", _PTR), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
                 *((name, _LONG) for name in ("hidden", "intermediate", "heads", "kv_heads", "head_dim")),
@@ -171,7 +171,6 @@ class SmallBatchGemm:
                               out.data_ptr(), rows, heads, kv_heads, keys, dim, scale, torch.get_num_threads())
         _check(status, f"attend_rows refused {heads} heads over {kv_heads} of {dim}, {keys} keys")
         return out
-
 
     def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """silu(gate) * up for contiguous fp32 tensors of the same shape (numel a multiple of 8)."""

@@ -56,10 +56,10 @@ def verify(model, cache: DynamicCache, tree: DraftTree) -> Verdict:
 
 
 def _keep(cache: DynamicCache, past: int, tree: DraftTree, nodes: list[int]) -> None:
-    """Drop the cache entries of rejected nodes. The kept nodes (ancestors before
-    descendants: increasing) move down in place to follow the past, then the tail is
-    cropped: the cache keeps its buffers (a growing cache would otherwise copy all of them
-    at the next step) and only the kept nodes' entries are copied."""
+    """Drop the cache entries of rejected nodes: the kept nodes' entries are gathered and
+    written right after the past, then the tail is cropped. Only those entries are copied,
+    and a growing cache keeps its buffers (replacing its tensors would make it copy them
+    all at the next step)."""
     if nodes != list(range(len(nodes))):
         sources = past + torch.tensor(nodes)
         targets = past + torch.arange(len(nodes))

@@ -58,12 +58,12 @@ def fused_layer_forward(layer, gemm: SmallBatchGemm, masks: LastMask) -> FusedFo
     # The weights point into the layer's own tensors, which live as long as the layer whose
     # forward this becomes.
     index = attention.layer_idx
-    new_tokens: dict[int, torch.Tensor] = {}  # rows -> an empty (1, kv_heads, rows, dim) tensor
 
     def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, position_embeddings: tuple,
                 cache) -> torch.Tensor | None:
         batch, rows, width = hidden_states.shape
         layers = getattr(cache, "layers", None)
+        # Exactly a GrowingLayer: a subclass may keep its entries some other way.
         if (batch != 1 or rows > ROWWISE_MAX_ROWS or not is_plain_fp32(hidden_states) or layers is None
                 or index >= len(layers) or type(layers[index]) is not GrowingLayer):
             return None
@@ -78,9 +78,7 @@ def fused_layer_forward(layer, gemm: SmallBatchGemm, masks: LastMask) -> FusedFo
                 return None
         elif rows > 1:
             return None
-        like = new_tokens.get(rows)
-        if like is None:
-            like = new_tokens[rows] = torch.empty(1, kv_heads, rows, dim)
+        like = hidden_states.new_empty((1, kv_heads, rows, dim))  # the new entries' shape
         keys, values, length = cached.reserve(like, like)
         out = gemm.decoder_layer(weights, hidden_states.view(rows, width), cos, sin, keys, values, length, allowed)
         cached.commit(length + rows)

@@ -1060,7 +1060,7 @@ extern "C" int decoder_layer_rows(const DecoderLayer* layer, const float* x, flo
     const long dim = L.head_dim, q_width = L.heads * dim, kv_width = L.kv_heads * dim;
     if (rows < 1 || rows > kMaxRows || length < 0 || length + rows > capacity || (!allowed && rows > 1)) return -1;
     static thread_local std::vector<float> normed, q, k, v, attended, gate, up;
-    normed.resize(rows * std::max(L.hidden, q_width));
+    normed.resize(rows * L.hidden);  // the norms' outputs, then the down projection's
     q.resize(rows * q_width);
     k.resize(rows * kv_width);
     v.resize(rows * kv_width);

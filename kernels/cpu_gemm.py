@@ -163,8 +163,7 @@ class SmallBatchGemm:
         returns (1, rows, heads, dim). `takes_attention` must hold."""
         _, heads, rows, dim = query.shape
         kv_heads, keys = key.shape[1], key.shape[2]
-        if allowed is not None:
-            allowed = allowed.to(torch.bool).contiguous().view(torch.uint8)
+        allowed = _mask_bytes(allowed)
         out = torch.empty(1, rows, heads, dim, dtype=torch.float32)
         status = self._attend(query.data_ptr(), query.stride(2), query.stride(1), key.data_ptr(), key.stride(1),
                               key.stride(2), value.data_ptr(), value.stride(1), value.stride(2), _ptr(allowed),
@@ -187,9 +186,7 @@ class SmallBatchGemm:
         head_dim) contiguous buffers at positions [length, length + rows); attention over
         the first length + rows positions as `allowed` (rows, length + rows) says, or every
         one for a single row (None). cos/sin: (rows, head_dim) contiguous fp32."""
-        rows = x.shape[0]
-        if allowed is not None:
-            allowed = allowed.to(torch.bool).contiguous().view(torch.uint8)
+        rows, allowed = x.shape[0], _mask_bytes(allowed)
         out = torch.empty_like(x)
         status = self._decoder_layer(ctypes.byref(weights), x.data_ptr(), out.data_ptr(), rows, cos.data_ptr(),
                                      sin.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.shape[-2], length,
@@ -205,6 +202,12 @@ def is_plain_fp32(x: torch.Tensor) -> bool:
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
+
+
+def _mask_bytes(allowed: torch.Tensor | None) -> torch.Tensor | None:
+    """(rows, keys) allowed booleans as the kernels read them: one byte each, contiguous (the
+    caller keeps the result alive through the call)."""
+    return None if allowed is None else allowed.to(torch.bool).contiguous().view(torch.uint8)
 
 
 def _check(status: int, message: str) -> None:

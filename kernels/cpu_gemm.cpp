@@ -713,21 +713,36 @@ struct Pack6_K {
     }
 };
 
-// C input rows (from row m) times one packed weight row.
-template <typename D, int C>
-inline void dot_row_512(const uint8_t* w, long k_len, const Activations512& a, long m_len, long m, float* out) {
+// The running sums of C input rows times one packed weight row.
+template <int C>
+struct RowSums {
     __m512 acc[2][C];  // even and odd pairs
     __m256 min_acc[C];
+    void clear() {
+        for (int c = 0; c < C; ++c) {
+            acc[0][c] = acc[1][c] = _mm512_setzero_ps();
+            min_acc[c] = _mm256_setzero_ps();
+        }
+    }
+};
+
+// Units [u_begin, u_end) of C input rows (from row m) times one packed weight row (row_blocks
+// blocks), added to `sums` in k order.
+template <typename D, int C>
+inline void dot_units_512(const uint8_t* w, long row_blocks, long u_begin, long u_end, const Activations512& a,
+                          long m_len, long m, RowSums<C>& sums) {
+    __m512 acc[2][C];  // in registers through the loop
+    __m256 min_acc[C];
     for (int c = 0; c < C; ++c) {
-        acc[0][c] = acc[1][c] = _mm512_setzero_ps();
-        min_acc[c] = _mm256_setzero_ps();
+        acc[0][c] = sums.acc[0][c];
+        acc[1][c] = sums.acc[1][c];
+        min_acc[c] = sums.min_acc[c];
     }
     Pair unit[D::kPairs];
     __m256 mins;
-    const long row_blocks = k_len / D::kWeights, units = (row_blocks + D::kBlocks - 1) / D::kBlocks;
-    const PairRow* x = &a.pairs[m];
-    const UnitMins* xm = D::kHasMin ? &a.mins[m] : nullptr;
-    for (long u = 0; u < units; ++u) {
+    const PairRow* x = &a.pairs[u_begin * D::kPairs * m_len + m];
+    const UnitMins* xm = D::kHasMin ? &a.mins[u_begin * m_len + m] : nullptr;
+    for (long u = u_begin; u < u_end; ++u) {
         const uint8_t* block[D::kBlocks];  // past the row's end: its last block again, against zeros
         for (int i = 0; i < D::kBlocks; ++i) block[i] = w + std::min(u * D::kBlocks + i, row_blocks - 1) * D::kBytes;
         D::decode(block, unit, &mins);
@@ -744,17 +759,94 @@ inline void dot_row_512(const uint8_t* w, long k_len, const Activations512& a, l
             xm += m_len;
         }
     }
+    for (int c = 0; c < C; ++c) {
+        sums.acc[0][c] = acc[0][c];
+        sums.acc[1][c] = acc[1][c];
+        sums.min_acc[c] = min_acc[c];
+    }
+}
+
+template <typename D, int C>
+inline void finish_512(const RowSums<C>& sums, float* out) {
     for (int c = 0; c < C; ++c)
-        out[c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][c], acc[1][c])) - (D::kHasMin ? lane_sum(min_acc[c]) : 0.0f);
+        out[c] = _mm512_reduce_add_ps(_mm512_add_ps(sums.acc[0][c], sums.acc[1][c])) -
+                 (D::kHasMin ? lane_sum(sums.min_acc[c]) : 0.0f);
+}
+
+template <typename D>
+constexpr long row_bytes_512(long k_len) { return k_len / D::kWeights * D::kBytes; }
+
+template <typename D>
+constexpr long units_512(long k_len) {
+    return (k_len / D::kWeights + D::kBlocks - 1) / D::kBlocks;
+}
+
+// Activation bytes a group of rows may span and still be read from L1 by every weight row.
+constexpr long kL1Activations = 16 * 1024;
+constexpr long kTileRows = 16;  // weight rows that share one pass over an L1-sized slice of k
+
+// Units per slice of k for a group of C rows (every unit when they all fit).
+template <typename D>
+long slice_units(long k_len, int c) {
+    const long unit_bytes = D::kPairs * (long)sizeof(PairRow) * c + (D::kHasMin ? (long)sizeof(UnitMins) * c : 0);
+    return std::max(1L, std::min(units_512<D>(k_len), kL1Activations / unit_bytes));
+}
+
+// Weight rows [n0, n1) (a tile) times the input rows [m, m + C), slice of k by slice: the
+// slice's activations stay in L1 while every row of the tile is multiplied with them. Each
+// sum still takes its terms in k order.
+template <typename D, int C>
+void tile_512(const Activations512& a, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
+              long k_len, long n0, long n1, long m) {
+    const long row_bytes = row_bytes_512<D>(k_len), row_blocks = k_len / D::kWeights, units = units_512<D>(k_len);
+    const long slice = slice_units<D>(k_len, C), unit_bytes = D::kBlocks * D::kBytes;
+    RowSums<C> sums[kTileRows];
+    for (long n = n0; n < n1; ++n) sums[n - n0].clear();
+    for (long u0 = 0; u0 < units; u0 += slice) {
+        const long u1 = std::min(units, u0 + slice);
+        const long from = u0 * unit_bytes, to = std::min(row_bytes, u1 * unit_bytes);
+        for (long n = n0; n < n1; ++n) {
+            if (n + 2 < n1)  // this slice of the row after next: streaming while this one is computed
+                for (long i = from; i < to; i += 64) _mm_prefetch((const char*)(w + (n + 2) * row_bytes + i), _MM_HINT_T0);
+            dot_units_512<D, C>(w + n * row_bytes, row_blocks, u0, u1, a, m_len, m, sums[n - n0]);
+        }
+    }
+    float acc[C];
+    for (long n = n0; n < n1; ++n) {
+        finish_512<D, C>(sums[n - n0], acc);
+        for (int c = 0; c < C; ++c) out[(m + c) * n_len + n] = acc[c] + (bias ? bias[n] : 0.0f);
+    }
 }
 
 template <typename D>
 void int8_rows_512(const Activations512& a, const uint8_t* w, const float* bias, float* out, long m_len,
                    long n_len, long k_len, long begin, long end) {
-    weight_rows(w, k_len / D::kWeights * D::kBytes, bias, out, m_len, n_len, begin, end,
-                [&](const uint8_t* row, long m, auto rows, float* acc) {
-                    dot_row_512<D, decltype(rows)::value>(row, k_len, a, m_len, m, acc);
-                });
+    const long units = units_512<D>(k_len), row_blocks = k_len / D::kWeights;
+    if (m_len == 1 || slice_units<D>(k_len, std::min(4L, m_len)) == units) {  // a group's activations fit L1
+        weight_rows(w, row_bytes_512<D>(k_len), bias, out, m_len, n_len, begin, end,
+                    [&](const uint8_t* row, long m, auto rows, float* acc) {
+                        constexpr int C = decltype(rows)::value;
+                        RowSums<C> sums;
+                        sums.clear();
+                        dot_units_512<D, C>(row, row_blocks, 0, units, a, m_len, m, sums);
+                        finish_512<D, C>(sums, acc);
+                    });
+        return;
+    }
+    // Long rows (four rows of 4864 weights: 58 KB of activations, read from L2 once per
+    // weight row, cost a verify pass more than its arithmetic): tiles of weight rows, and
+    // within a tile, groups of input rows over slices of k.
+    for (long n0 = begin; n0 < end; n0 += kTileRows) {
+        const long n1 = std::min(end, n0 + kTileRows);
+        for (long m = 0; m < m_len; m += 4) {
+            switch (std::min(4L, m_len - m)) {
+                case 1: tile_512<D, 1>(a, w, bias, out, m_len, n_len, k_len, n0, n1, m); break;
+                case 2: tile_512<D, 2>(a, w, bias, out, m_len, n_len, k_len, n0, n1, m); break;
+                case 3: tile_512<D, 3>(a, w, bias, out, m_len, n_len, k_len, n0, n1, m); break;
+                default: tile_512<D, 4>(a, w, bias, out, m_len, n_len, k_len, n0, n1, m); break;
+            }
+        }
+    }
 }
 
 template <typename Body>
@@ -911,85 +1003,137 @@ inline V8 eight_scores(const float* q, const float* const* keys, long dim, float
     return lane_sums8(sums) * scale;
 }
 
-// o[0 .. 8N) = inverse * sum over c of weights[c] * values[c][offset ..], in c order, the N
-// accumulators kept in registers.
+namespace {
+
+// acc[0 .. 8N) += sum over c in [begin, end) of weights[c] * values[order[c]][offset ..], in c
+// order, the N accumulators kept in registers through the loop.
 template <int N>
-inline void weighted_values(const float* v, long v_key, const long* order, const float* weights, long count,
-                            long offset, float inverse, float* o) {
-    V8 acc[N];
-    for (int i = 0; i < N; ++i) acc[i] = v_zero();
-    for (long c = 0; c < count; ++c) {
+inline void weighted_values(const float* v, long v_key, const long* order, const float* weights, long begin,
+                            long end, long offset, float* acc) {
+    V8 sums[N];
+    for (int i = 0; i < N; ++i) sums[i] = v_load(acc + offset + 8 * i);
+    for (long c = begin; c < end; ++c) {
         const float* vv = v + order[c] * v_key + offset;
         const V8 wc = v_zero() + weights[c];
-        for (int i = 0; i < N; ++i) acc[i] = v_fma(wc, v_load(vv + 8 * i), acc[i]);
+        for (int i = 0; i < N; ++i) sums[i] = v_fma(wc, v_load(vv + 8 * i), sums[i]);
     }
-    for (int i = 0; i < N; ++i) {
-        const V8 scaled = acc[i] * inverse;
-        std::memcpy(o + offset + 8 * i, &scaled, sizeof scaled);
+    for (int i = 0; i < N; ++i) std::memcpy(acc + offset + 8 * i, &sums[i], sizeof sums[i]);
+}
+
+inline void weighted_values_any(const float* v, long v_key, const long* order, const float* weights, long begin,
+                                long end, long dim, float* acc) {
+    for (long offset = 0; offset < dim; offset += 64) {
+        switch (std::min(64L, dim - offset) / 8) {
+            case 1: weighted_values<1>(v, v_key, order, weights, begin, end, offset, acc); break;
+            case 2: weighted_values<2>(v, v_key, order, weights, begin, end, offset, acc); break;
+            case 3: weighted_values<3>(v, v_key, order, weights, begin, end, offset, acc); break;
+            case 4: weighted_values<4>(v, v_key, order, weights, begin, end, offset, acc); break;
+            case 5: weighted_values<5>(v, v_key, order, weights, begin, end, offset, acc); break;
+            case 6: weighted_values<6>(v, v_key, order, weights, begin, end, offset, acc); break;
+            case 7: weighted_values<7>(v, v_key, order, weights, begin, end, offset, acc); break;
+            default: weighted_values<8>(v, v_key, order, weights, begin, end, offset, acc); break;
+        }
     }
 }
+
+// Key bytes of one block of a key/value head: read from L2 once, then from L1 by every query
+// head of the group and every row.
+constexpr long kKeyBlockBytes = 16 * 1024;
+
+// Attention of the (row, head) pairs [first, last) of key/value group g (pair t: row t / group,
+// head g * group + t % group): the query heads that share a key/value head go over the keys
+// block by block, so a block is loaded once for all of them. Each pair's scores, softmax and
+// weighted sum are still computed alone over its own allowed keys in order.
+void attend_group(const float* q, long q_row, long q_head, const float* kg, long k_key, const float* vg, long v_key,
+                  const long* order, const long* counts, long keys, float* out, long heads, long group, long g,
+                  long first, long last, long dim, float scale) {
+    static thread_local std::vector<float> weights, sums;
+    const long padded = (keys + 7) / 8 * 8, pairs = last - first;
+    weights.resize(pairs * padded);
+    sums.assign(pairs * dim, 0.0f);
+    long longest = 0;
+    for (long t = first; t < last; ++t) longest = std::max(longest, counts[t / group]);
+    const long block = std::max(8L, kKeyBlockBytes / (long)(dim * sizeof(float)) / 8 * 8);
+    std::vector<V8> tops(pairs, v_zero() - INFINITY);
+    for (long start = 0; start < longest; start += block) {  // scores, block by block
+        for (long t = first; t < last; ++t) {
+            const long r = t / group, count = counts[r];
+            const long* row_order = order + r * keys;
+            const float* qv = q + r * q_row + (g * group + t % group) * q_head;
+            float* w = &weights[(t - first) * padded];
+            for (long c = start; c < std::min(start + block, count); c += 8) {
+                const float* group_keys[8];  // past the last key: the last key again, masked below
+                for (int j = 0; j < 8; ++j) group_keys[j] = kg + row_order[std::min(c + j, count - 1)] * k_key;
+                V8 scores = eight_scores(qv, group_keys, dim, scale);
+                for (long j = count - c; j < 8; ++j) scores[j] = -INFINITY;
+                tops[t - first] = v_max(tops[t - first], scores);
+                std::memcpy(&w[c], &scores, sizeof scores);
+            }
+        }
+    }
+    std::vector<float> inverse(pairs);
+    for (long t = first; t < last; ++t) {  // softmax weights (unnormalized) and their sum
+        const long count = counts[t / group], filled = (count + 7) / 8 * 8;
+        if (count == 0) continue;
+        float* w = &weights[(t - first) * padded];
+        const V8 top_lanes = tops[t - first];
+        float top = top_lanes[0];
+        for (int j = 1; j < 8; ++j) top = std::max(top, top_lanes[j]);
+        V8 total = v_zero();
+        for (long c = 0; c < filled; c += 8) {
+            const V8 e = exp_nonpositive(v_load(&w[c]) - top);
+            std::memcpy(&w[c], &e, sizeof e);
+            total = total + e;
+        }
+        inverse[t - first] = 1.0f / lane_sum(total);
+    }
+    for (long start = 0; start < longest; start += block)  // weighted values, block by block
+        for (long t = first; t < last; ++t) {
+            const long r = t / group, end = std::min(start + block, counts[r]);
+            if (start < end)
+                weighted_values_any(vg, v_key, order + r * keys, &weights[(t - first) * padded], start, end, dim,
+                                    &sums[(t - first) * dim]);
+        }
+    for (long t = first; t < last; ++t) {
+        const long r = t / group;
+        float* o = out + (r * heads + g * group + t % group) * dim;
+        const float* acc = &sums[(t - first) * dim];
+        for (long i = 0; i < dim; i += 8) {  // no keys: zeros
+            const V8 scaled = counts[r] ? v_load(acc + i) * inverse[t - first] : v_zero();
+            std::memcpy(o + i, &scaled, sizeof scaled);
+        }
+    }
+}
+
+}  // namespace
 
 // Attention of each query row over its allowed keys, grouped query heads sharing a key/value
 // head (head h reads key/value head h / (heads / kv_heads)). q[r * q_row + h * q_head + i];
 // keys and values [g * kv_head + j * kv_key + i] (each its own strides); allowed: rows x keys
 // bytes, or null for every key; out: rows x heads x dim. Each (row, head) is computed alone
 // over the list of its allowed keys in order, so a row of a verify pass gets bit for bit what
-// a single-token step over the same keys gets.
+// a single-token step over the same keys gets. Threads take key/value groups (and parts of a
+// group when there are more threads than groups).
 extern "C" int attend_rows(const float* q, long q_row, long q_head, const float* k, long k_head, long k_key,
                            const float* v, long v_head, long v_key, const uint8_t* allowed, float* out, long rows,
                            long heads, long kv_heads, long keys, long dim, float scale, int threads) {
     if (rows < 1 || heads < 1 || kv_heads < 1 || heads % kv_heads || keys < 1 || dim < 8 || dim % 8 || dim > 512)
         return -1;
-    const long group = heads / kv_heads, padded = (keys + 7) / 8 * 8;
-#pragma omp parallel num_threads(std::max(1, std::min<int>(threads, rows * heads)))
-    {
-        std::vector<float> weights(padded);
-        std::vector<long> order(keys);
-#pragma omp for schedule(static)
-        for (long task = 0; task < rows * heads; ++task) {
-            const long r = task / heads, h = task % heads, g = h / group;
-            const float* qv = q + r * q_row + h * q_head;
-            const float* kg = k + g * k_head;
-            const float* vg = v + g * v_head;
-            long count = 0;
-            for (long j = 0; j < keys; ++j)
-                if (!allowed || allowed[r * keys + j]) order[count++] = j;
-            float* o = out + (r * heads + h) * dim;
-            if (count == 0) { std::fill_n(o, dim, 0.0f); continue; }
-            const long filled = (count + 7) / 8 * 8;
-            V8 tops = v_zero() - INFINITY;
-            for (long c = 0; c < filled; c += 8) {
-                const float* group_keys[8];  // past the last key: the last key again, masked below
-                for (int j = 0; j < 8; ++j) group_keys[j] = kg + order[std::min(c + j, count - 1)] * k_key;
-                V8 scores = eight_scores(qv, group_keys, dim, scale);
-                for (long j = count - c; j < 8; ++j) scores[j] = -INFINITY;
-                tops = v_max(tops, scores);
-                std::memcpy(&weights[c], &scores, sizeof scores);
-            }
-            float top = tops[0];
-            for (int j = 1; j < 8; ++j) top = std::max(top, tops[j]);
-            V8 total = v_zero();
-            for (long c = 0; c < filled; c += 8) {
-                const V8 e = exp_nonpositive(v_load(&weights[c]) - top);
-                std::memcpy(&weights[c], &e, sizeof e);
-                total = total + e;
-            }
-            const float inverse = 1.0f / lane_sum(total);
-            for (long offset = 0; offset < dim; offset += 64) {
-                const float* w = weights.data();
-                const long* keys_in_order = order.data();
-                switch (std::min(64L, dim - offset) / 8) {
-                    case 1: weighted_values<1>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    case 2: weighted_values<2>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    case 3: weighted_values<3>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    case 4: weighted_values<4>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    case 5: weighted_values<5>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    case 6: weighted_values<6>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    case 7: weighted_values<7>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                    default: weighted_values<8>(vg, v_key, keys_in_order, w, count, offset, inverse, o); break;
-                }
-            }
-        }
+    const long group = heads / kv_heads, pairs = rows * group;
+    std::vector<long> order(rows * keys), counts(rows);  // each row's allowed keys, in order
+    for (long r = 0; r < rows; ++r) {
+        long count = 0;
+        for (long j = 0; j < keys; ++j)
+            if (!allowed || allowed[r * keys + j]) order[r * keys + count++] = j;
+        counts[r] = count;
+    }
+    threads = std::max(1, threads);
+    const long parts = std::min(pairs, (threads + kv_heads - 1) / kv_heads), items = kv_heads * parts;
+#pragma omp parallel for num_threads((int)std::min<long>(threads, items)) schedule(static)
+    for (long item = 0; item < items; ++item) {
+        const long g = item / parts, part = item % parts;
+        attend_group(q, q_row, q_head, k + g * k_head, k_key, v + g * v_head, v_key, order.data(), counts.data(),
+                     keys, out, heads, group, g, part * pairs / parts, (part + 1) * pairs / parts, dim, scale);
     }
     return 0;
 }

@@ -12,7 +12,8 @@ Rows, per model and path:
 Then, for the default model: greedy completions of the speculative bench's holes on the
 packed path against the fp32 path (the share with the same text), speculative decoding
 against plain greedy on the packed path (identical share and tokens/s; the engine's n-gram
-cache holds the hole's sibling modules, as the server fills it for an open document), the
+cache holds the hole's sibling modules, as the server fills it for an open document; the
+speculative runs alternate with llama-bench decode runs and are compared with them), the
 time from an empty CODEASSIST_HOME to the first suggestion (`codeassist complete` in a fresh
 process), and the resident memory of `codeassist serve` once its model is loaded.
 """
@@ -44,6 +45,7 @@ from .speculative import _holes, _source_files, open_folder
 PROMPTS = (512, 2048)
 DEPTH = 512  # decode steps run after a prompt of this many tokens
 ROUNDS = 5  # decode measurements alternating with llama-bench's (the median is reported)
+SPECULATIVE_ROUNDS = 3  # speculative engine runs over the holes, each between llama-bench runs
 
 
 def run_bench(args) -> BenchResult:
@@ -69,11 +71,7 @@ def run_bench(args) -> BenchResult:
         if llama:
             rows.append(llama)
     summary = _speed_summary(rows)
-    summary.update(_exactness(quick))
-    llama_decode = summary.get("decode_tok_s_0.5b_llamacpp")
-    if llama_decode:
-        summary["engine_speculative_vs_llamacpp_0.5b"] = round(
-            summary["engine_decode_tok_s_packed_speculative"] / llama_decode, 2)
+    summary.update(_exactness(quick, llama_bench))
     summary["first_suggestion_s_fresh_home"] = _first_suggestion_s()
     summary["serve_rss_mb_after_load"] = _serve_rss_mb()
     columns = ["model", "path", "prefill_512_tok_s", "prefill_2048_tok_s", "decode_tok_s", "load_s"]
@@ -192,44 +190,69 @@ def _speed_summary(rows: list[dict]) -> dict:
     return summary
 
 
-def _exactness(quick: bool) -> dict:
-    """Greedy texts packed vs fp32; speculative vs plain greedy on the packed path."""
+def _exactness(quick: bool, llama_bench: str | None) -> dict:
+    """Greedy texts packed vs fp32; speculative vs plain greedy on the packed path. The
+    speculative engine runs in rounds (a fresh engine each: nothing learnt in one round helps
+    the next), each between two llama-bench decode runs: its speed is compared with
+    llama.cpp's at the same time of a shared machine's drifting speed."""
     rng = random.Random(0)
     work = [(path, siblings, hole) for path, siblings in _source_files(quick)
             for hole in _holes(path.read_text(encoding="utf-8"), 3 if quick else 6, rng)]
     texts: dict[str, list[str]] = {}
-    speeds: dict[str, tuple[int, float]] = {}
-    for path, configs in (("fp32", {"plain": dict(speculative=False)}),
-                          ("packed", {"plain": dict(speculative=False), "speculative": {}})):
+    speeds: dict[str, float] = {}
+    for path in ("fp32", "packed"):
         loaded = load_model(DEFAULT_MODEL, dtype=path)
-        for name, overrides in configs.items():
-            engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=48, max_prompt_tokens=1024, kv_mode="full",
-                                                             time_budget_ms=600_000, **overrides))
-            key = f"{path}_{name}"
-            texts[key], tokens, decode_ms = [], 0, 0.0
-            for file, siblings, (text, cursor, _) in work:
-                open_folder(engine, siblings)
-                result = engine.complete(CompletionRequest(text, cursor, "python", file.name))
-                texts[key].append(result.text)
-                if result.tokens > 1:
-                    tokens, decode_ms = tokens + result.tokens - 1, decode_ms + result.decode_ms
-            speeds[key] = (tokens, decode_ms)
+        texts[f"{path}_plain"], speeds[f"{path}_plain"] = _engine_run(loaded, work, speculative=False)
+        if path == "packed":
+            rounds = _speculative_rounds(loaded, work, 1 if quick else SPECULATIVE_ROUNDS, llama_bench)
+            texts["packed_speculative"] = rounds[0]["texts"]
         del loaded
         gc.collect()
 
     def share(a: str, b: str) -> float:
         return round(statistics.mean(x == y for x, y in zip(texts[a], texts[b])), 3)
 
-    def rate(key: str) -> float:
-        tokens, ms = speeds[key]
-        return round(tokens / ms * 1000, 2) if ms else 0.0
+    result = {"holes": len(work),
+              "greedy_identical_packed_vs_fp32": share("packed_plain", "fp32_plain"),
+              "speculative_identical_to_greedy_packed": round(statistics.mean(
+                  x == y for r in rounds for x, y in zip(r["texts"], texts["packed_plain"])), 3),
+              "engine_decode_tok_s_fp32_plain": speeds["fp32_plain"],
+              "engine_decode_tok_s_packed_plain": speeds["packed_plain"],
+              "engine_decode_tok_s_packed_speculative": statistics.median(r["tok_s"] for r in rounds),
+              "engine_speculative_rounds_tok_s": [r["tok_s"] for r in rounds]}
+    if all(r.get("llama_tok_s") for r in rounds):
+        result["engine_speculative_rounds_llamacpp_tok_s"] = [r["llama_tok_s"] for r in rounds]
+        result["engine_speculative_vs_llamacpp_0.5b"] = round(
+            statistics.median(r["tok_s"] / r["llama_tok_s"] for r in rounds), 2)
+    return result
 
-    return {"holes": len(work),
-            "greedy_identical_packed_vs_fp32": share("packed_plain", "fp32_plain"),
-            "speculative_identical_to_greedy_packed": share("packed_speculative", "packed_plain"),
-            "engine_decode_tok_s_fp32_plain": rate("fp32_plain"),
-            "engine_decode_tok_s_packed_plain": rate("packed_plain"),
-            "engine_decode_tok_s_packed_speculative": rate("packed_speculative")}
+
+def _engine_run(loaded, work, **overrides) -> tuple[list[str], float]:
+    """A fresh engine completes every hole: (texts, decode tokens/s after the first token)."""
+    engine = CompletionEngine(loaded, EngineSettings(max_new_tokens=48, max_prompt_tokens=1024, kv_mode="full",
+                                                     time_budget_ms=600_000, **overrides))
+    texts, tokens, decode_ms = [], 0, 0.0
+    for file, siblings, (text, cursor, _) in work:
+        open_folder(engine, siblings)
+        result = engine.complete(CompletionRequest(text, cursor, "python", file.name))
+        texts.append(result.text)
+        if result.tokens > 1:
+            tokens, decode_ms = tokens + result.tokens - 1, decode_ms + result.decode_ms
+    return texts, round(tokens / decode_ms * 1000, 2) if decode_ms else 0.0
+
+
+def _speculative_rounds(loaded, work, rounds: int, llama_bench: str | None) -> list[dict]:
+    """Speculative engine runs, each between two llama-bench decode runs (shared by
+    neighbouring rounds); llama_tok_s: the mean of the two."""
+    results = []
+    before = _llama_decode(llama_bench, DEFAULT_MODEL) if llama_bench else None
+    for _ in range(rounds):
+        texts, tok_s = _engine_run(loaded, work)
+        after = _llama_decode(llama_bench, DEFAULT_MODEL) if llama_bench else None
+        llama = round((before + after) / 2, 2) if before and after else None
+        results.append({"texts": texts, "tok_s": tok_s, "llama_tok_s": llama})
+        before = after
+    return results
 
 
 def _first_suggestion_s() -> float:

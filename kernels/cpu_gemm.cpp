@@ -822,7 +822,9 @@ template <typename D>
 void int8_rows_512(const Activations512& a, const uint8_t* w, const float* bias, float* out, long m_len,
                    long n_len, long k_len, long begin, long end) {
     const long units = units_512<D>(k_len), row_blocks = k_len / D::kWeights;
-    if (m_len == 1 || slice_units<D>(k_len, std::min(4L, m_len)) == units) {  // a group's activations fit L1
+    // A group of rows whose activations fit L1, or a single row (a decode step: one row is
+    // a third of a 4-row group's bytes, and slicing it was not measured to pay): whole rows.
+    if (m_len == 1 || slice_units<D>(k_len, std::min(4L, m_len)) == units) {
         weight_rows(w, row_bytes_512<D>(k_len), bias, out, m_len, n_len, begin, end,
                     [&](const uint8_t* row, long m, auto rows, float* acc) {
                         constexpr int C = decltype(rows)::value;
@@ -1047,14 +1049,16 @@ constexpr long kKeyBlockBytes = 16 * 1024;
 void attend_group(const float* q, long q_row, long q_head, const float* kg, long k_key, const float* vg, long v_key,
                   const long* order, const long* counts, long keys, float* out, long heads, long group, long g,
                   long first, long last, long dim, float scale) {
-    static thread_local std::vector<float> weights, sums;
+    static thread_local std::vector<float> weights, sums, inverse;  // per pair; reused across calls
+    static thread_local std::vector<V8> tops;
     const long padded = (keys + 7) / 8 * 8, pairs = last - first;
     weights.resize(pairs * padded);
     sums.assign(pairs * dim, 0.0f);
+    inverse.assign(pairs, 0.0f);  // stays 0 for a pair without keys
+    tops.assign(pairs, v_zero() - INFINITY);
     long longest = 0;
     for (long t = first; t < last; ++t) longest = std::max(longest, counts[t / group]);
     const long block = std::max(8L, kKeyBlockBytes / (long)(dim * sizeof(float)) / 8 * 8);
-    std::vector<V8> tops(pairs, v_zero() - INFINITY);
     for (long start = 0; start < longest; start += block) {  // scores, block by block
         for (long t = first; t < last; ++t) {
             const long r = t / group, count = counts[r];
@@ -1071,7 +1075,6 @@ void attend_group(const float* q, long q_row, long q_head, const float* kg, long
             }
         }
     }
-    std::vector<float> inverse(pairs);
     for (long t = first; t < last; ++t) {  // softmax weights (unnormalized) and their sum
         const long count = counts[t / group], filled = (count + 7) / 8 * 8;
         if (count == 0) continue;

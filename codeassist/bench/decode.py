@@ -198,33 +198,32 @@ def _exactness(quick: bool, llama_bench: str | None) -> dict:
     rng = random.Random(0)
     work = [(path, siblings, hole) for path, siblings in _source_files(quick)
             for hole in _holes(path.read_text(encoding="utf-8"), 3 if quick else 6, rng)]
-    texts: dict[str, list[str]] = {}
-    speeds: dict[str, float] = {}
-    for path in ("fp32", "packed"):
-        loaded = load_model(DEFAULT_MODEL, dtype=path)
-        texts[f"{path}_plain"], speeds[f"{path}_plain"] = _engine_run(loaded, work, speculative=False)
-        if path == "packed":
-            rounds = _speculative_rounds(loaded, work, 1 if quick else SPECULATIVE_ROUNDS, llama_bench)
-            texts["packed_speculative"] = rounds[0]["texts"]
-        del loaded
-        gc.collect()
-
-    def share(a: str, b: str) -> float:
-        return round(statistics.mean(x == y for x, y in zip(texts[a], texts[b])), 3)
-
+    loaded = load_model(DEFAULT_MODEL, dtype="fp32")
+    fp32_texts, fp32_speed = _engine_run(loaded, work, speculative=False)
+    del loaded
+    gc.collect()
+    loaded = load_model(DEFAULT_MODEL, dtype="packed")
+    packed_texts, packed_speed = _engine_run(loaded, work, speculative=False)
+    rounds = _speculative_rounds(loaded, work, 1 if quick else SPECULATIVE_ROUNDS, llama_bench)
+    del loaded
+    gc.collect()
     result = {"holes": len(work),
-              "greedy_identical_packed_vs_fp32": share("packed_plain", "fp32_plain"),
-              "speculative_identical_to_greedy_packed": round(statistics.mean(
-                  x == y for r in rounds for x, y in zip(r["texts"], texts["packed_plain"])), 3),
-              "engine_decode_tok_s_fp32_plain": speeds["fp32_plain"],
-              "engine_decode_tok_s_packed_plain": speeds["packed_plain"],
+              "greedy_identical_packed_vs_fp32": _same_share(packed_texts, fp32_texts),
+              "speculative_identical_to_greedy_packed": _same_share(
+                  [text for r in rounds for text in r["texts"]], packed_texts * len(rounds)),
+              "engine_decode_tok_s_fp32_plain": fp32_speed,
+              "engine_decode_tok_s_packed_plain": packed_speed,
               "engine_decode_tok_s_packed_speculative": statistics.median(r["tok_s"] for r in rounds),
               "engine_speculative_rounds_tok_s": [r["tok_s"] for r in rounds]}
-    if all(r.get("llama_tok_s") for r in rounds):
+    if all(r["llama_tok_s"] for r in rounds):
         result["engine_speculative_rounds_llamacpp_tok_s"] = [r["llama_tok_s"] for r in rounds]
         result["engine_speculative_vs_llamacpp_0.5b"] = round(
             statistics.median(r["tok_s"] / r["llama_tok_s"] for r in rounds), 2)
     return result
+
+
+def _same_share(texts: list[str], others: list[str]) -> float:
+    return round(statistics.mean(a == b for a, b in zip(texts, others, strict=True)), 3)
 
 
 def _engine_run(loaded, work, **overrides) -> tuple[list[str], float]:

@@ -206,16 +206,41 @@ def _run_serve(args: argparse.Namespace) -> int:
                                          engine_api_key_env=args.engine_api_key_env))
     logger.info("codeassist %s serving on %s (log: %s)", __version__,
                 f"tcp {args.host}:{args.port}" if args.tcp else "stdio", log_file)
+    token = None
     if args.tcp:
-        token = None
         if not args.no_token:
             token_file = Path(args.token_file) if args.token_file else codeassist_home() / "serve.token"
             token = _serve_token(token_file)
             logger.info("TCP clients must send the token in %s as initializationOptions.authToken", token_file)
-        server.start_tcp(args.host, args.port, token)
-    else:
-        server.start_io()
-    return 0
+    code = 0
+    try:
+        if args.tcp:
+            server.start_tcp(args.host, args.port, token)
+        else:
+            server.start_io()
+    except SystemExit as exiting:  # `exit`: 1 without `shutdown` before it
+        code = exiting.code or 0
+    # A worker stuck in a read or a long model call must not keep the process alive.
+    exit_within(EXIT_GRACE_S, code)
+    return code
+
+
+EXIT_GRACE_S = 5.0
+
+
+def exit_within(seconds: float, code: int) -> None:
+    """End the process with `code` `seconds` from now, whatever its other threads are doing
+    (a daemon timer: the normal exit, which waits for worker threads, usually comes first)."""
+    import threading
+
+    def force() -> None:
+        logger.warning("threads still running %.0f s after the server stopped: exiting anyway", seconds)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def _serve_token(path: Path) -> str:

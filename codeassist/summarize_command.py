@@ -71,8 +71,7 @@ def run_summarize(args: argparse.Namespace) -> int:
     request = summary_request(definition, finder)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     summarizer = Summarizer(loaded, args.max_tokens)
-    cache_path = (folder.parent / f"{folder.name}.summaries.json" if folder.exists()
-                  else codeassist_home() / "summaries.json")
+    cache_path = index.summaries_path if index is not None else codeassist_home() / "summaries.json"
     cache = SummaryCache(cache_path)
     key = request.key(loaded.name)
     start = time.perf_counter()

@@ -11,6 +11,7 @@ requests get an empty answer at once and the engine is tried again after a pause
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import logging
 import threading
@@ -51,6 +52,10 @@ class RemoteConfig:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"engine URL must be http(s)://host[:port], got {self.url!r}")
+        if self.api_key and parts.scheme == "http" and not _is_loopback(parts.hostname):
+            # Anyone on the path would read the key: only https leaves this machine with it.
+            raise ValueError(f"refusing to send the engine's API key over plain http to {parts.hostname}; "
+                             "use an https:// URL")
 
     @property
     def base_path(self) -> str:
@@ -64,6 +69,15 @@ class RemoteConfig:
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {**extra, **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class RemoteEngine:

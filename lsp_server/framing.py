@@ -3,7 +3,8 @@
 pygls' reader matches `Content-Length: N\\r\\n` exactly and otherwise waits for a header it
 never gets: one malformed header left the server deaf. This reader takes header names in
 any case, LF or CRLF line ends and any spacing; skips what is not a header until the next
-`Content-Length`, wherever it starts in a line (resynchronising after garbage); refuses a
+`Content-Length`, wherever it starts in a line or inside a body that does not parse
+(resynchronising after garbage, glued headers and short bodies); refuses a
 length it cannot trust (negative, not a number, over MAX_MESSAGE_BYTES) with a log line;
 and answers what is not a JSON-RPC message as JSON-RPC says: -32700 for a body that does
 not parse (id null), -32600 for one that is not a request or notification, a duplicate id,
@@ -25,6 +26,8 @@ MAX_HEADER_LINE = 8 * 1024
 _SKIP_CHUNK = 1 << 20
 _LENGTH = re.compile(rb"content-length[ \t]*:[ \t]*(-?[0-9]+)[ \t]*$", re.IGNORECASE)
 _HEADER = re.compile(rb"^[A-Za-z][A-Za-z0-9-]*[ \t]*:")
+_HEADER_NAME = b"content-length"
+_HEADER_ANYWHERE = re.compile(rb"content-length[ \t]*:", re.IGNORECASE)
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 
 
@@ -33,15 +36,30 @@ class ByteReader(Protocol):
 
     def read(self, count: int) -> Awaitable[bytes]: ...
 
+    def unread(self, data: bytes) -> None: ...
 
-async def read_messages(reader: ByteReader, deliver: Callable[[bytes], None],
+
+async def read_messages(reader: ByteReader, deliver: Callable[[bytes], bool],
                         stopped: Callable[[], bool]) -> None:
-    """Read framed bodies and `deliver` each one, until end of stream or `stopped()`."""
-    length: int | None = None
+    """Read framed bodies and `deliver` each one, until end of stream or `stopped()`.
+    `deliver` returns False for a body that is not JSON: a Content-Length shorter than the
+    body it announced swallows the start of the next message, so the reader resynchronises
+    on the first header inside that body."""
     while not stopped():
+        body = await read_message(reader)
+        if body is None:
+            return
+        if deliver(body) is False:
+            _resynchronise(reader, body)
+
+
+async def read_message(reader: ByteReader) -> bytes | None:
+    """The next framed body, skipping what is not a frame; None at the end of the stream."""
+    length: int | None = None
+    while True:
         line = await reader.readline(MAX_HEADER_LINE)
         if not line:
-            return
+            return None
         if not line.endswith(b"\n") and len(line) >= MAX_HEADER_LINE:
             logger.warning("LSP input: a header line longer than %d bytes skipped", MAX_HEADER_LINE)
             length = None
@@ -50,24 +68,37 @@ async def read_messages(reader: ByteReader, deliver: Callable[[bytes], None],
         if not stripped:
             if length is None:
                 continue  # a blank line outside a header block
-            body = await _body(reader, length)
-            length = None
-            if body is None:
-                return
-            deliver(body)
-            continue
+            return await _body(reader, length)
         found = _LENGTH.search(stripped)
         if found is not None:
-            start = found.start()
-            if b":" in stripped[:start]:
-                continue  # another header whose value mentions content-length
-            if start:
-                logger.warning("LSP input: %d bytes of garbage before a header skipped", start)
+            # Wherever it starts: a body without a final newline, or a stray header without
+            # its line end, is glued to the next header.
+            if found.start():
+                logger.warning("LSP input: %d bytes before a Content-Length header skipped", found.start())
             length = _valid_length(found.group(1))
         elif not _HEADER.match(stripped):
             logger.warning("LSP input: a line that is not a header skipped (%d bytes)", len(line))
             length = None
         # Other headers (Content-Type) are accepted and ignored.
+
+
+def _resynchronise(reader: ByteReader, body: bytes) -> None:
+    """Put back what follows the first Content-Length header inside a broken `body` (or the
+    start of one that the body cut off at its end)."""
+    found = _HEADER_ANYWHERE.search(body, 1)
+    start = found.start() if found is not None else _cut_header_start(body)
+    if start is not None:
+        logger.warning("LSP input: a header %d bytes into a broken body; reading on from there", start)
+        reader.unread(body[start:])
+
+
+def _cut_header_start(body: bytes) -> int | None:
+    """Where a `Content-Length` header cut off at the end of `body` starts, if one is."""
+    tail = body[-len(_HEADER_NAME):].lower()
+    for size in range(min(len(tail), len(_HEADER_NAME)), 0, -1):
+        if tail.endswith(_HEADER_NAME[:size]):
+            return len(body) - size
+    return None
 
 
 def _valid_length(text: bytes) -> int | None:
@@ -163,6 +194,10 @@ class BufferedByteReader:
                 return more
             self._buffer += more
         return self._take(min(count, len(self._buffer)))
+
+    def unread(self, data: bytes) -> None:
+        """Make `data` the next bytes read."""
+        self._buffer[:0] = data
 
     def _take(self, count: int) -> bytes:
         taken = bytes(self._buffer[:count])

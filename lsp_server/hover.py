@@ -48,7 +48,7 @@ class HoverProvider:
     def cache(self) -> SummaryCache:
         """The summaries cache next to the current index (in memory without one)."""
         index = self._index()
-        path = index.folder.parent / f"{index.folder.name}.summaries.json" if index else None
+        path = index.summaries_path if index else None
         if path not in self._caches:
             self._caches[path] = SummaryCache(path)
         return self._caches[path]

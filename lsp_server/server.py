@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
-import hmac
-import sys
 import os
 import importlib.metadata
 import logging
@@ -19,7 +17,6 @@ from pathlib import Path
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
-from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
@@ -27,15 +24,16 @@ from completion import Completion, CompletionEngine, CompletionRequest, Engine, 
 from completion.remote_engine import open_remote_engine
 from completion.summarize import Summarizer
 from completion.syntax import language_for
+from retrieval.files import read_text
 
 from .client import ClientChannel
-from .framing import BufferedByteReader, parse_body, read_messages
 from .hover import HoverProvider
 from .positions import offset_at
 from .repo_context import CompletionContext
 from .scheduler import LatestWinsScheduler
 from .search import WorkspaceSearch
 from .settings import ServerSettings, merge_settings
+from .transport import Transport
 from .workspace_files import WorkspaceFiles
 
 logger = logging.getLogger(__name__)
@@ -146,118 +144,27 @@ class CodeassistServer(LanguageServer):
         self._remembered_folders: set[Path] = set()
         self.oversized: set[str] = set()  # open documents over maxDocumentChars
         self._refresh_timers: dict[str, asyncio.TimerHandle] = {}  # by document URI
-        self._stop_event = threading.Event()
-        self._auth_token: str | None = None
-        self._authenticated = False
-        self._initialize_seen = False
-        self._tcp_writer: asyncio.StreamWriter | None = None
+        self.transport = Transport(lambda: self.protocol)
 
     def tell_client(self, level: int, message: str) -> None:
         """Log `message` here and in the client's log (window/logMessage)."""
         self.client.tell(level, message)
 
-    # --- transports: stdio, or one TCP client holding the token ------------------------
+    # --- transports (transport.py) ---------------------------------------------------
     def start_io(self, stdin=None, stdout=None) -> None:
-        stdin = stdin or sys.stdin.buffer
-        read_some = getattr(stdin, "read1", stdin.read)
-        self._serve(lambda: read_messages(
-            BufferedByteReader(lambda n: asyncio.get_running_loop().run_in_executor(None, read_some, n)),
-            self._deliver, self._stop_event.is_set), StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            self.transport.serve_stdio(stdin, stdout)
+        finally:
+            self.shutdown()
 
     def start_tcp(self, host: str, port: int, token: str | None = None) -> None:
         """Serve one client at a time on host:port. With `token`, the client's initialize must
         carry it (initializationOptions.authToken), else the connection is closed."""
-        self._auth_token = token
-
-        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if self._tcp_writer is not None:
-                logger.warning("refused a second TCP client while one is connected")
-                writer.close()
-                return
-            self._tcp_writer = writer
-            self.protocol.set_writer(writer)
-            try:
-                await read_messages(BufferedByteReader(reader.read), self._deliver, self._stop_event.is_set)
-            except ConnectionError as error:
-                logger.info("the TCP connection ended: %s", error)
-            finally:
-                writer.close()
-                if self._tcp_writer is writer:  # the session's connection ended
-                    logger.info("the TCP client disconnected: shutting down")
-                    self._stop_event.set()
-                    listening.close()
-
-        async def serve() -> None:
-            nonlocal listening
-            listening = await asyncio.start_server(connection, host, port)
-            async with listening:
-                try:
-                    await listening.serve_forever()
-                except asyncio.CancelledError:
-                    pass
-
-        listening = None
-        self._serve(serve, None)
-
-    def _serve(self, main, writer) -> None:
-        self._stop_event = threading.Event()
-        if writer is not None:
-            self.protocol.set_writer(writer)
-        exit_code = 0
+        self.transport.token = token
         try:
-            asyncio.run(main())
-        except BrokenPipeError:
-            logger.error("the connection to the client is lost; shutting down")
-        except KeyboardInterrupt:
-            pass
-        except SystemExit as exiting:  # the `exit` notification: 1 without `shutdown` before it
-            exit_code = exiting.code or 0
+            self.transport.serve_tcp(host, port)
         finally:
             self.shutdown()
-        if exit_code:
-            raise SystemExit(exit_code)
-
-    def _deliver(self, body: bytes) -> None:
-        """One framed body: checked (framing.parse_body, the token, a second initialize),
-        then handed to pygls; anything wrong is answered, never dropped."""
-        protocol = self.protocol
-        message, error = parse_body(body, lambda msg_id: msg_id in protocol._request_futures,
-                                    protocol._shutdown)
-        if error is None and message.get("method") == "initialize":
-            error = self._check_initialize(message)
-        elif error is None and self._auth_token and not self._authenticated:
-            error = {"jsonrpc": "2.0", "id": message.get("id"),
-                     "error": {"code": -32002, "message": "Server not initialized"}}
-        if error is not None:
-            logger.warning("LSP input refused: %s", error["error"]["message"])
-            if message is None or "id" in message:  # requests, and bodies that do not parse
-                protocol._send_data(error)
-            if self._auth_token and not self._authenticated and self._tcp_writer is not None:
-                refused, self._tcp_writer = self._tcp_writer, None  # no token, no session:
-                refused.close()  # the next client may try
-            return
-        try:
-            protocol.handle_message(protocol.structure_message(message))
-        except Exception:  # malformed params are answered by AnsweringProtocol
-            logger.warning("could not handle a %s message", message.get("method", "response"), exc_info=True)
-
-    def _check_initialize(self, message: dict) -> dict | None:
-        """The error for an initialize that must be refused, else None (and the token is
-        taken out of the options)."""
-        refusal = None
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        options = params.get("initializationOptions")
-        given = options.pop("authToken", None) if isinstance(options, dict) else None
-        if self._initialize_seen:
-            refusal = "initialize was already received: the workspace is fixed for this session"
-        elif self._auth_token and not (isinstance(given, str)  # bytes: any text compares safely
-                                       and hmac.compare_digest(given.encode(), self._auth_token.encode())):
-            refusal = "initializationOptions.authToken is missing or wrong"
-        if refusal is not None:
-            return {"jsonrpc": "2.0", "id": message.get("id"), "error": {"code": -32600, "message": refusal}}
-        self._initialize_seen = True
-        self._authenticated = True
-        return None
 
     # --- settings and the model ------------------------------------------------------
     def apply_settings(self, options: object) -> None:
@@ -395,8 +302,9 @@ class CodeassistServer(LanguageServer):
                                and root is not None and p.resolve().is_relative_to(root.resolve())),
                               key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
             for sibling in siblings:
-                self._remember_text(engine, sibling.as_uri(),
-                                    sibling.read_text(encoding="utf-8", errors="replace"))
+                text = read_text(sibling, max_bytes)
+                if text is not None:
+                    self._remember_text(engine, sibling.as_uri(), text)
         except OSError as error:
             logger.info("n-gram cache: could not read the files next to %s: %s", path, error)
 

@@ -1,7 +1,12 @@
-"""Server settings from initializationOptions and workspace/didChangeConfiguration."""
+"""Server settings from initializationOptions and workspace/didChangeConfiguration.
+
+Who may set what (SECURITY.md): a client may set everything in `_KEYS`; the name of the
+environment variable holding the engine's API key comes only from the server's own command
+line, so a client cannot make the server send another secret."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -14,7 +19,8 @@ class ServerSettings:
     model: str = DEFAULT_MODEL
     engine: str = "local"  # "local" (the model in this process) or an engine's URL (/v1/completions)
     engine_model: str = ""  # the served model's name ("" = the engine's default)
-    engine_api_key_env: str = "CODEASSIST_ENGINE_API_KEY"  # environment variable holding its API key
+    # The environment variable holding the engine's API key: from the command line only.
+    engine_api_key_env: str = "CODEASSIST_ENGINE_API_KEY"
     device: str = "auto"
     dtype: str = "auto"
     max_new_tokens: int = 64
@@ -51,10 +57,9 @@ class ServerSettings:
                 self.engine_api_key_env)
 
 
-# camelCase (what editors send) -> field name
+# camelCase (what editors send) -> field name: every setting a client may change
 _KEYS = {
-    "model": "model", "engine": "engine", "engineModel": "engine_model",
-    "engineApiKeyEnv": "engine_api_key_env", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
+    "model": "model", "engine": "engine", "engineModel": "engine_model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
     "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
     "kvRefreshIdleMs": "kv_refresh_idle_ms",
     "inlineCompletion": "inline_completion", "completion": "completion",
@@ -67,6 +72,12 @@ _KEYS = {
 }
 _TYPES = {f.name: f.type for f in fields(ServerSettings)}
 _CASTS = {"str": str, "int": int, "float": float, "bool": bool}
+# What a number may be (inclusive); a value outside, NaN or infinite is refused.
+_RANGES = {
+    "max_new_tokens": (1, 4096), "context_tokens": (64, 32_768), "repo_context_tokens": (0, 32_768),
+    "max_draft_tokens": (1, 256), "max_document_chars": (1, 1_000_000_000),
+    "time_budget_ms": (0, 600_000), "kv_refresh_idle_ms": (0, 86_400_000), "summary_budget_ms": (0, 600_000),
+}
 
 
 def merge_settings(current: ServerSettings, options: Any) -> tuple[ServerSettings, list[str]]:
@@ -81,7 +92,7 @@ def merge_settings(current: ServerSettings, options: Any) -> tuple[ServerSetting
     changes: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in options.items():
-        name = _KEYS.get(key, key if key in _TYPES else None)
+        name = _KEYS.get(key, key if key in _KEYS.values() else None)
         if name is None:
             problems.append(f"unknown setting {key!r} ignored; known: {', '.join(_KEYS)}")
             continue
@@ -91,6 +102,15 @@ def merge_settings(current: ServerSettings, options: Any) -> tuple[ServerSetting
             continue
         try:
             changes[name] = cast(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             problems.append(f"setting {key!r} must be {_TYPES[name]}, got {value!r}")
+            continue
+        if name in _RANGES and not _in_range(changes[name], *_RANGES[name]):
+            low, high = _RANGES[name]
+            problems.append(f"setting {key!r} must be a finite number within {low}..{high}, got {value!r}")
+            del changes[name]
     return replace(current, **changes), problems
+
+
+def _in_range(value: float, low: float, high: float) -> bool:
+    return math.isfinite(value) and low <= value <= high

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from completion.syntax import language_for
 
 from . import search
+from .files import read_text
 from .outline import Definition, Import, called_names, definitions, enclosing, python_imports
 
 logger = logging.getLogger(__name__)
@@ -24,16 +25,17 @@ _SUMMARY_CALLERS = 3
 
 def read_workspace_file(root: Path | None, path: str) -> str | None:
     """The text of `path` (relative to `root`) on disk; None when it cannot be read, or is
-    not a regular file inside `root` once symlinks are resolved (never a FIFO or a device)."""
+    not a regular file inside `root` once symlinks are resolved (`files.read_text`: never a
+    FIFO or a device, at most its size limit)."""
     if root is None:
         return None
     try:
         target = (root / path).resolve()
-        if not target.is_relative_to(root.resolve()) or not target.is_file():
+        if not target.is_relative_to(root.resolve()):
             return None
-        return target.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, ValueError):
         return None
+    return read_text(target)
 
 
 class DefinitionFinder:

@@ -114,13 +114,17 @@ _PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 
 
 def _refuse_pickled_weights(source: str) -> None:
-    """A local encoder folder must hold safetensors weights: pickled ones can run code."""
+    """A local encoder folder must hold safetensors weights: pickled ones can run code. Each
+    folder of it (the model and each module, e.g. `2_Dense/`) is checked on its own: a
+    pickled file is refused unless a safetensors file beside it is what gets loaded."""
     folder = Path(source)
-    if not folder.is_dir() or any(folder.rglob("*.safetensors")):
+    if not folder.is_dir():
         return
-    pickled = sorted(p.name for pattern in _PICKLED for p in folder.rglob(pattern))
-    if pickled:
-        raise ValueError(f"encoder {source}: only pickled weights ({', '.join(pickled[:3])}); "
+    pickled = sorted(p for pattern in _PICKLED for p in folder.rglob(pattern))
+    unsafe = [p for p in pickled if not any(p.parent.glob("*.safetensors"))]
+    if unsafe:
+        names = ", ".join(str(p.relative_to(folder)) for p in unsafe[:3])
+        raise ValueError(f"encoder {source}: pickled weights without safetensors beside them ({names}); "
                          "codeassist loads safetensors only")
 
 

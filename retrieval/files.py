@@ -5,6 +5,7 @@ does not go deeper than MAX_DEPTH folders."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ DEFAULT_MAX_BYTES = 1_000_000
 DEFAULT_MAX_FILES = 20_000
 DEFAULT_MAX_TOTAL_BYTES = 256_000_000
 MAX_DEPTH = 64  # folders below the root; deeper ones are skipped (logged)
+MAX_IGNORE_FILE_BYTES = 1_000_000
 _SNIFF_BYTES = 8192
 
 
@@ -124,7 +126,7 @@ def is_indexable(root: Path, path: str, file_filter: FileFilter = FileFilter()) 
     for depth in range(len(parts)):
         base = "".join(part + "/" for part in parts[:depth])
         gitignore = root / base / ".gitignore"
-        if file_filter.use_gitignore and gitignore.is_file():
+        if file_filter.use_gitignore and os.path.lexists(gitignore):
             spec = _read_gitignore(gitignore)
             if spec is not None:
                 ignores.append((base, spec))
@@ -135,17 +137,10 @@ def is_indexable(root: Path, path: str, file_filter: FileFilter = FileFilter()) 
 
 
 def read_text(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
-    """The file's text, or None (logged) when it is missing, too large, binary or not UTF-8."""
-    try:
-        if not S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader forever
-            logger.info("skipped %s: not a regular file", path)
-            return None
-        data = path.read_bytes()
-    except OSError as error:
-        logger.info("skipped %s: %s", path, error)
-        return None
-    if len(data) > max_bytes:
-        logger.info("skipped %s: %d bytes (limit %d)", path, len(data), max_bytes)
+    """The file's text, or None (logged) when it is missing, too large, binary or not UTF-8,
+    or not a regular file of its own (see `read_bytes`)."""
+    data = read_bytes(path, max_bytes)
+    if data is None:
         return None
     if b"\0" in data[:_SNIFF_BYTES]:
         logger.debug("skipped binary file %s", path)
@@ -157,11 +152,46 @@ def read_text(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
         return None
 
 
-def _read_gitignore(path: Path) -> pathspec.GitIgnoreSpec | None:
+def read_bytes(path: Path, max_bytes: int) -> bytes | None:
+    """Every file the walk reads comes through here: the bytes of a regular file that is not
+    a symbolic link, at most `max_bytes`; None (logged) otherwise. The open never blocks (a
+    FIFO is opened non-blocking, then refused), a link to /dev/zero or outside the workspace
+    is refused by the open itself, and no more than `max_bytes` + 1 bytes are ever read."""
     try:
-        return pathspec.GitIgnoreSpec.from_lines(path.read_text(errors="replace").splitlines())
-    except (OSError, ValueError) as error:
-        logger.warning("ignoring unreadable %s: %s", path, error)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        why = "a symbolic link" if error.errno == errno.ELOOP else error.strerror
+        logger.info("skipped %s: %s", path, why)
+        return None
+    try:
+        stat = os.fstat(descriptor)
+        if not S_ISREG(stat.st_mode):
+            logger.info("skipped %s: not a regular file", path)
+            return None
+        if stat.st_size > max_bytes:
+            logger.info("skipped %s: %d bytes (limit %d)", path, stat.st_size, max_bytes)
+            return None
+        with os.fdopen(os.dup(descriptor), "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as error:
+        logger.info("skipped %s: %s", path, error)
+        return None
+    finally:
+        os.close(descriptor)
+    if len(data) > max_bytes:  # grew since the check
+        logger.info("skipped %s: over %d bytes", path, max_bytes)
+        return None
+    return data
+
+
+def _read_gitignore(path: Path) -> pathspec.GitIgnoreSpec | None:
+    data = read_bytes(path, MAX_IGNORE_FILE_BYTES)
+    if data is None:
+        return None
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(data.decode("utf-8", errors="replace").splitlines())
+    except ValueError as error:
+        logger.warning("ignoring %s: %s", path, error)
         return None
 
 

@@ -18,6 +18,7 @@ from filelock import FileLock
 from . import indexer, search, store
 from .encoder import DEFAULT_ENCODER, Encoder, load_encoder
 from .files import FileFilter
+from .index_folder import check_index_folder, claim_index_folder
 from .types import IndexStats, SearchHit
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,15 @@ class IndexConfig:
         if self.index_dir:
             return Path(self.index_dir).expanduser()
         if self.location == "cache":
-            from completion.home import codeassist_home
-
             digest = hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:12]
-            return codeassist_home() / "indexes" / f"{root.name}-{digest}"
+            return _home() / "indexes" / f"{root.name}-{digest}"
         return root / ".codeassist" / "index"
+
+
+def _home() -> Path:
+    from completion.home import codeassist_home
+
+    return codeassist_home()
 
 
 class CodeIndex:
@@ -61,6 +66,7 @@ class CodeIndex:
             raise ValueError(f"{root}: not a directory")
         self.config = config
         self.folder = config.folder_for(self.root)
+        check_index_folder(self.folder, self.root, _home())
         self._encoder = encoder
         self._encoder_lock = threading.Lock()
         self._update_lock = threading.Lock()
@@ -125,9 +131,14 @@ class CodeIndex:
             logger.debug("not under the indexed root %s: %s", self.root, path)
             return None
 
+    @property
+    def summaries_path(self) -> Path:
+        """The hover summaries cache of this workspace (inside the index folder)."""
+        return self.folder / "summaries.json"
+
     def _lock_path(self) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self.folder.parent / f"{self.folder.name}.lock"
+        claim_index_folder(self.folder, self.root, _home())
+        return self.folder / "index.lock"
 
     def _write_gitignore(self) -> None:
         """Keep ROOT/.codeassist out of git."""

@@ -77,7 +77,20 @@ def test_an_encoder_folder_with_only_pickled_weights_is_refused(tmp_path):
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
-    with pytest.raises(ValueError, match="only pickled weights"):
+    with pytest.raises(ValueError, match="pickled weights without safetensors"):
+        load_encoder(str(tmp_path))
+
+
+def test_a_pickled_module_beside_safetensors_weights_is_refused(tmp_path):
+    """sentence-transformers loads each module folder (2_Dense/) on its own: safetensors in
+    the top folder do not make a pickled module safe."""
+    from retrieval.encoder import load_encoder
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"{}")
+    (tmp_path / "2_Dense").mkdir()
+    (tmp_path / "2_Dense" / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ValueError, match=r"2_Dense/pytorch_model\.bin"):
         load_encoder(str(tmp_path))
 
 
@@ -100,3 +113,59 @@ def test_a_hostile_workspace_is_indexed_within_its_bounds(layout):
     assert not listed & {"link.py", "fifo_mod.py", "huge.py"}
     assert not chunked & {"binary.py", "latin1.py"}  # read, found not to be UTF-8 text
     assert not any(path.startswith("loop/") for path in listed)
+
+
+def test_an_ignore_file_that_is_a_link_to_a_device_or_a_fifo_is_skipped(layout):
+    """The walk reads .gitignore files through the same guard as sources: a link to
+    /dev/zero would be read forever, a FIFO would block the walk for good."""
+    root, _ = layout
+    (root / ".gitignore").symlink_to("/dev/zero")
+    (root / "pkg").mkdir()
+    (root / "pkg" / "mod.py").write_text("x = 1\n")
+    os.mkfifo(root / "pkg" / ".gitignore")
+    (root / "sub").mkdir()
+    (root / "sub" / ".gitignore").write_text("skipped.py\n")
+    (root / "sub" / "skipped.py").write_text("y = 2\n")
+    listed = _within(10, lambda: [state.path for state in walk(root)])
+    assert listed == ["inside.py", "pkg/mod.py", "sub/.gitignore"]  # sub/.gitignore still applies
+
+
+def _index_at(root, folder):
+    return CodeIndex(root, IndexConfig(index_dir=str(folder)), encoder=FakeEncoder())
+
+
+def test_an_index_folder_is_never_the_workspace_home_or_a_folder_of_the_users(layout, tmp_path, monkeypatch):
+    root, outside = layout
+    home = tmp_path / "home"
+    monkeypatch.setenv("CODEASSIST_HOME", str(home))
+    write_repo(root)
+    for forbidden in (root, tmp_path, home, tmp_path.parent):
+        with pytest.raises(ValueError, match="workspace or a folder above it|CODEASSIST_HOME"):
+            _index_at(root, forbidden)
+    # A folder of the user's: its manifest.json and gen-* folder stay as they are.
+    users = outside / "assets"
+    (users / "gen-assets").mkdir(parents=True)
+    (users / "gen-assets" / "logo.txt").write_text("mine")
+    (users / "manifest.json").write_text('{"name": "my app"}')
+    with pytest.raises(ValueError, match="holds other files"):
+        _index_at(root, users)
+    assert (users / "gen-assets" / "logo.txt").read_text() == "mine"
+    assert (users / "manifest.json").read_text() == '{"name": "my app"}'
+    assert sorted(p.name for p in outside.iterdir()) == ["assets", "secret.py"]  # no lock beside it
+
+
+def test_an_index_writes_only_inside_its_own_folder(layout, tmp_path):
+    root, _ = layout
+    write_repo(root)
+    parent = tmp_path / "indexes"
+    parent.mkdir()
+    folder = parent / "mine"
+    index = _index_at(root, folder)
+    index.update()
+    assert index.search("add", 5)
+    assert [p.name for p in parent.iterdir()] == ["mine"]  # lock and temporary files inside
+    assert (folder / ".codeassist-index").is_file() and (folder / "index.lock").exists()
+    # Reopened later (a folder with the marker), and an index written before the marker existed.
+    assert _index_at(root, folder).search("add", 5)
+    (folder / ".codeassist-index").unlink()
+    assert _index_at(root, folder).search("add", 5)

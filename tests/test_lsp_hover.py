@@ -48,7 +48,7 @@ async def test_hover_on_a_call_site_gives_signature_docstring_and_a_cached_summa
     after = (await status(client))["summaries"]
     assert second.contents.value == markdown
     assert after["hits"] == before["hits"] + 1  # served from the cache
-    assert (root / ".codeassist" / "index.summaries.json").exists()  # persisted by the index
+    assert (root / ".codeassist" / "index" / "summaries.json").exists()  # persisted by the index
 
 
 async def test_hover_on_a_definition_a_class_and_bad_positions(workspace_server):

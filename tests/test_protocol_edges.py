@@ -204,3 +204,155 @@ def test_tcp_needs_the_token_and_serves_one_client(tcp_server, tmp_path):
     assert process.poll() is None
     owner.close()
     assert process.wait(30) == 0
+
+
+def _status_request(msg_id: int) -> bytes:
+    return _request(msg_id, "workspace/executeCommand", {"command": "codeassist.status", "arguments": []})
+
+
+@pytest.mark.parametrize("case", ["short body", "glued stray header", "body glued to a header"])
+def test_a_bad_frame_never_makes_the_server_deaf(client, case):
+    """A Content-Length larger than its body swallows the start of the next message; a
+    header without its line end is glued to the next one. Every later request is answered."""
+    good = _status_request(30)
+    body = good.split(b"\r\n\r\n", 1)[1]
+    broken = {
+        "short body": b"Content-Length: %d\r\n\r\n" % (len(body) + 25) + body,
+        "glued stray header": b"X-Trace: 1" + good,
+        "body glued to a header": b"Content-Length: 20\r\n\r\n" + b'{"jsonrpc": "2.0"}' + good,
+    }[case]
+    client.send(broken)
+    for msg_id in range(31, 51):
+        client.send(_status_request(msg_id))
+    for msg_id in range(31, 51):
+        assert "result" in client.answer(msg_id, timeout=30), msg_id
+
+
+def test_an_unknown_method_is_method_not_found(client, tmp_path):
+    client.send(_frame(b'{"jsonrpc":"2.0","id":39,"method":"noSuchMethod"}'))  # params are optional
+    client.send(_request(40, "codeassist/noSuchMethod", {}))
+    for msg_id in (39, 40):
+        answer = client.answer(msg_id)
+        assert answer["error"]["code"] == -32601
+        assert "Traceback" not in json.dumps(answer)
+    client.send(_frame(b'{"jsonrpc":"2.0","method":"codeassist/noSuchNotification","params":{}}'))
+    assert "result" in _status(client, 41)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def _messages(count: int) -> list[bytes]:
+    return [json.dumps({"jsonrpc": "2.0", "method": f"m{number}", "params": {"n": number}}).encode()
+            for number in range(count)]
+
+
+def _parses(body: bytes) -> bool:
+    try:
+        json.loads(body)
+        return True
+    except ValueError:
+        return False
+
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(garbage=st.binary(max_size=60), cut=st.integers(min_value=0, max_value=40),
+       glue=st.booleans(), split=st.integers(min_value=1, max_value=13))
+async def test_the_reader_answers_every_valid_message_after_garbage_or_a_short_body(garbage, cut, glue, split):
+    """Garbage, a truncated body (its Content-Length says more than it holds) or a header
+    glued to the text before it, between valid messages: every later message arrives."""
+    before, after = _messages(3)[:1], _messages(8)[3:]
+    broken_body = b'{"jsonrpc":"2.0","method":"broken","params":{}}'
+    kept = broken_body[: max(len(broken_body) - cut, 0)]
+    broken = b"Content-Length: %d\r\n\r\n" % len(broken_body) + kept if cut else garbage
+    stream = b"".join(_frame(body) for body in before) + broken
+    if glue:
+        stream += b"X-Stray: header"  # a header without its line end, glued to the next
+    stream += b"".join(_frame(body) for body in after)
+    chunks = [stream[i: i + split] for i in range(0, len(stream), split)]
+
+    async def read_some(count):
+        return chunks.pop(0) if chunks else b""
+
+    delivered = []
+
+    def deliver(body: bytes) -> bool:
+        delivered.append(body)
+        return _parses(body)
+
+    await read_messages(BufferedByteReader(read_some), deliver, lambda: False)
+    assert delivered[: len(before)] == before
+    assert delivered[-len(after):] == after
+
+
+def test_exit_ends_the_process_even_with_a_worker_stuck(tmp_path):
+    """What `codeassist serve` does after its transport ends: a thread blocked for good (a
+    read that never returns) does not keep the process alive past the grace period."""
+    import time
+
+    script = ("import threading, sys\n"
+              "from codeassist.cli import exit_within\n"
+              "threading.Thread(target=threading.Event().wait).start()\n"  # never ends, not a daemon
+              "exit_within(1.0, 3)\n"
+              "sys.exit(3)\n")
+    start = time.monotonic()
+    process = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert process.returncode == 3 and time.monotonic() - start < 30
+
+
+def test_shutdown_and_exit_end_the_server_with_a_fifo_for_an_ignore_file(tiny_model_dir, tmp_path):
+    import os
+    import time
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "mod.py").write_text("def f():\n    return 1\n")
+    os.mkfifo(workspace / ".gitignore")
+    raw = RawClient(tiny_model_dir("qwen2.5-coder"), tmp_path)
+    try:
+        raw.send(_request(1, "initialize", {"processId": None, "rootUri": workspace.as_uri(), "capabilities": {}}))
+        assert "result" in raw.answer(1)
+        raw.send(_frame(b'{"jsonrpc":"2.0","method":"initialized","params":{}}'))
+        deadline, msg_id = time.monotonic() + 120, 2
+        while (state := _status(raw, msg_id)["result"]["indexStatus"]) != "ready":
+            assert state in ("off", "indexing") and time.monotonic() < deadline, state
+            msg_id += 1
+            time.sleep(0.5)
+        raw.send(_request(1000, "shutdown"))
+        assert raw.answer(1000, timeout=30).get("error") is None
+        raw.send(_frame(b'{"jsonrpc":"2.0","method":"exit"}'))
+        assert raw.process.wait(30) == 0
+    finally:
+        raw.close()
+
+
+def test_a_tcp_connection_without_initialize_changes_nothing(tcp_server, tmp_path, monkeypatch):
+    port, token, process = tcp_server
+    import socket
+    import time
+
+    socket.create_connection(("127.0.0.1", port), timeout=30).close()  # connects, sends nothing
+    idle = TcpClient(port)  # holds a connection open without a byte
+    owner = TcpClient(port)  # the real client is served while the idle one waits
+    assert "result" in _initialize(owner, tmp_path, token)
+    idle.close()  # a stranger closing does not end the session
+    time.sleep(1)
+    owner.send(_status_request(6))
+    assert "result" in owner.answer(6)
+    assert process.poll() is None
+    owner.close()
+    assert process.wait(30) == 0
+
+
+def test_a_tcp_connection_that_stays_silent_is_closed_after_the_deadline(tcp_server):
+    import time
+
+    from lsp_server.transport import SESSION_DEADLINE_S
+
+    port, _, process = tcp_server
+    silent = TcpClient(port)
+    start = time.monotonic()
+    assert silent.answer(1) is None  # closed by the server
+    assert SESSION_DEADLINE_S - 1 < time.monotonic() - start < SESSION_DEADLINE_S + 20
+    assert process.poll() is None

@@ -10,6 +10,7 @@ with the script's message. CODEASSIST_E2E_SCREENSHOTS=DIR keeps screenshots of e
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -145,6 +146,50 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         log = server.extension_log()
         assert "ready on cpu" in log and "[error]" not in log, log[-3000:]
         assert "[warning]" in log and "noSuchSetting" in log
+    except Exception:
+        _keep_failure(workbench, server)
+        raise
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("workspace_trust", [False, True], ids=["trusted", "restricted"])
+def test_a_repository_cannot_choose_what_runs_or_where_data_goes(tools, browser, tmp_path, plain_model,
+                                                                 workspace_trust):
+    """A cloned repository's .vscode/settings.json names its own server command, engine,
+    model and index folder: all ignored (machine-scoped settings; in restricted mode also
+    restricted ones), and a key the extension does not declare never reaches the server.
+    The user's own settings run, trusted or not."""
+    planted = tmp_path / "planted-command-ran"
+    hostile = tmp_path / "hostile-serve.sh"
+    hostile.write_text(f"#!/bin/sh\ntouch {planted}\nexec sleep 600\n")
+    hostile.chmod(0o755)
+    workspace = _workspace(tmp_path / "cloned_repo")
+    (workspace / ".vscode").mkdir()
+    (workspace / ".vscode" / "settings.json").write_text(json.dumps({
+        "codeassist.serverCommand": [str(hostile), "serve"], "codeassist.engine": "http://127.0.0.1:9",
+        "codeassist.model": str(tmp_path / "nowhere"), "codeassist.indexDir": str(workspace),
+        "codeassist.engineApiKeyEnv": "HOME"}))
+    settings = {"codeassist.serverCommand": [console_script("codeassist"), "serve"],
+                "codeassist.model": str(plain_model), "codeassist.device": "cpu", "codeassist.dtype": "fp32"}
+    server = CodeServer(tools, workspace, tmp_path / "vscode", settings, {"CODEASSIST_HOME": str(tmp_path / "home")},
+                        workspace_trust=workspace_trust)
+    server.start()
+    workbench = Workbench(browser.new_page(viewport={"width": 1280, "height": 800}), server.port)
+    try:
+        workbench.load(server.url)
+        workbench.open_file("pkg/shapes.py")
+        workbench.wait_status(READY, 300)
+        log = server.extension_log()
+        assert "ready on cpu" in log, log[-3000:]  # the user's model in the local engine
+        assert not planted.exists()
+        assert "unknown setting codeassist.engineApiKeyEnv ignored" in log
+        assert "127.0.0.1:9" not in log and "engineApiKeyEnv' ignored" not in log  # never sent
+        assert "code search is off" not in log and not (workspace / "manifest.json").exists()
+        page = workbench.page
+        page.keyboard.press("Control+End")
+        page.keyboard.insert_text(" + ")
+        assert workbench.wait_ghost_text(120)
     except Exception:
         _keep_failure(workbench, server)
         raise
@@ -310,4 +355,3 @@ def test_the_embedded_model_in_vscode(tools, browser, tmp_path):
     finally:
         server.stop()
         shutil.rmtree(index_folder, ignore_errors=True)
-        Path(f"{index_folder}.summaries.json").unlink(missing_ok=True)

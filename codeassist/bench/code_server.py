@@ -65,8 +65,12 @@ def _free_port() -> int:
 class CodeServer:
     """code-server on a loopback port with its own user data, extensions and settings."""
 
-    def __init__(self, tools: Tools, workspace: Path, scratch: Path, settings: dict, env: dict | None = None):
+    def __init__(self, tools: Tools, workspace: Path, scratch: Path, settings: dict, env: dict | None = None,
+                 workspace_trust: bool = False):
+        """`workspace_trust`: VS Code's Workspace Trust on, the folder left untrusted (restricted
+        mode, no prompt); off by default, as a user who trusts the folder has it."""
         self.tools, self.workspace, self.scratch = tools, workspace, scratch
+        self.workspace_trust = workspace_trust
         self.user_data = scratch / "user-data"
         self.extensions = scratch / "extensions"
         self.port = _free_port()
@@ -87,7 +91,9 @@ class CodeServer:
         """User settings (VS Code reloads them when the file changes)."""
         folder = self.user_data / "User"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "settings.json").write_text(json.dumps({**QUIET_SETTINGS, **settings}, indent=1))
+        trust = ({"security.workspace.trust.enabled": True, "security.workspace.trust.startupPrompt": "never",
+                  "security.workspace.trust.banner": "never"} if self.workspace_trust else {})
+        (folder / "settings.json").write_text(json.dumps({**QUIET_SETTINGS, **trust, **settings}, indent=1))
 
     def start(self) -> None:
         installed = subprocess.run(
@@ -99,7 +105,8 @@ class CodeServer:
         log = open(self.scratch / "code-server.log", "w")
         self.process = subprocess.Popen(
             [self.tools.node, self.tools.code_server, "--bind-addr", f"127.0.0.1:{self.port}", "--auth", "none",
-             "--disable-telemetry", "--disable-update-check", "--disable-workspace-trust",
+             "--disable-telemetry", "--disable-update-check",
+             *([] if self.workspace_trust else ["--disable-workspace-trust"]),
              "--reconnection-grace-time", "5", "--user-data-dir", str(self.user_data),
              "--extensions-dir", str(self.extensions), str(self.workspace)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT)

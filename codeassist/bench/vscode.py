@@ -61,7 +61,6 @@ def run_bench(args) -> BenchResult:
             server.stop()
             index_folder = IndexConfig().folder_for(workspace.resolve())
             shutil.rmtree(index_folder, ignore_errors=True)
-            Path(f"{index_folder}.summaries.json").unlink(missing_ok=True)
     machine = {**machine_info(), "model": args.model, "editor": "code-server 4.139.1 (VS Code 1.139), chromium"}
     return BenchResult(_summary(rows), rows, ["keystroke", "line", "typed", "kind", "ms", "ghost"], machine,
                        lambda figure: _plot(figure, rows))

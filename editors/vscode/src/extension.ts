@@ -22,7 +22,7 @@ let output: vscode.LogOutputChannel;
 let statusBar: StatusBar;
 let restarting: Promise<void> = Promise.resolve();
 
-/** The server's settings: the `codeassist` section without client-only keys or empty names. */
+/** The server's settings: the declared settings without client-only keys or empty names. */
 function serverSettings(section: { [key: string]: unknown }): { [key: string]: unknown } {
   const settings: { [key: string]: unknown } = {};
   for (const [key, value] of Object.entries(section)) {
@@ -37,12 +37,23 @@ function serverSettings(section: { [key: string]: unknown }): { [key: string]: u
   return settings;
 }
 
+/** The settings this extension declares (package.json), without the `codeassist.` prefix. */
+let declaredSettings: string[] = [];
+
+/** The declared `codeassist.*` settings only, each as VS Code resolves it: a key a workspace
+ * writes without it being declared never reaches the server, and settings declared with
+ * machine scope come from the user's settings, never from the workspace's. */
 function configuration(): { [key: string]: unknown } {
   const section = vscode.workspace.getConfiguration("codeassist");
-  const plain: { [key: string]: unknown } = {};
   for (const key of Object.keys(section)) {
+    if (typeof section.get(key) !== "function" && !declaredSettings.includes(key)) {
+      output.warn(`unknown setting codeassist.${key} ignored (not sent to the server)`);
+    }
+  }
+  const plain: { [key: string]: unknown } = {};
+  for (const key of declaredSettings) {
     const value = section.get(key);
-    if (typeof value !== "function") {
+    if (value !== undefined && typeof value !== "function") {
       plain[key] = value;
     }
   }
@@ -265,6 +276,8 @@ export interface ServerStatus {
 }
 
 export function activate(context: vscode.ExtensionContext): void {
+  const properties = context.extension.packageJSON?.contributes?.configuration?.properties ?? {};
+  declaredSettings = Object.keys(properties).map((key) => key.replace(/^codeassist\./, ""));
   output = vscode.window.createOutputChannel("codeassist", { log: true });
   statusBar = new StatusBar("codeassist.showStatus");
   void restart();

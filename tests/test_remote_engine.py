@@ -160,10 +160,10 @@ async def test_serve_with_an_engine_url(engine_server, tmp_path, embedded_loaded
     url, _ = engine_server
     root = tmp_path / "repo"
     root.mkdir()
-    os.environ["CODEASSIST_TEST_ENGINE_KEY"] = API_KEY  # the server inherits it
+    os.environ["CODEASSIST_ENGINE_API_KEY"] = API_KEY  # the server inherits it: the default variable
     log_file = tmp_path / "server.log"
     client, _ = await start_server(root, log_file, {
-        "engine": url, "engineApiKeyEnv": "CODEASSIST_TEST_ENGINE_KEY", "tokenHealing": False,
+        "engine": url, "tokenHealing": False,
         "repoContext": False, "timeBudgetMs": 60_000}, encodings=[])
     try:
         await wait_until_ready(client)
@@ -183,7 +183,7 @@ async def test_serve_with_an_engine_url(engine_server, tmp_path, embedded_loaded
         assert info["device"] is None and info["summaries"]["generated"] == 0
     finally:
         await client.shutdown_session()
-        del os.environ["CODEASSIST_TEST_ENGINE_KEY"]
+        del os.environ["CODEASSIST_ENGINE_API_KEY"]
     assert API_KEY not in log_file.read_text()
 
 

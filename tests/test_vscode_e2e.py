@@ -279,7 +279,9 @@ def test_a_missing_server_command_is_fixed_from_the_settings_without_reloading(t
         dialog.wait_for(timeout=30_000)
         _choose_in_file_dialog(page, dialog, console_script("codeassist"), "Use this codeassist")
         workbench.wait_status(READY, 300)
-        assert f'"{console_script("codeassist")}"' in (server.user_data / "User" / "settings.json").read_text()
+        # A machine-scoped setting: code-server (VS Code's remote setup) keeps it in the
+        # machine's settings, where the desktop app uses the user's.
+        assert f'"{console_script("codeassist")}"' in (server.user_data / "Machine" / "settings.json").read_text()
         page.keyboard.press("Control+End")
         page.keyboard.insert_text(" + ")
         workbench.wait_ghost_text(120)

@@ -4,7 +4,8 @@ text is cut by the stop rules.
 
 The engine's state across requests (KV sessions, the last suggestion per document, n-gram
 caches, draft statistics) is not locked: the server uses an engine from one thread only,
-its model worker.
+its engine host. Settings travel with each request (`settings=`); `self.settings` is only
+the default for callers that pass none.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class CompletionEngine:
     def __init__(self, loaded: LoadedModel, settings: EngineSettings = EngineSettings(),
                  draft: LoadedModel | None = None):
         self.loaded = loaded
-        self.settings = settings  # replaced as a whole; each request reads it once
+        self.settings = settings  # the default when a request brings none
         self.fim = resolve_fim(loaded.tokenizer)
         self.kv = KvCacheManager(loaded.model, settings.kv_budget_mb)
         self.memory = SuggestionMemory()
@@ -57,8 +58,8 @@ class CompletionEngine:
         self.repo_ngrams = NgramCache(settings.repo_cache_tokens)  # open files
         self.past_ngrams = NgramCache(settings.repo_cache_tokens)  # past suggestions
         self._past_suggestions = 0
-        # Token healing needs every token's text (once per tokenizer).
-        self._vocabulary = Vocabulary.of(loaded.tokenizer) if settings.token_healing else None
+        # Token healing needs every token's text: built at its first use (once per tokenizer).
+        self._vocabulary: Vocabulary | None = None
         self.draft: DraftModel | None = None
         if draft is not None:
             self.draft = DraftModel(draft, settings.kv_budget_mb)
@@ -97,17 +98,47 @@ class CompletionEngine:
         healed = self.decode(prompt.healed)
         if not before.endswith(healed):  # a token that is part of a character: keep it
             prompt, healed = build(False), ""
-        return prompt, self._healing(healed), before[: len(before) - len(healed)]
+        return prompt, self._healing(healed, settings), before[: len(before) - len(healed)]
 
-    def _healing(self, text: str) -> Healing | None:
-        return Healing(text, self._vocabulary, self.decode, self.encode) if text and self._vocabulary else None
+    def _healing(self, text: str, settings: EngineSettings) -> Healing | None:
+        """Healing of `text`, the characters the prompt left out, when the request's settings heal."""
+        if not text or not settings.token_healing:
+            return None
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary.of(self.loaded.tokenizer)
+        return Healing(text, self._vocabulary, self.decode, self.encode)
+
+    def warm(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+             session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
+        """Encode the prompt `complete` would build for `request` into the session of
+        `session_key`, without decoding: the next request near that place reuses it. Stops
+        between encoding passes when `cancelled()`, keeping what was encoded. Returns what
+        was done (tokens, reused, encoded, ms, finished)."""
+        settings = settings or self.settings
+        start = time.perf_counter()
+        prompt, _, _ = self._prompt(request, settings)
+        session = self.kv.sessions.peek(session_key) if session_key is not None else None
+        if session is not None and session.ids == prompt.ids:
+            return {"tokens": len(prompt.ids), "finished": True, "ms": 0.0, "encoded": 0}  # warm already
+        try:
+            built = self.kv.build(session_key, prompt.ids, settings, cancelled)
+        except EncodingCancelled as stopped:
+            logger.info("warm %s: %s", request.path or "<buffer>", stopped)
+            return {"tokens": len(prompt.ids), "finished": False, "ms": (time.perf_counter() - start) * 1000}
+        self.kv.keep(session_key, built)
+        stats = built.stats()
+        elapsed = (time.perf_counter() - start) * 1000
+        logger.info("warm %s: prompt %d tok in %.0f ms (%s: reused %d, rotated %d, encoded %d)",
+                    request.path or "<buffer>", len(built.ids), elapsed, stats["mode"], stats["reused"],
+                    stats["rotated"], stats["encoded"])
+        return {"tokens": len(built.ids), "finished": True, "ms": elapsed, **stats}
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
-                 session_key: str | None = None) -> Completion:
+                 session_key: str | None = None, settings: EngineSettings | None = None) -> Completion:
         """Complete `request`. With `session_key` (e.g. the document URI) the KV cache of that
         key's previous prompt is reused as the settings' `kv_mode` says, and its last
         suggestion is recycled where the user typed into it."""
-        settings = self.settings
+        settings = settings or self.settings
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
         recall = self.memory.recall(session_key, request)
@@ -148,7 +179,7 @@ class CompletionEngine:
         if recall.typed is not None:
             base = recall.last.prompt
             prompt = replace(base, ids=[*base.ids, *recall.typed.tokens])
-            return prompt, self._healing(recall.typed.leftover), recall.last.head, base
+            return prompt, self._healing(recall.typed.leftover, settings), recall.last.head, base
         prompt, healing, head = self._prompt(request, settings)
         return prompt, healing, head, prompt
 
@@ -215,9 +246,9 @@ class CompletionEngine:
         self.remember_tokens(key, self.encode([text])[0] if text else [])
 
     def remember_tokens(self, key: str, ids: list[int]) -> None:
-        """Add a file's tokens (`encode`) to the repository n-gram cache."""
-        if self.settings.speculative and "repo" in self.settings.draft_sources:
-            self.repo_ngrams.add(key, ids)
+        """Add a file's tokens (`encode`) to the repository n-gram cache (bounded; whether a
+        request drafts from it is its own settings' choice)."""
+        self.repo_ngrams.add(key, ids)
 
     def _remember_suggestion(self, ids: list[int], settings: EngineSettings) -> None:
         if ids and settings.speculative and "repo" in settings.draft_sources:

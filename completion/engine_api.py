@@ -10,11 +10,15 @@ from .types import Completion, CompletionRequest, EngineSettings
 
 
 class Engine(Protocol):
-    settings: EngineSettings  # replaced as a whole; each request reads it once
+    settings: EngineSettings  # the default for a request that brings none
     learns_from_files: bool  # whether open files feed its n-gram cache (`encode`, `remember_tokens`)
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
-                 session_key: str | None = None) -> Completion: ...
+                 session_key: str | None = None, settings: EngineSettings | None = None) -> Completion: ...
+
+    def warm(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+             session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
+        """Encode the prompt of `request` ahead of the key that will need it (no decoding)."""
 
     def forget(self, session_key: str) -> None:
         """Free what is kept for a closed document."""

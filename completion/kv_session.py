@@ -19,6 +19,7 @@ from transformers import DynamicCache
 from kernels.rope import rotate_keys
 
 from .growing_cache import growing_cache
+from .preemption import Preempted, between_layers
 from .kv_plan import ReusePlan, Segment
 
 logger = logging.getLogger(__name__)
@@ -77,17 +78,25 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
                 cancelled: Callable[[], bool] | None = None) -> tuple[DynamicCache, torch.Tensor]:
     """Carry out `plan`: returns the cache for `new_ids` and the logits of the last token.
     Encoded runs go ENCODE_CHUNK tokens per pass; `cancelled()` true between passes raises
-    EncodingCancelled."""
+    EncodingCancelled. When `cancelled` also has `preempted()`, that is checked before each
+    decoder layer: true, the pass in flight is dropped (its layers' keys cropped back) and
+    EncodingCancelled raised at once, keeping the passes before it."""
     device = next(model.parameters()).device
     cache = growing_cache(model.config)
     logits = None
+    preempted = getattr(cancelled, "preempted", None)
     for segment in plan.segments:
         if segment.source is None:
             for start in range(segment.start, segment.end, ENCODE_CHUNK):
                 if cancelled is not None and cancelled():
                     raise EncodingCancelled(cache, start, len(new_ids))
                 chunk = Segment(start, min(start + ENCODE_CHUNK, segment.end))
-                logits = _encode(model, cache, new_ids, chunk, device)
+                try:
+                    with between_layers(model, preempted):
+                        logits = _encode(model, cache, new_ids, chunk, device)
+                except Preempted:
+                    _drop_after(cache, start)
+                    raise EncodingCancelled(cache, start, len(new_ids)) from None
         else:
             if old is None:
                 raise ValueError("a plan that reuses tokens needs the previous session")
@@ -95,6 +104,14 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
     if logits is None:
         raise ValueError("a plan must encode at least the last token")
     return cache, logits
+
+
+def _drop_after(cache: DynamicCache, length: int) -> None:
+    """Crop the layers that a dropped pass reached back to `length` tokens."""
+    for layer in cache.layers:
+        extra = layer.get_seq_length() - length
+        if extra > 0:
+            layer.crop(-extra)
 
 
 def _encode(model, cache: DynamicCache, ids: list[int], segment: Segment, device) -> torch.Tensor:

@@ -103,8 +103,8 @@ class RemoteEngine:
 
     # --- the engine interface -----------------------------------------------------------
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
-                 session_key: str | None = None) -> Completion:
-        settings = self.settings
+                 session_key: str | None = None, settings: EngineSettings | None = None) -> Completion:
+        settings = settings or self.settings
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
         recall = self.memory.recall(session_key, request)
@@ -144,6 +144,10 @@ class RemoteEngine:
 
     def needs_refresh(self, session_key: str) -> bool:
         return False
+
+    def warm(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+             session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
+        return {"finished": False}  # the engine's prompt cache fills with the first request
 
     def refresh(self, session_key: str, cancelled: Callable[[], bool] = lambda: False) -> bool:
         return False

@@ -1,8 +1,9 @@
 """One- or two-sentence summaries of a function or class with the instruct model's chat
 template (a plain prompt when the tokenizer has none), greedy, a few dozen tokens.
 
-The prompt is prefilled in small chunks and `cancelled()` is checked between chunks and
-after every token, so a completion request can take the model back within one step.
+The prompt is prefilled in small chunks and `cancelled()` is checked between chunks, after
+every token and before every decoder layer, so a completion request takes the model back
+within one layer's time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from .growing_cache import growing_cache
 from .models import LoadedModel
+from .preemption import Preempted, between_layers
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,8 @@ class Summarizer:
                   model_lock: threading.Lock | None = None) -> Summary | None:
         """The summary, or None when `cancelled()` became true first. `model_lock`, when
         given, is held during each forward pass: the model's other user (completions) then
-        never runs a pass at the same time, and waits at most one pass."""
+        never runs a pass at the same time; a `cancelled()` that turns true stops the pass in
+        flight before its next decoder layer."""
         start = time.perf_counter()
         ids = self.prompt_ids(request)
         model = self.loaded.model
@@ -113,7 +116,11 @@ class Summarizer:
                 if cancelled():
                     return None
                 inputs = torch.tensor([tokens], device=device)
-                return model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1).logits
+                try:
+                    with between_layers(model, cancelled):  # gives the model back within a layer
+                        return model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1).logits
+                except Preempted:
+                    return None
 
         logits = None
         for first in range(0, len(ids), _PREFILL_CHUNK):

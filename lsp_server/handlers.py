@@ -13,9 +13,10 @@ from pygls.exceptions import JsonRpcInvalidParams
 from retrieval.search import validate
 
 from .documents import LspWorkspace
-from .positions import position_of
+from .positions import offset_at, position_of
 from .server import CodeassistServer, PreparedRequest
 from .settings import ServerSettings
+from .warm_up import CURSOR_NOTIFICATION, OPEN_DELAY_S, identifier_occurrences
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,10 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
                              ls.watch_files())
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-    async def did_change_configuration(ls: CodeassistServer, params) -> None:
+    def did_change_configuration(ls: CodeassistServer, params) -> None:
+        # Applied at once, in message order: the messages after it see the new settings.
         ls.apply_settings(params.settings)
-        await asyncio.gather(ls.ensure_model(), ls.code_search.start(ls.settings, ls.workspace.root_path))
+        ls.background(asyncio.gather(ls.ensure_model(), ls.code_search.start(ls.settings, ls.workspace.root_path)))
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     async def did_open(ls: CodeassistServer, params: types.DidOpenTextDocumentParams) -> None:
@@ -48,6 +50,9 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
         if ls.too_large(document.uri, document.text):
             return
         ls.remember_document(document.uri)  # draft source: repository n-grams
+        # Where the cursor is comes next (documentHighlight, the cursor notification); until
+        # then the top of the file is the best guess.
+        ls.hint_cursor(document.uri, types.Position(0, 0), OPEN_DELAY_S)
         # Hover summaries, made when the model idles (parsing the file is off the event loop).
         await asyncio.get_running_loop().run_in_executor(None, ls.hovers.precompute, document.uri,
                                                          document.text, ls.settings)
@@ -80,6 +85,37 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     async def workspace_symbol(ls: CodeassistServer, params: types.WorkspaceSymbolParams):
         hits = await ls.code_search.symbols(params.query) if params.query.strip() else []
         return [ls.code_search.symbol(hit) for hit in hits]
+
+    @server.feature(types.TEXT_DOCUMENT_DOCUMENT_HIGHLIGHT)
+    def document_highlight(ls: CodeassistServer, params: types.DocumentHighlightParams):
+        """The identifier's occurrences in the document; the position is where the cursor
+        rests (VS Code asks on every cursor move), so that place is warmed up."""
+        uri = params.text_document.uri
+        document = ls.workspace.text_documents.get(uri)
+        if document is None or ls.too_large(uri, document.source):
+            return []
+        ls.hint_cursor(uri, params.position)
+        text, encoding = document.source, ls.position_encoding
+        try:
+            cursor = offset_at(text, params.position.line, params.position.character, encoding)
+        except ValueError as error:
+            logger.info("documentHighlight at a bad position in %s: %s", uri, error)
+            return []
+        return [types.DocumentHighlight(types.Range(types.Position(*position_of(text, start, encoding)),
+                                                    types.Position(*position_of(text, end, encoding))),
+                                        types.DocumentHighlightKind.Text)
+                for start, end in identifier_occurrences(text, cursor)]
+
+    @server.feature(CURSOR_NOTIFICATION)
+    def cursor_moved(ls: CodeassistServer, params) -> None:
+        """Our clients' cursor moves: {"textDocument": {"uri"}, "position": {"line", "character"}}."""
+        try:
+            uri, line, character = (params.textDocument.uri, params.position.line, params.position.character)
+        except AttributeError:
+            logger.info("%s without textDocument.uri and position ignored", CURSOR_NOTIFICATION)
+            return
+        if isinstance(uri, str) and isinstance(line, int) and isinstance(character, int) and line >= 0 <= character:
+            ls.hint_cursor(uri, types.Position(line, character))
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: CodeassistServer, params: types.HoverParams) -> types.Hover | None:
@@ -121,6 +157,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "indexStatus": ls.code_search.status,
             "oversizedDocuments": len(ls.oversized),
             "summaries": ls.hovers.stats(),
+            "warmUp": ls.warm_up.status(),
         }
         if engine is not None:
             info.update(engine.status())

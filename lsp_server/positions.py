@@ -71,3 +71,8 @@ def position_of(text: str, offset: int, encoding: str = "utf-16") -> tuple[int, 
     if offset < len(text) and text[offset] == "\n" and text.startswith("\r", offset - 1):
         starts.pop()  # inside "\r\n": still on the line the "\r" ends
     return len(starts) - 1, sum(_units(c, encoding) for c in text[starts[-1]:offset])
+
+
+def is_word_char(char: str) -> bool:
+    """Whether `char` belongs to an identifier (ASCII letters, digits, `_` and `$`)."""
+    return char in "_$" or (char.isascii() and char.isalnum())

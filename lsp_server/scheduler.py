@@ -1,4 +1,10 @@
-"""One model worker; for each document only the newest request matters (latest wins).
+"""The engine host: one model worker that owns the engine's state, fed by lanes in priority
+order. Lane 1, the requests a user waits for: for each document only the newest matters
+(latest wins). Lane 2, warm-up: the prompt of the place the user is at, encoded before the
+key that needs it; one at a time (a newer hint replaces it), run only while lane 1 is empty,
+and stopped between encoding passes as soon as a lane-1 request waits (what it encoded is
+kept). Background work (hover summaries, the index's embeddings) waits while either lane
+has work (`busy`).
 
 A newer request for the same key answers the queued older one with None at once, and asks
 a running one to stop (the engine checks between decode steps). A request with the same
@@ -28,6 +34,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Work = Callable[[Callable[[], bool]], Any]  # receives `cancelled()`, returns the result
+USER, WARM = 1, 2  # lanes
 
 
 def _answer(future: Future, value: Any) -> None:
@@ -42,6 +49,7 @@ class Job:
         self.work = work
         self.identity = identity  # requests with an equal identity share the job (None: never)
         self.waiters = 1
+        self.lane = USER
         self.future: Future = Future()
         self._cancelled = threading.Event()
 
@@ -58,6 +66,7 @@ class LatestWinsScheduler:
         self._pending: OrderedDict[str, Job] = OrderedDict()
         self._chores: deque[tuple[Callable[[], Any], Future]] = deque()
         self._running: Job | None = None
+        self._warm: Job | None = None  # lane 2: waiting to run
         self._closed = False
         self.model_lock = threading.Lock()
         self.max_concurrent = 0  # the most jobs seen running at once
@@ -97,6 +106,29 @@ class LatestWinsScheduler:
             return None
         return newest
 
+    def warm(self, key: str, work: Work) -> Job:
+        """Queue warm-up work for `key` in lane 2, replacing any warm-up that waits or runs.
+        `work` gets a `cancelled()` that also turns true when a lane-1 request waits."""
+        job = Job(key, work)
+        job.lane = WARM
+        with self._lock:
+            if self._closed:
+                _answer(job.future, None)
+                return job
+            self._drop_warm()
+            self._warm = job
+            self._lock.notify()
+        return job
+
+    def _drop_warm(self) -> None:
+        """Answer the waiting warm-up with None and stop a running one (the lock is held)."""
+        if self._warm is not None:
+            self._warm.cancel()
+            _answer(self._warm.future, None)
+            self._warm = None
+        if self._running is not None and self._running.lane == WARM:
+            self._running.cancel()
+
     def run_soon(self, chore: Callable[[], Any]) -> Future:
         """Run `chore` on the worker after the running job and before any waiting one; never
         superseded. The future gets its result (None when the scheduler is closed)."""
@@ -116,18 +148,25 @@ class LatestWinsScheduler:
             if job is not None:
                 job.cancel()
                 _answer(job.future, None)
+            if self._warm is not None and self._warm.key == key:
+                self._drop_warm()
             if self._running is not None and self._running.key == key:
                 self._running.cancel()
 
     def busy(self) -> bool:
-        """Whether a job runs or waits (background work yields while this is true)."""
+        """Whether a job of either lane runs or waits (background work yields meanwhile)."""
         with self._lock:
-            return self._running is not None or bool(self._pending)
+            return self._running is not None or bool(self._pending) or self._warm is not None
 
     def waiting(self) -> bool:
         """Whether a job waits to run (a running job of idle work should yield)."""
         with self._lock:
             return bool(self._pending)
+
+    def waiting_other(self, key: str) -> bool:
+        """Whether a job of another key than `key` waits to run."""
+        with self._lock:
+            return any(other != key for other in self._pending)
 
     def cancel(self, job: Job) -> None:
         """One waiter gives up on `job`; it stops once all of them have."""
@@ -147,6 +186,7 @@ class LatestWinsScheduler:
                 job.cancel()
                 _answer(job.future, None)
             self._pending.clear()
+            self._drop_warm()
             for _, future in self._chores:
                 _answer(future, None)
             self._chores.clear()
@@ -158,15 +198,18 @@ class LatestWinsScheduler:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._chores and not self._closed:
+                while not self._pending and not self._chores and self._warm is None and not self._closed:
                     self._lock.wait()
                 if self._closed:
                     return
                 if self._chores:
                     chore, future = self._chores.popleft()
                     job = None
-                else:
+                elif self._pending:
                     _, job = self._pending.popitem(last=False)
+                    self._running = job
+                else:
+                    job, self._warm = self._warm, None
                     self._running = job
             with self.model_lock:
                 if job is None:
@@ -182,14 +225,31 @@ class LatestWinsScheduler:
             return
         self._active += 1
         self.max_concurrent = max(self.max_concurrent, self._active)
+        cancelled = job.cancelled if job.lane == USER else WarmUpStop(job, self)
         try:
-            result = job.work(job.cancelled)
+            result = job.work(cancelled)
             job.future.set_result(None if job.cancelled() else result)
         except Exception as error:  # the worker must survive any job
             logger.exception("job for %s failed", job.key)
             job.future.set_exception(error)
         finally:
             self._active -= 1
+
+
+class WarmUpStop:
+    """A warm-up's stop signals. Called, between encoding passes: a newer hint replaced it or
+    any request waits (what is encoded is kept; a request of the same document goes on from
+    it). `preempted()`, between layers of a pass: a newer hint, or a request of another
+    document waits, for which the pass in flight is not worth finishing."""
+
+    def __init__(self, job: Job, host: LatestWinsScheduler):
+        self._job, self._host = job, host
+
+    def __call__(self) -> bool:
+        return self._job.cancelled() or self._host.waiting()
+
+    def preempted(self) -> bool:
+        return self._job.cancelled() or self._host.waiting_other(self._job.key)
 
 
 def _run_chore(chore: Callable[[], Any], future: Future) -> None:

@@ -28,12 +28,13 @@ from retrieval.files import read_text
 
 from .client import ClientChannel
 from .hover import HoverProvider
-from .positions import offset_at
+from .positions import is_word_char, offset_at
 from .repo_context import CompletionContext
 from .scheduler import LatestWinsScheduler
 from .search import WorkspaceSearch
 from .settings import ServerSettings, merge_settings
 from .transport import Transport
+from .warm_up import HINT_DELAY_S, WarmUp
 from .workspace_files import WorkspaceFiles
 
 logger = logging.getLogger(__name__)
@@ -41,13 +42,9 @@ logger = logging.getLogger(__name__)
 def _word_start(text: str, cursor: int) -> int:
     """Offset where the identifier that ends at `cursor` starts (runs on every keystroke)."""
     start = cursor
-    while start > 0 and _is_word_char(text[start - 1]):
+    while start > 0 and is_word_char(text[start - 1]):
         start -= 1
     return start
-
-
-def _is_word_char(char: str) -> bool:
-    return char in "_$" or (char.isascii() and char.isalnum())
 
 
 @dataclass(frozen=True)
@@ -145,6 +142,8 @@ class CodeassistServer(LanguageServer):
         self.oversized: set[str] = set()  # open documents over maxDocumentChars
         self._refresh_timers: dict[str, asyncio.TimerHandle] = {}  # by document URI
         self.transport = Transport(lambda: self.protocol)
+        self.warm_up = WarmUp(self._warm_at)
+        self._tasks: set[asyncio.Future] = set()  # started by `background`
 
     def tell_client(self, level: int, message: str) -> None:
         """Log `message` here and in the client's log (window/logMessage)."""
@@ -172,13 +171,17 @@ class CodeassistServer(LanguageServer):
         for problem in problems:
             self.tell_client(logging.WARNING, problem)
         try:
-            engine_settings = self._engine_settings(settings)
+            self._engine_settings(settings)  # checked here, so that every request's are valid
         except ValueError as error:
             self.tell_client(logging.WARNING, f"settings rejected: {error}")
             return
-        self.settings = settings
-        if self.engine is not None:
-            self.engine.settings = engine_settings  # read once per request by the engine
+        self.settings = settings  # each request takes them along (`PreparedRequest.settings`)
+
+    def background(self, work) -> None:
+        """Run the coroutine `work` on the event loop, keeping a reference until it ends."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     def _engine_settings(settings: ServerSettings) -> EngineSettings:
@@ -338,6 +341,7 @@ class CodeassistServer(LanguageServer):
         return self.scheduler.run_soon(forget)
 
     def close(self) -> None:
+        self.warm_up.cancel()
         self.scheduler.close()
         self.code_search.close()
         self.hovers.close()
@@ -350,10 +354,12 @@ class CodeassistServer(LanguageServer):
         return str(getattr(encoding, "value", encoding) or "utf-16")
 
     # --- completion ------------------------------------------------------------------
-    def prepare(self, uri: str, position: types.Position) -> PreparedRequest | None:
-        """The engine request for `position` in the open document `uri`; None (logged) when
-        the document is unknown or the position is outside it."""
-        document = _AT_ARRIVAL.get()
+    def prepare(self, uri: str, position: types.Position,
+                document: DocumentSnapshot | None = None) -> PreparedRequest | None:
+        """The engine request for `position` in the open document `uri` (as it was when the
+        request arrived, or `document`); None (logged) when the document is unknown or the
+        position is outside it."""
+        document = document or _AT_ARRIVAL.get()
         if document is None or document.uri != uri:
             logger.warning("completion for a document that is not open: %s", uri)
             return None
@@ -385,10 +391,8 @@ class CodeassistServer(LanguageServer):
             return None
         self.cancel_refresh(prepared.uri)
         def work(cancelled):
-            request = prepared.request
-            if prepared.settings.repo_context:
-                request = self.context.add_to(request, prepared.uri)
-            return engine.complete(request, cancelled, session_key=prepared.uri)
+            return engine.complete(self._with_context(prepared), cancelled, session_key=prepared.uri,
+                                   settings=self._engine_settings(prepared.settings))
 
         # Ghost text and menu items asked for one keystroke share one computation.
         identity = (prepared.version, prepared.request.cursor, prepared.settings)
@@ -404,6 +408,38 @@ class CodeassistServer(LanguageServer):
             return None
         self._refresh_when_idle(prepared.uri, engine)
         return result
+
+    def _with_context(self, prepared: PreparedRequest) -> CompletionRequest:
+        """The request with repository snippets when its settings ask for them (on the host)."""
+        if prepared.settings.repo_context:
+            return self.context.add_to(prepared.request, prepared.uri)
+        return prepared.request
+
+    # --- warm-up (warm_up.py) ----------------------------------------------------------
+    def hint_cursor(self, uri: str, position: types.Position, delay_s: float = HINT_DELAY_S) -> None:
+        """The user's cursor rests at `position` in `uri`: warm that place up, debounced."""
+        if self.settings.warm_up and self.engine is not None:
+            self.warm_up.hint(uri, position, delay_s)
+
+    def _warm_at(self, uri: str, position: types.Position) -> None:
+        """Queue the warm-up of `position` in `uri` on the engine host's lane 2."""
+        engine, current = self.engine, self.workspace.text_documents.get(uri)
+        if engine is None or current is None:
+            return
+        snapshot = DocumentSnapshot(uri, current.source, current.version, current.path, current.language_id)
+        prepared = self.prepare(uri, position, snapshot)
+        if prepared is None:
+            return
+
+        def work(cancelled):
+            if self._stale(prepared):
+                return None
+            result = engine.warm(self._with_context(prepared), cancelled, session_key=uri,
+                                 settings=self._engine_settings(prepared.settings))
+            self.warm_up.record(result)
+            return result
+
+        self.scheduler.warm(uri, work)
 
     def _stale(self, prepared: PreparedRequest) -> bool:
         """Whether the document was closed or changed since `prepared` was made."""

@@ -44,6 +44,7 @@ class ServerSettings:
     max_document_chars: int = 1_000_000  # larger documents stay in sync but get no model work
     hover_summaries: bool = True  # LLM summaries in hovers (signature + docstring always)
     summary_budget_ms: float = 3000.0  # a hover waits this long for a summary not cached yet
+    warm_up: bool = True  # encode the prompt where the cursor rests, before the first key
 
     @property
     def index_key(self) -> tuple[bool, str, str, str]:
@@ -69,6 +70,7 @@ _KEYS = {
     "embeddingModel": "embedding_model",
     "repoContext": "repo_context", "repoContextTokens": "repo_context_tokens",
     "maxDocumentChars": "max_document_chars", "hoverSummaries": "hover_summaries", "summaryBudgetMs": "summary_budget_ms",
+    "warmUp": "warm_up",
 }
 _TYPES = {f.name: f.type for f in fields(ServerSettings)}
 _CASTS = {"str": str, "int": int, "float": float, "bool": bool}

@@ -160,6 +160,9 @@ def read_bytes(path: Path, max_bytes: int) -> bytes | None:
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
+        if error.errno == errno.ENOENT:  # asked for by name (an import's module): no news
+            logger.debug("no file %s", path)
+            return None
         why = "a symbolic link" if error.errno == errno.ELOOP else error.strerror
         logger.info("skipped %s: %s", path, why)
         return None

@@ -111,3 +111,4 @@ def test_neovim_plugin_ghost_text_typed_into_dismissed_and_accepted(tmp_path, ti
     inserted_lines = inserted.split("\n")
     end_col = len(inserted_lines[-1].encode()) + (col if len(inserted_lines) == 1 else 0)  # bytes
     assert got["cursor"] == [row + len(inserted_lines), end_col]
+    assert got["warm_hints"] >= 1  # the cursor resting after `gg` reached the server

@@ -2,4 +2,4 @@
 
 __all__ = ["BENCHMARKS"]
 
-BENCHMARKS = ("edits", "search", "speculative", "context", "decode", "engines", "soak", "vscode", "memory")
+BENCHMARKS = ("edits", "search", "speculative", "context", "decode", "engines", "soak", "vscode", "memory", "session")

@@ -126,6 +126,7 @@ class _Answers:
     def __init__(self, server: LspProcess, start: float, rows: list[dict]):
         self.server, self.start, self.rows = server, start, rows
         self.pending: dict[int, tuple[str, float]] = {}
+        self.answers: list[dict] = []  # {"id", "at" (monotonic), "text" of an inline answer}
 
     def sent(self, msg_id: int, kind: str) -> None:
         self._drain(0)
@@ -161,9 +162,20 @@ class _Answers:
             error = message.get("error")
             if error and error.get("code") == -32800:  # cancelled by us: not an error, not timed
                 continue
+            now = time.monotonic()
             self.rows.append({"t_s": round(sent_at - self.start, 2), "kind": kind,
-                              "ms": round((time.monotonic() - sent_at) * 1000, 1),
+                              "ms": round((now - sent_at) * 1000, 1),
                               "error": error.get("message") if error else None})
+            self.answers.append({"id": message["id"], "at": now, "text": _inline_text(message.get("result"))})
+
+
+def _inline_text(result) -> str:
+    """The first item's text of an inline completion answer ("" for anything else)."""
+    items = result.get("items") if isinstance(result, dict) else result
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        text = items[0].get("insertText")
+        return text if isinstance(text, str) else ""
+    return ""
 
 
 def _summary(rows: list[dict], memory: list[dict]) -> dict:

@@ -95,6 +95,17 @@ coroutine.wrap(function()
   out.cursor = vim.api.nvim_win_get_cursor(0)
   out.after_accept = ghost()
 
+  -- Leave insert mode and move: the resting cursor reaches the server as a warm-up hint.
+  local hints_before = client:request_sync("workspace/executeCommand",
+    { command = "codeassist.status", arguments = {} }, 5000, buf).result.warmUp.hints
+  type_keys("<Esc>gg")
+  settle(function()
+    local reply = client:request_sync("workspace/executeCommand",
+      { command = "codeassist.status", arguments = {} }, 5000, buf)
+    out.warm_hints = reply.result.warmUp.hints - hints_before
+    return out.warm_hints > 0
+  end, 10000)
+
   local file = io.open(env.NVIM_TEST_OUT, "w")
   file:write(vim.json.encode(out))
   file:close()

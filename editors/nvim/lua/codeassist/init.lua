@@ -7,7 +7,9 @@
 -- accepts one line, <C-]> dismisses, <M-\> asks at once. Typing the suggestion's first
 -- characters keeps showing its rest at once (the server answers the same from its cache).
 -- Commands: :CodeassistStatus, :CodeassistSearch {query} (results in the quickfix list).
--- Hover (K) and workspace symbols use Neovim's own LSP functions.
+-- Hover (K) and workspace symbols use Neovim's own LSP functions. Where the cursor rests
+-- (`cursor_hint_ms` after it stops moving) the server is told (`codeassist/cursor`), and it
+-- encodes that place before the first key there.
 local M = {}
 
 local defaults = {
@@ -17,6 +19,7 @@ local defaults = {
   init_options = {},
   auto_trigger = true,
   debounce_ms = 150,
+  cursor_hint_ms = 150, -- false: never tell the server where the cursor rests
   highlight = "Comment",
   keymaps = { accept = "<Tab>", accept_line = "<C-l>", dismiss = "<C-]>", trigger = "<M-\\>" },
 }
@@ -231,6 +234,22 @@ local function map_keys(buf)
   map(keys.trigger, function() M.trigger(1) return true end, "codeassist: suggest now")
 end
 
+-- Tell the server where the cursor rests, once it has rested `cursor_hint_ms`.
+local function hint_cursor(buf)
+  if not config.cursor_hint_ms then
+    return
+  end
+  local state = buffer_state(buf)
+  state.hint_timer = state.hint_timer or vim.uv.new_timer()
+  state.hint_timer:stop()
+  state.hint_timer:start(config.cursor_hint_ms, 0, vim.schedule_wrap(function()
+    local client = client_of(buf)
+    if client and vim.api.nvim_get_current_buf() == buf then
+      client:notify("codeassist/cursor", vim.lsp.util.make_position_params(0, client.offset_encoding))
+    end
+  end))
+end
+
 --- Start (or reuse) the server for `buf` and show suggestions there.
 function M.attach(buf)
   local root = vim.fs.root(buf, config.root_markers) or vim.fn.getcwd()
@@ -252,9 +271,13 @@ function M.attach(buf)
   vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
     group = group, buffer = buf, callback = function() M.dismiss(buf) end,
   })
+  vim.api.nvim_create_autocmd({ "CursorMoved", "BufEnter" }, {
+    group = group, buffer = buf, callback = function() hint_cursor(buf) end,
+  })
   vim.api.nvim_create_autocmd("CursorMovedI", {
     group = group, buffer = buf,
     callback = function()
+      hint_cursor(buf)
       local shown = buffer_state(buf).shown
       local cursor = vim.api.nvim_win_get_cursor(0)
       if shown and (cursor[1] - 1 ~= shown.row or cursor[2] ~= shown.col) then
@@ -267,8 +290,10 @@ function M.attach(buf)
     callback = function()
       M.dismiss(buf)
       local state = buffers[buf]
-      if state and state.timer then
-        state.timer:close()
+      for _, name in ipairs({ "timer", "hint_timer" }) do
+        if state and state[name] then
+          state[name]:close()
+        end
       end
       buffers[buf] = nil
     end,

@@ -1,0 +1,200 @@
+"""`codeassist bench session`: the first key at a new place, as an editor session meets it,
+with the warm-up (lane 2 of the engine host) on and off, through LSP against a real
+`codeassist serve` with the model given (default: the embedded one).
+
+A whole real file (the standard library's `json/decoder.py`, code none of us wrote) is
+open. Again and again: jump to another line, cut it at a point (the user is about to write
+its rest), send the cursor hint an editor sends on arrival (`textDocument/documentHighlight`,
+as VS Code does on every cursor move), read for `READ_S`, then type the line's next
+characters at one key per `KEY_S`; each key sends the change and an inline completion
+request and cancels the previous request when it is still open, as clients do. The two
+modes alternate jump by jump, each on its own copy of the file (its own KV session).
+
+Per key: the latency of each answered request (cancelled ones are not timed). Per jump:
+the first key's wait, from the key to the first suggestion of that place. Quality: the
+share of answers whose first line is exactly the rest of the real line.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from .lsp_process import LspProcess, notification, request
+from .report import BenchResult, machine_info
+from .soak import ANSWER_TIMEOUT_S, _Answers
+
+SOURCE = Path("json") / "decoder.py"
+READ_S = 1.5  # a person reads after moving the cursor
+KEY_S = 0.15
+KEYS = 8
+MODES = ("warm", "cold")
+
+
+def run_bench(args) -> BenchResult:
+    jumps = 4 if args.quick else 12
+    text = (Path(sysconfig.get_paths()["stdlib"]) / SOURCE).read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch) / "json"
+        root.mkdir()
+        for mode in MODES:
+            (root / f"decoder_{mode}.py").write_text(text, encoding="utf-8")
+        server = LspProcess(Path(args.out).resolve() / "session-server.log",
+                            ["--model", args.model, "--device", args.device, "--dtype", args.dtype])
+        try:
+            rows = _session(server, root, text, jumps)
+        finally:
+            server.close()
+    machine = {**machine_info(), "model": args.model, "file": str(SOURCE), "jumps_per_mode": jumps,
+               "read_s": READ_S, "key_s": KEY_S, "keys_per_jump": KEYS}
+    return BenchResult(_summary(rows), rows, ["mode", "jump", "key", "line", "ms", "first_key_ms", "completes"],
+                       machine, _plot(rows))
+
+
+def _session(server: LspProcess, root: Path, text: str, jumps: int) -> list[dict]:
+    ids = iter(range(1, 1 << 30))
+    server.send(request(0, "initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {},
+                                          "initializationOptions": {"indexEnabled": False}}))
+    server.answer(0, ANSWER_TIMEOUT_S)
+    server.send(notification("initialized", {}))
+    _wait_until_ready(server, ids)
+    uris = {mode: (root / f"decoder_{mode}.py").as_uri() for mode in MODES}
+    for mode, uri in uris.items():
+        server.send(notification("textDocument/didOpen", {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": text}}))
+    lines = text.split("\n")
+    places = _places(lines, jumps)
+    start = time.monotonic()
+    rows: list[dict] = []
+    versions = dict.fromkeys(MODES, 1)
+    for jump, (number, cut) in enumerate(places):
+        for mode in (MODES if jump % 2 == 0 else MODES[::-1]):
+            server.send(notification("workspace/didChangeConfiguration", {"settings": {"warmUp": mode == "warm"}}))
+            versions[mode] = _visit(server, uris[mode], lines, number, cut, versions[mode], ids, start, rows,
+                                    mode, jump)
+    return rows
+
+
+def _wait_until_ready(server: LspProcess, ids) -> None:
+    began = time.monotonic()
+    while True:
+        msg_id = next(ids)
+        server.send(request(msg_id, "workspace/executeCommand", {"command": "codeassist.status", "arguments": []}))
+        if server.answer(msg_id, ANSWER_TIMEOUT_S)["result"]["modelStatus"] == "ready":
+            return
+        if time.monotonic() - began > ANSWER_TIMEOUT_S:
+            raise RuntimeError("the model did not load")
+        time.sleep(0.5)
+
+
+def _places(lines: list[str], count: int) -> list[tuple[int, int]]:
+    """`count` (line, cut column) pairs, spread over the file: code lines with room for the
+    keys, cut after their first few characters."""
+    candidates = [n for n, line in enumerate(lines)
+                  if len(line.strip()) >= KEYS + 12 and not line.strip().startswith(("#", '"', "'"))]
+    generator = random.Random(7)
+    chosen = sorted(generator.sample(candidates, min(count, len(candidates))))
+    generator.shuffle(chosen)  # jumps go back and forth through the file
+    places = []
+    for number in chosen:
+        line = lines[number]
+        indent = len(line) - len(line.lstrip())
+        places.append((number, generator.randrange(indent + 2, len(line) - KEYS - 2)))
+    return places
+
+
+def _visit(server, uri, lines, number, cut, version, ids, start, rows, mode, jump) -> int:
+    """Jump to (number, cut), read, type KEYS characters; rows for every answered key."""
+    line = lines[number]
+    tracker = _Answers(server, start, [])
+    version += 1
+    server.send(notification("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                                      "contentChanges": [{"text": _with_line(lines, number, line[:cut])}]}))
+    hint = next(ids)
+    tracker.sent(hint, "highlight")
+    server.send(request(hint, "textDocument/documentHighlight", {"textDocument": {"uri": uri},
+                                                               "position": {"line": number, "character": cut}}))
+    time.sleep(READ_S)
+    keys: list[tuple[int, int, float]] = []  # (request id, typed, sent at)
+    for typed in range(cut + 1, cut + KEYS + 1):
+        version += 1
+        server.send(notification("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                                          "contentChanges": [{"text": _with_line(lines, number, line[:typed])}]}))
+        if keys and not tracker.answered(keys[-1][0]):
+            server.send(notification("$/cancelRequest", {"id": keys[-1][0]}))
+        msg_id = next(ids)
+        tracker.sent(msg_id, "inline")
+        keys.append((msg_id, typed, time.monotonic()))
+        server.send(request(msg_id, "textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": number, "character": typed},
+            "context": {"triggerKind": 2}}))
+        time.sleep(KEY_S)
+    tracker.wait(keys[-1][0])
+    answers = {row["id"]: row for row in tracker.answers}
+    answered = [(key, msg_id, typed, sent_at) for key, (msg_id, typed, sent_at) in enumerate(keys)
+                if msg_id in answers]
+    for order, (key, msg_id, typed, sent_at) in enumerate(answered):
+        answer = answers[msg_id]
+        suggestion = answer["text"].split("\n", 1)[0]
+        rows.append({"mode": mode, "jump": jump, "key": key + 1, "line": number + 1,
+                     "ms": round((answer["at"] - sent_at) * 1000, 1),
+                     # the user's wait at this place: from the first key to its first suggestion
+                     "first_key_ms": round((answer["at"] - keys[0][2]) * 1000, 1) if order == 0 else None,
+                     "completes": bool(suggestion) and suggestion.rstrip() == line[typed:].rstrip()})
+    # Back to the real text: the next visit starts from the file as it was.
+    version += 1
+    server.send(notification("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                                      "contentChanges": [{"text": "\n".join(lines)}]}))
+    return version
+
+
+def _with_line(lines: list[str], number: int, new: str) -> str:
+    return "\n".join([*lines[:number], new, *lines[number + 1:]])
+
+
+def _summary(rows: list[dict]) -> dict:
+    summary: dict = {}
+    for mode in MODES:
+        times = sorted(r["ms"] for r in rows if r["mode"] == mode)
+        firsts = sorted(r["first_key_ms"] for r in rows if r["mode"] == mode and r["first_key_ms"] is not None)
+        if not times:
+            continue
+        summary[f"{mode}_answered_keys"] = len(times)
+        summary[f"{mode}_key_p50_ms"] = round(statistics.median(times), 1)
+        summary[f"{mode}_key_p95_ms"] = round(times[min(len(times) - 1, int(0.95 * len(times)))], 1)
+        summary[f"{mode}_first_key_p50_ms"] = round(statistics.median(firsts), 1) if firsts else None
+        summary[f"{mode}_first_key_max_ms"] = max(firsts) if firsts else None
+        summary[f"{mode}_completes_line_share"] = round(
+            sum(r["completes"] for r in rows if r["mode"] == mode) / len(times), 3)
+    if summary.get("cold_first_key_p50_ms") and summary.get("warm_first_key_p50_ms") is not None:
+        summary["first_key_warm_over_cold"] = round(summary["warm_first_key_p50_ms"]
+                                                    / summary["cold_first_key_p50_ms"], 3)
+    return summary
+
+
+def _plot(rows: list[dict]):
+    def draw(figure):
+        keys, firsts = figure.subplots(1, 2)
+        for mode, colour in (("warm", "tab:blue"), ("cold", "tab:orange")):
+            mine = [r for r in rows if r["mode"] == mode]
+            keys.scatter([r["key"] + (0.1 if mode == "warm" else -0.1) for r in mine], [r["ms"] for r in mine],
+                         s=10, color=colour, label=f"warm-up {'on' if mode == 'warm' else 'off'}")
+            points = [(r["jump"], r["first_key_ms"]) for r in mine if r["first_key_ms"] is not None]
+            if points:
+                firsts.plot(*zip(*points), "o-", color=colour, label=f"warm-up {'on' if mode == 'warm' else 'off'}")
+        keys.set_xlabel("key after the jump")
+        keys.set_ylabel("request to answer (ms)")
+        keys.set_yscale("log")
+        keys.legend()
+        keys.set_title("every answered key")
+        firsts.set_xlabel("jump")
+        firsts.set_ylabel("first key to first suggestion (ms)")
+        firsts.set_yscale("log")
+        firsts.legend()
+        firsts.set_title("the first key at a new place")
+
+    return draw

@@ -1,0 +1,273 @@
+"""Warm before the keystroke: lane 2 of the engine host encodes the place the cursor rests
+at; it yields to any request, a newer hint replaces it, and the first key there reuses it."""
+
+import re
+import threading
+
+import pytest
+from lsprotocol import types
+
+from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from lsp_server.scheduler import LatestWinsScheduler
+from lsp_server.warm_up import identifier_occurrences
+from tests.lsp_helpers import open_document, start_server, status, wait_until_ready
+
+SOURCE = '''import math
+
+
+class Circle:
+    def __init__(self, radius):
+        self.radius = radius
+
+    def area(self):
+        return math.pi * self.radius ** 2
+
+    def perimeter(self):
+        return 2 * math.pi * self.radius
+
+
+def total_area(circles):
+    return sum(circle.area() for circle in circles)
+'''
+
+
+@pytest.fixture
+def host():
+    scheduler = LatestWinsScheduler()
+    yield scheduler
+    scheduler.close()
+
+
+def _until_cancelled(started: threading.Event, seen: list):
+    """Warm-up work that runs until it is told to stop (a guard ends it after 30 s)."""
+    def work(cancelled):
+        started.set()
+        stopped = threading.Event()
+        while not cancelled() and not stopped.wait(0.005):
+            pass
+        seen.append(cancelled())
+        return "stopped"
+
+    return work
+
+
+def test_a_warm_up_yields_to_a_request_of_any_document(host):
+    started, seen = threading.Event(), []
+    warm = host.warm("a.py", _until_cancelled(started, seen))
+    assert started.wait(10)
+    request = host.submit("b.py", lambda cancelled: "suggestion")
+    assert request.future.result(timeout=30) == "suggestion"
+    assert warm.future.result(timeout=5) == "stopped" and seen == [True]
+
+
+def test_a_newer_hint_replaces_the_warm_up(host):
+    release, blocker_started = threading.Event(), threading.Event()
+
+    def blocker(cancelled):
+        blocker_started.set()
+        release.wait(30)
+        return "done"
+
+    host.submit("x.py", blocker)
+    assert blocker_started.wait(10)
+    waiting = host.warm("a.py", lambda cancelled: "old place")
+    newer = host.warm("a.py", lambda cancelled: "new place")
+    assert waiting.future.result(timeout=1) is None  # replaced before it ran
+    release.set()
+    assert newer.future.result(timeout=30) == "new place"
+
+    started, seen = threading.Event(), []
+    running = host.warm("a.py", _until_cancelled(started, seen))
+    assert started.wait(10)
+    host.warm("b.py", lambda cancelled: "elsewhere")
+    assert running.future.result(timeout=30) is None and seen == [True]  # stopped, its answer dropped
+
+
+def test_requests_run_before_a_waiting_warm_up(host):
+    release, started, order = threading.Event(), threading.Event(), []
+
+    def blocker(cancelled):
+        started.set()
+        release.wait(30)
+
+    host.submit("x.py", blocker)
+    assert started.wait(10)
+    warm = host.warm("a.py", lambda cancelled: order.append("warm"))
+    request = host.submit("a.py", lambda cancelled: order.append("request"))
+    assert host.busy()
+    release.set()
+    warm.future.result(timeout=30)
+    request.future.result(timeout=30)
+    assert order == ["request", "warm"]
+
+
+def test_identifier_occurrences():
+    text = "area = 1\nareas = area + area_2 + x.area\n"
+    cursor = text.index("area +") + 2
+    assert identifier_occurrences(text, cursor) == [(0, 4), (17, 21), (35, 39)]
+    assert identifier_occurrences(text, text.index("=")) == []
+    assert identifier_occurrences("", 0) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_engine_model(tiny_model_dir):
+    return load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32")
+
+
+def test_the_first_key_after_a_warm_up_reuses_its_prompt(tiny_engine_model):
+    cursor = SOURCE.index("** 2") + 4
+    request = CompletionRequest(SOURCE, cursor, "python", "shapes.py", "repo")
+    settings = EngineSettings(max_new_tokens=12)
+    warmed = CompletionEngine(tiny_engine_model, settings)
+    done = warmed.warm(request, session_key="doc")
+    assert done["finished"] and done["encoded"] == done["tokens"] > 100
+    assert warmed.warm(request, session_key="doc")["encoded"] == 0  # the same place: nothing to do
+    result = warmed.complete(request, session_key="doc")
+    assert result.kv["encoded"] <= 1  # only the last token, for its logits
+    cold = CompletionEngine(tiny_engine_model, settings).complete(request, session_key="doc")
+    assert cold.kv["encoded"] == cold.prompt_tokens and result.text == cold.text
+
+
+def test_a_cancelled_warm_up_keeps_what_it_encoded(tiny_engine_model):
+    long_source = SOURCE * 12
+    request = CompletionRequest(long_source, len(long_source), "python", "shapes.py", "repo")
+    settings = EngineSettings(max_new_tokens=4, max_prompt_tokens=2048)
+    engine = CompletionEngine(tiny_engine_model, settings)
+    passes = []
+    done = engine.warm(request, lambda: passes.append(1) or len(passes) > 1, session_key="doc")
+    assert not done["finished"]
+    result = engine.complete(request, session_key="doc")
+    assert 0 < result.kv["reused"] and result.kv["encoded"] < result.prompt_tokens
+
+
+def test_healing_turned_on_after_the_engine_was_made(tiny_engine_model):
+    """Settings travel with each request: healing that was off when the engine was made
+    heals a later request as an engine made with it on does."""
+    text = "import math\n\n\ndef area(r):\n    return math.p"
+    request = CompletionRequest(text, len(text), "python", "a.py", "repo")
+    healing = EngineSettings(max_new_tokens=8, token_healing=True)
+    made_without = CompletionEngine(tiny_engine_model, EngineSettings(max_new_tokens=8, token_healing=False))
+    made_with = CompletionEngine(tiny_engine_model, healing)
+    assert made_without.complete(request, settings=healing).text == made_with.complete(request).text
+
+
+async def test_document_highlight_answers_and_warms_the_place(tmp_path, tiny_model_dir):
+    client, result = await start_server(tmp_path, tmp_path / "server.log",
+                                        {"model": str(tiny_model_dir("qwen2.5-coder")), "dtype": "fp32"})
+    try:
+        assert result.capabilities.document_highlight_provider
+        await wait_until_ready(client)
+        uri = open_document(client, tmp_path / "shapes.py", SOURCE)
+        line = SOURCE.splitlines().index("    def perimeter(self):")
+        highlights = await client.text_document_document_highlight_async(types.DocumentHighlightParams(
+            types.TextDocumentIdentifier(uri), types.Position(line + 1, SOURCE.splitlines()[line + 1].index("radius") + 2)))
+        spans = sorted((h.range.start.line, h.range.start.character, h.range.end.character) for h in highlights)
+        assert spans == [(number, found.start(), found.end()) for number, text in enumerate(SOURCE.splitlines())
+                         for found in re.finditer(r"\bradius\b", text)]
+        assert len(spans) == 5
+        before = (await status(client))["warmUp"]["finished"]
+        state = await _status_until(client, lambda state: state["warmUp"]["finished"] > before)
+        assert state["warmUp"]["last"]["tokens"] > 50 and state["kvSessions"]["documents"] == 1
+
+        hints = state["warmUp"]["hints"]
+        client.protocol.notify("codeassist/cursor", {"textDocument": {"uri": uri},
+                                                     "position": {"line": 14, "character": 4}})
+        client.protocol.notify("codeassist/cursor", {"position": "nowhere"})  # ignored, logged
+        assert (await status(client))["warmUp"]["hints"] == hints + 1
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams({"warmUp": False}))
+        client.protocol.notify("codeassist/cursor", {"textDocument": {"uri": uri},
+                                                     "position": {"line": 2, "character": 0}})
+        assert (await status(client))["warmUp"]["hints"] == hints + 1  # off: no hint taken
+    finally:
+        await client.shutdown_session()
+
+
+async def _status_until(client, predicate, timeout_s: float = 120) -> dict:
+    """The server's status once `predicate(status)` holds (asked every 0.1 s)."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate(state := await status(client)):
+        assert asyncio.get_running_loop().time() < deadline, state
+        await asyncio.sleep(0.1)
+    return state
+
+
+async def test_a_setting_changed_while_the_model_loads_applies(tmp_path):
+    """Settings travel with each request: a change that arrives while the model loads is
+    what the first request after the load uses."""
+    from tests.lsp_helpers import expected_text
+    from tests.tiny_models import build_plain_text_model
+
+    model = build_plain_text_model(tmp_path / "plain")
+    workspace = tmp_path / "repo"
+    workspace.mkdir()
+    client, _ = await start_server(workspace, tmp_path / "server.log",
+                                   {"model": str(model), "dtype": "fp32", "repoContext": False})
+    try:
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams({"maxNewTokens": 3}))
+        text = "def double(x):\n    return "
+        uri = open_document(client, workspace / "double.py", text)
+        answer = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri), position=types.Position(1, 11),
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic)))
+        assert (await status(client))["modelStatus"] == "ready"
+        got = answer.items[0].insert_text if answer.items else ""
+        short, default = (expected_text(model, text, len(text), "double.py", "repo", time_budget_ms=5000,
+                                        max_new_tokens=tokens) for tokens in (3, 64))
+        assert short != default and got == short
+    finally:
+        await client.shutdown_session()
+
+
+class _StopAfter:
+    """Stop signals for a warm-up: `preempted()` turns true at its `after`-th check."""
+
+    def __init__(self, after: int):
+        self.after, self.checks = after, 0
+
+    def __call__(self) -> bool:
+        return False
+
+    def preempted(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.after
+
+
+def test_a_preempted_warm_up_stops_before_the_next_layer(tiny_engine_model):
+    """Lane 2 yields between decoder layers, not only between passes: the pass in flight
+    is dropped, the passes before it are kept, and the next request goes on from them."""
+    from completion.kv_session import ENCODE_CHUNK
+
+    layers = tiny_engine_model.model.config.num_hidden_layers
+    long_source = SOURCE * 12
+    request = CompletionRequest(long_source, len(long_source), "python", "shapes.py", "repo")
+    settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=2048)
+    engine = CompletionEngine(tiny_engine_model, settings)
+    stop = _StopAfter(layers + 2)  # the second layer of the second pass
+    done = engine.warm(request, stop, session_key="doc")
+    assert not done["finished"] and stop.checks == layers + 2
+    session = engine.kv.sessions.peek("doc")
+    assert len(session.ids) == ENCODE_CHUNK and session.cache.get_seq_length() == ENCODE_CHUNK
+    result = engine.complete(request, session_key="doc")
+    assert result.kv["reused"] == ENCODE_CHUNK
+    cold = CompletionEngine(tiny_engine_model, settings).complete(request, session_key="doc")
+    assert result.text == cold.text
+
+
+def test_a_summary_gives_the_model_back_within_a_layer(tiny_engine_model):
+    """Background work (hover summaries) stops before the next decoder layer once a request
+    waits, not at the end of its pass."""
+    from completion.summarize import Summarizer, SummaryRequest
+
+    layers = tiny_engine_model.model.config.num_hidden_layers
+    checks = []
+
+    def cancelled() -> bool:
+        checks.append(1)
+        return len(checks) > layers + 3  # inside the second pass
+
+    summarizer = Summarizer(tiny_engine_model)
+    request = SummaryRequest("Circle.area", "method", SOURCE)
+    assert summarizer.summarize(request, cancelled) is None
+    assert len(checks) == layers + 4  # one check per pass before it, one per layer run

@@ -88,8 +88,11 @@ class LatestWinsScheduler:
             if older is not None:
                 older.cancel()
                 _answer(older.future, None)  # superseded before it started
-            if self._running is not None and self._running.key == key:
-                self._running.cancel()  # superseded while running: stop at the next step
+            running = self._running
+            if running is not None and running.key == key and running.lane == USER:
+                running.cancel()  # superseded while running: stop at the next step
+            # (A warm-up of this document stops at its next pass by itself, keeping what it
+            # encoded for this request.)
             self._pending[key] = job
             self._lock.notify()
         return job

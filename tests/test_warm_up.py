@@ -271,3 +271,22 @@ def test_a_summary_gives_the_model_back_within_a_layer(tiny_engine_model):
     request = SummaryRequest("Circle.area", "method", SOURCE)
     assert summarizer.summarize(request, cancelled) is None
     assert len(checks) == layers + 4  # one check per pass before it, one per layer run
+
+
+def test_a_request_of_the_same_document_lets_the_warm_up_finish_its_pass(host):
+    """The pass in flight encodes the prompt the request needs: the warm-up is not
+    preempted mid-pass by its own document's request, only stopped at the pass's end."""
+    started, release, seen = threading.Event(), threading.Event(), {}
+
+    def warm_up(cancelled):
+        started.set()
+        release.wait(30)
+        seen["preempted"], seen["stop"] = cancelled.preempted(), cancelled()
+        return "pass done"
+
+    warm = host.warm("a.py", warm_up)
+    assert started.wait(10)
+    request = host.submit("a.py", lambda cancelled: "suggestion")
+    release.set()
+    assert warm.future.result(timeout=30) == "pass done" and seen == {"preempted": False, "stop": True}
+    assert request.future.result(timeout=30) == "suggestion"

@@ -3,8 +3,10 @@ order. Lane 1, the requests a user waits for: for each document only the newest 
 (latest wins). Lane 2, warm-up: the prompt of the place the user is at, encoded before the
 key that needs it; one at a time (a newer hint replaces it), run only while lane 1 is empty,
 and stopped between encoding passes as soon as a lane-1 request waits (what it encoded is
-kept). Background work (hover summaries, the index's embeddings) waits while either lane
-has work (`busy`).
+kept). Lane 3, background: re-encoding a document's approximate KV session in idle time;
+it runs only while lanes 1 and 2 are empty and stops between layers when either has work.
+Hover summaries and the index's embeddings, on their own threads, wait while any lane has
+work (`busy`).
 
 A newer request for the same key answers the queued older one with None at once, and asks
 a running one to stop (the engine checks between decode steps). A request with the same
@@ -15,7 +17,7 @@ Nothing here knows about LSP.
 
 Jobs and chores run holding `model_lock`; hover summaries, generated on their own thread,
 hold it during each forward pass, so two passes never share the CPU (and a completion waits
-at most one summary pass).
+at most one decoder layer of a summary pass).
 
 The worker is the one owner of the engine's state: changes to it from other threads (a
 document closed, a file's tokens for the n-gram cache) are queued with `run_soon` and run on
@@ -34,7 +36,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 Work = Callable[[Callable[[], bool]], Any]  # receives `cancelled()`, returns the result
-USER, WARM = 1, 2  # lanes
+USER, WARM, BACKGROUND = 1, 2, 3  # lanes
 
 
 def _answer(future: Future, value: Any) -> None:
@@ -67,6 +69,7 @@ class LatestWinsScheduler:
         self._chores: deque[tuple[Callable[[], Any], Future]] = deque()
         self._running: Job | None = None
         self._warm: Job | None = None  # lane 2: waiting to run
+        self._background: OrderedDict[str, Job] = OrderedDict()  # lane 3, by key
         self._closed = False
         self.model_lock = threading.Lock()
         self.max_concurrent = 0  # the most jobs seen running at once
@@ -123,6 +126,24 @@ class LatestWinsScheduler:
             self._lock.notify()
         return job
 
+    def background(self, key: str, work: Work) -> Job:
+        """Queue idle-time work for `key` in lane 3 (re-encoding an approximate KV session),
+        replacing the waiting one of `key`; it runs only while lanes 1 and 2 are empty and
+        stops between passes, or between layers, as soon as work of either waits."""
+        job = Job(key, work)
+        job.lane = BACKGROUND
+        with self._lock:
+            if self._closed:
+                _answer(job.future, None)
+                return job
+            older = self._background.pop(key, None)
+            if older is not None:
+                older.cancel()
+                _answer(older.future, None)
+            self._background[key] = job
+            self._lock.notify()
+        return job
+
     def _drop_warm(self) -> None:
         """Answer the waiting warm-up with None and stop a running one (the lock is held)."""
         if self._warm is not None:
@@ -153,18 +174,24 @@ class LatestWinsScheduler:
                 _answer(job.future, None)
             if self._warm is not None and self._warm.key == key:
                 self._drop_warm()
+            queued = self._background.pop(key, None)
+            if queued is not None:
+                queued.cancel()
+                _answer(queued.future, None)
             if self._running is not None and self._running.key == key:
                 self._running.cancel()
 
     def busy(self) -> bool:
         """Whether a job of either lane runs or waits (background work yields meanwhile)."""
         with self._lock:
-            return self._running is not None or bool(self._pending) or self._warm is not None
+            return (self._running is not None or bool(self._pending) or self._warm is not None
+                    or bool(self._background))
 
-    def waiting(self) -> bool:
-        """Whether a job waits to run (a running job of idle work should yield)."""
+    def waiting(self, above: int = WARM) -> bool:
+        """Whether work of a lane above (more urgent than) `above` waits to run (default: a
+        lane-1 request)."""
         with self._lock:
-            return bool(self._pending)
+            return bool(self._pending) or above > WARM and self._warm is not None
 
     def waiting_other(self, key: str) -> bool:
         """Whether a job of another key than `key` waits to run."""
@@ -190,6 +217,10 @@ class LatestWinsScheduler:
                 _answer(job.future, None)
             self._pending.clear()
             self._drop_warm()
+            for job in self._background.values():
+                job.cancel()
+                _answer(job.future, None)
+            self._background.clear()
             for _, future in self._chores:
                 _answer(future, None)
             self._chores.clear()
@@ -201,7 +232,8 @@ class LatestWinsScheduler:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._pending and not self._chores and self._warm is None and not self._closed:
+                while (not self._pending and not self._chores and self._warm is None and not self._background
+                       and not self._closed):
                     self._lock.wait()
                 if self._closed:
                     return
@@ -211,8 +243,11 @@ class LatestWinsScheduler:
                 elif self._pending:
                     _, job = self._pending.popitem(last=False)
                     self._running = job
-                else:
+                elif self._warm is not None:
                     job, self._warm = self._warm, None
+                    self._running = job
+                else:
+                    _, job = self._background.popitem(last=False)
                     self._running = job
             with self.model_lock:
                 if job is None:
@@ -228,7 +263,7 @@ class LatestWinsScheduler:
             return
         self._active += 1
         self.max_concurrent = max(self.max_concurrent, self._active)
-        cancelled = job.cancelled if job.lane == USER else WarmUpStop(job, self)
+        cancelled = job.cancelled if job.lane == USER else LaneStop(job, self)
         try:
             result = job.work(cancelled)
             job.future.set_result(None if job.cancelled() else result)
@@ -239,20 +274,23 @@ class LatestWinsScheduler:
             self._active -= 1
 
 
-class WarmUpStop:
-    """A warm-up's stop signals. Called, between encoding passes: a newer hint replaced it or
-    any request waits (what is encoded is kept; a request of the same document goes on from
-    it). `preempted()`, between layers of a pass: a newer hint, or a request of another
-    document waits, for which the pass in flight is not worth finishing."""
+class LaneStop:
+    """The stop signals of lane-2 and lane-3 work. Called, between encoding passes: it was
+    replaced, or work of a higher lane waits (what is encoded is kept; a request of the same
+    document goes on from it). `preempted()`, between layers of a pass: it was replaced, or
+    higher-lane work waits for which the pass in flight is not worth finishing (for a
+    warm-up: a request of another document; for background work: anything)."""
 
     def __init__(self, job: Job, host: LatestWinsScheduler):
         self._job, self._host = job, host
 
     def __call__(self) -> bool:
-        return self._job.cancelled() or self._host.waiting()
+        return self._job.cancelled() or self._host.waiting(above=self._job.lane)
 
     def preempted(self) -> bool:
-        return self._job.cancelled() or self._host.waiting_other(self._job.key)
+        if self._job.lane == WARM:
+            return self._job.cancelled() or self._host.waiting_other(self._job.key)
+        return self()
 
 
 def _run_chore(chore: Callable[[], Any], future: Future) -> None:

@@ -463,10 +463,8 @@ class CodeassistServer(LanguageServer):
         self._refresh_timers.pop(uri, None)
         if engine is not self.engine:
             return
-        # Under the document's key: its next completion stops the refresh (latest wins);
-        # any other waiting request stops it too, between two chunks.
-        self.scheduler.submit(uri, lambda cancelled: engine.refresh(
-            uri, lambda: cancelled() or self.scheduler.waiting()))
+        # The host's background lane: any request or warm-up stops it (between layers).
+        self.scheduler.background(uri, lambda cancelled: engine.refresh(uri, cancelled))
 
     def cancel_refresh(self, uri: str) -> None:
         timer = self._refresh_timers.pop(uri, None)

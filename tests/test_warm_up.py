@@ -290,3 +290,33 @@ def test_a_request_of_the_same_document_lets_the_warm_up_finish_its_pass(host):
     release.set()
     assert warm.future.result(timeout=30) == "pass done" and seen == {"preempted": False, "stop": True}
     assert request.future.result(timeout=30) == "suggestion"
+
+
+def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
+    started, seen = threading.Event(), []
+
+    def refresh(cancelled):
+        started.set()
+        while not cancelled.preempted():
+            threading.Event().wait(0.005)
+        seen.append(cancelled())
+        return "stopped"
+
+    release, blocker_started, order = threading.Event(), threading.Event(), []
+
+    def blocker(cancelled):
+        blocker_started.set()
+        release.wait(30)
+
+    host.submit("x.py", blocker)
+    assert blocker_started.wait(10)
+    queued = host.background("a.py", lambda cancelled: order.append("background"))
+    host.warm("b.py", lambda cancelled: order.append("warm"))
+    release.set()
+    queued.future.result(timeout=30)
+    assert order == ["warm", "background"]
+
+    running = host.background("a.py", refresh)
+    assert started.wait(10)
+    host.warm("b.py", lambda cancelled: "warm")  # a hint: lane 2 beats lane 3
+    assert running.future.result(timeout=30) == "stopped" and seen == [True]

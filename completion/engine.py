@@ -152,6 +152,14 @@ class CompletionEngine:
         if settings.token_healing:
             recall = self.memory.align(recall, request, self.decode)
         prompt, healing, head, base = self._prompt_for(request, recall, settings)
+        window = "full"
+        if self._far_from_warm(session_key, prompt, recall, settings):
+            short = replace(settings, max_prompt_tokens=settings.first_window_tokens, context_budget_tokens=0)
+            full_tokens = len(prompt.ids)
+            prompt, healing, head, base = self._prompt_for(request, recall, short)
+            window = "short"
+            logger.info("complete %s: far from the warm session: the first %d of %d prompt tokens answer first",
+                        request.path or "<buffer>", len(prompt.ids), full_tokens)
         try:
             built = self.kv.build(session_key, prompt.ids, settings, cancelled)
         except EncodingCancelled as stopped:
@@ -170,7 +178,17 @@ class CompletionEngine:
         ids = (recall.typed.tokens if recall.typed else []) + decoded.ids  # the stream after `head`
         self.memory.remember(session_key, request, recall, final, head, base, ids)
         self._remember_suggestion(ids, settings)
-        return self._result(request, final, decoded, built, policy, drafter, start, prompt_ms)
+        return replace(self._result(request, final, decoded, built, policy, drafter, start, prompt_ms),
+                       window=window)
+
+    def _far_from_warm(self, session_key: str | None, prompt: FimPrompt, recall: Recall,
+                       settings: EngineSettings) -> bool:
+        """Whether the first window answers first: the session is far from this prompt (more
+        than twice the window's tokens to encode) and the user is not typing into a suggestion."""
+        window = settings.first_window_tokens
+        if not window or session_key is None or recall.typed is not None or len(prompt.ids) <= 2 * window:
+            return False
+        return self.kv.tokens_to_encode(session_key, prompt.ids, settings) > 2 * window
 
     def _prompt_for(self, request: CompletionRequest, recall: Recall, settings: EngineSettings):
         """(prompt, healing, head, base): after typing into the last suggestion, its own

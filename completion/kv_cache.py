@@ -63,6 +63,13 @@ class KvCacheManager:
             raise
         return PromptCache(list(prompt_ids), cache, logits, plan, mode, reused_from)
 
+    def tokens_to_encode(self, key: str | None, prompt_ids: list[int], settings: EngineSettings) -> int:
+        """How many tokens `build` would encode for `prompt_ids` (its plan; no model work)."""
+        old = self.sessions.peek(key) if key is not None else None
+        mode = self._mode(old, settings)
+        margin = settings.reencode_margin if mode == "pie" else 0
+        return plan_reuse(old.ids if old else [], prompt_ids, mode, margin=margin).encoded
+
     def keep(self, key: str | None, built: PromptCache) -> None:
         """Store the prompt's cache for the next request of `key`."""
         extra = built.cache.get_seq_length() - len(built.ids)

@@ -33,6 +33,10 @@ class EngineSettings:
     first_line_cap_ms: float = 15_000.0
     max_prompt_tokens: int = 1024
     context_budget_tokens: int = 512  # repository context, on top of max_prompt_tokens
+    # A place whose prompt would encode more than twice this many new tokens is answered
+    # first from a window of this many tokens nearest the cursor (0: never); the server then
+    # grows it to the whole prompt in the warm-up lane.
+    first_window_tokens: int = 0
     suffix_share: float = 0.25
     max_lines: int = 16
     kv_mode: str = "pie"  # full | prefix | pie: how the previous prompt's KV cache is reused
@@ -72,6 +76,9 @@ class EngineSettings:
             raise ValueError(f"unknown draft sources {sorted(unknown)}; valid: {', '.join(SOURCES)}")
         if self.max_draft_tokens < 1 or self.max_draft_nodes < 2 or self.draft_branches < 1:
             raise ValueError("max_draft_tokens and draft_branches must be >= 1, max_draft_nodes >= 2")
+        if self.first_window_tokens and not 64 <= self.first_window_tokens <= self.max_prompt_tokens:
+            raise ValueError(f"first_window_tokens must be 0 or within 64..max_prompt_tokens, got "
+                             f"{self.first_window_tokens}")
         if not 0 <= self.context_budget_tokens <= 32_768:
             raise ValueError(f"context_budget_tokens must be within 0..32768, got {self.context_budget_tokens}")
         if self.time_budget_ms < 0 or self.first_line_cap_ms < 0:
@@ -95,3 +102,4 @@ class Completion:
     kv: dict = field(default_factory=dict, compare=False)
     # Speculation in this request: verify steps, drafted / accepted tokens, by source
     spec: dict = field(default_factory=dict, compare=False)
+    window: str = "full"  # "short": answered from the first window (EngineSettings)

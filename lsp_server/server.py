@@ -189,6 +189,7 @@ class CodeassistServer(LanguageServer):
             max_new_tokens=settings.max_new_tokens,
             time_budget_ms=settings.time_budget_ms,
             max_prompt_tokens=settings.context_tokens,
+            first_window_tokens=settings.first_window_tokens,
             context_budget_tokens=settings.repo_context_tokens,
             kv_mode=settings.kv_mode,
             speculative=settings.speculative,
@@ -406,7 +407,10 @@ class CodeassistServer(LanguageServer):
         if result is None or self._stale(prepared):
             logger.info("completion for %s v%s superseded", prepared.uri, prepared.version)
             return None
-        self._refresh_when_idle(prepared.uri, engine)
+        if result.window == "short":
+            self._queue_warm_up(prepared, engine)  # grow it to the whole prompt, in lane 2
+        else:
+            self._refresh_when_idle(prepared.uri, engine)
         return result
 
     def _with_context(self, prepared: PreparedRequest) -> CompletionRequest:
@@ -428,8 +432,11 @@ class CodeassistServer(LanguageServer):
             return
         snapshot = DocumentSnapshot(uri, current.source, current.version, current.path, current.language_id)
         prepared = self.prepare(uri, position, snapshot)
-        if prepared is None:
-            return
+        if prepared is not None:
+            self._queue_warm_up(prepared, engine)
+
+    def _queue_warm_up(self, prepared: PreparedRequest, engine: Engine) -> None:
+        uri = prepared.uri
 
         def work(cancelled):
             if self._stale(prepared):

@@ -25,6 +25,7 @@ class ServerSettings:
     dtype: str = "auto"
     max_new_tokens: int = 64
     context_tokens: int = 1024
+    first_window_tokens: int = 256  # a place far from the warm session answers first from this many (0: off)
     time_budget_ms: float = 5000.0
     kv_mode: str = "pie"  # full | prefix | pie
     kv_refresh_idle_ms: float = 2000.0  # idle this long: re-encode an approximate KV cache (0: never)
@@ -61,7 +62,7 @@ class ServerSettings:
 # camelCase (what editors send) -> field name: every setting a client may change
 _KEYS = {
     "model": "model", "engine": "engine", "engineModel": "engine_model", "device": "device", "dtype": "dtype", "maxNewTokens": "max_new_tokens",
-    "contextTokens": "context_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
+    "contextTokens": "context_tokens", "firstWindowTokens": "first_window_tokens", "timeBudgetMs": "time_budget_ms", "kvMode": "kv_mode",
     "kvRefreshIdleMs": "kv_refresh_idle_ms",
     "inlineCompletion": "inline_completion", "completion": "completion",
     "speculative": "speculative", "draftSources": "draft_sources", "draftModel": "draft_model",
@@ -76,7 +77,7 @@ _TYPES = {f.name: f.type for f in fields(ServerSettings)}
 _CASTS = {"str": str, "int": int, "float": float, "bool": bool}
 # What a number may be (inclusive); a value outside, NaN or infinite is refused.
 _RANGES = {
-    "max_new_tokens": (1, 4096), "context_tokens": (64, 32_768), "repo_context_tokens": (0, 32_768),
+    "max_new_tokens": (1, 4096), "context_tokens": (64, 32_768), "first_window_tokens": (0, 32_768), "repo_context_tokens": (0, 32_768),
     "max_draft_tokens": (1, 256), "max_document_chars": (1, 1_000_000_000),
     "time_budget_ms": (0, 600_000), "kv_refresh_idle_ms": (0, 86_400_000), "summary_budget_ms": (0, 600_000),
 }

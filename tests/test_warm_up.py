@@ -3,6 +3,7 @@ at; it yields to any request, a newer hint replaces it, and the first key there 
 
 import re
 import threading
+from dataclasses import replace
 
 import pytest
 from lsprotocol import types
@@ -320,3 +321,23 @@ def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
     assert started.wait(10)
     host.warm("b.py", lambda cancelled: "warm")  # a hint: lane 2 beats lane 3
     assert running.future.result(timeout=30) == "stopped" and seen == [True]
+
+
+def test_a_place_far_from_the_warm_session_answers_first_from_a_short_window(tiny_engine_model):
+    """The first key at a place the session does not cover encodes only the window nearest
+    the cursor; growing it (a warm-up of the whole prompt) reuses that window, and the next
+    request there is answered from the whole prompt, as a cold engine answers it."""
+    long_source = SOURCE * 12
+    cursor = long_source.index("** 2", len(long_source) // 2) + 4
+    request = CompletionRequest(long_source, cursor, "python", "shapes.py", "repo")
+    settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=1024, first_window_tokens=256)
+    engine = CompletionEngine(tiny_engine_model, settings)
+    first = engine.complete(request, session_key="doc")
+    assert first.window == "short" and first.prompt_tokens <= 300 and first.kv["encoded"] == first.prompt_tokens
+    grown = engine.warm(request, session_key="doc")
+    assert grown["finished"] and grown["reused"] > 100 and grown["tokens"] > 900
+    engine.memory.forget("doc")  # a request not typed into the first suggestion
+    again = engine.complete(request, session_key="doc")
+    assert again.window == "full" and again.kv["encoded"] <= 1
+    cold = CompletionEngine(tiny_engine_model, replace(settings, first_window_tokens=0)).complete(request)
+    assert cold.prompt_tokens == again.prompt_tokens

@@ -1,14 +1,15 @@
 """`codeassist bench session`: the first key at a new place, as an editor session meets it,
-with the warm-up (lane 2 of the engine host) on and off, through LSP against a real
-`codeassist serve` with the model given (default: the embedded one).
+through LSP against a real `codeassist serve` with the model given (default: the embedded
+one), in three modes: the defaults (warm-up where the cursor rests, and a place far from the
+warm session answered first from a short window), the warm-up alone, neither.
 
 A whole real file (the standard library's `json/decoder.py`, code none of us wrote) is
 open. Again and again: jump to another line, cut it at a point (the user is about to write
 its rest), send the cursor hint an editor sends on arrival (`textDocument/documentHighlight`,
 as VS Code does on every cursor move), read for `READ_S`, then type the line's next
 characters at one key per `KEY_S`; each key sends the change and an inline completion
-request and cancels the previous request when it is still open, as clients do. The two
-modes alternate jump by jump, each on its own copy of the file (its own KV session).
+request and cancels the previous request when it is still open, as clients do. The modes
+take turns jump by jump, each on its own copy of the file (its own KV session).
 
 Per key: the latency of each answered request (cancelled ones are not timed). Per jump:
 the first key's wait, from the key to the first suggestion of that place. Quality: the
@@ -32,11 +33,15 @@ SOURCE = Path("json") / "decoder.py"
 READ_S = 1.5  # a person reads after moving the cursor
 KEY_S = 0.15
 KEYS = 8
-MODES = ("warm", "cold")
+MODES = {  # name -> the server settings it runs with
+    "default": {"warmUp": True, "firstWindowTokens": 256},
+    "warm_only": {"warmUp": True, "firstWindowTokens": 0},
+    "neither": {"warmUp": False, "firstWindowTokens": 0},
+}
 
 
 def run_bench(args) -> BenchResult:
-    jumps = 4 if args.quick else 12
+    jumps = 3 if args.quick else 10
     text = (Path(sysconfig.get_paths()["stdlib"]) / SOURCE).read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "json"
@@ -49,10 +54,44 @@ def run_bench(args) -> BenchResult:
             rows = _session(server, root, text, jumps)
         finally:
             server.close()
+    windows = _window_quality(args, 6 if args.quick else 24)
     machine = {**machine_info(), "model": args.model, "file": str(SOURCE), "jumps_per_mode": jumps,
                "read_s": READ_S, "key_s": KEY_S, "keys_per_jump": KEYS}
-    return BenchResult(_summary(rows), rows, ["mode", "jump", "key", "line", "ms", "first_key_ms", "completes"],
-                       machine, _plot(rows))
+    return BenchResult({**_summary(rows), **windows}, rows,
+                       ["mode", "jump", "key", "line", "ms", "first_key_ms", "completes"], machine, _plot(rows))
+
+
+def _window_quality(args, holes: int) -> dict:
+    """What answering from the first window costs: on `holes` line ends cut in standard
+    library modules (in-process engine, default settings otherwise), the share of first
+    lines that are exactly the rest of the real line, from the whole prompt and from a
+    256-token window; and how often the two agree."""
+    from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    generator = random.Random(11)
+    sources = [stdlib / name for name in ("json/decoder.py", "textwrap.py", "shlex.py", "fnmatch.py",
+                                          "bisect.py", "heapq.py")]
+    results = {"full": 0, "window": 0, "agree": 0}
+    for number in range(holes):
+        path = sources[number % len(sources)]
+        lines = path.read_text(encoding="utf-8").split("\n")
+        (line, cut), = _places(lines, 1, generator)
+        text = _with_line(lines, line, lines[line][:cut])
+        cursor = sum(len(each) + 1 for each in lines[:line]) + cut
+        request = CompletionRequest(text, cursor, "python", path.name, "stdlib")
+        want = lines[line][cut:].rstrip()
+        firsts = {}
+        for name, window in (("full", 0), ("window", 256)):
+            settings = EngineSettings(max_prompt_tokens=1024, first_window_tokens=window, time_budget_ms=10_000)
+            answer = CompletionEngine(loaded, settings).complete(request, session_key="hole")
+            firsts[name] = answer.text.split("\n", 1)[0].rstrip()
+            results[name] += firsts[name] == want
+        results["agree"] += firsts["full"] == firsts["window"]
+    return {"window_holes": holes, "window_full_prompt_exact_share": round(results["full"] / holes, 3),
+            "window_256_exact_share": round(results["window"] / holes, 3),
+            "window_256_same_first_line_share": round(results["agree"] / holes, 3)}
 
 
 def _session(server: LspProcess, root: Path, text: str, jumps: int) -> list[dict]:
@@ -71,9 +110,10 @@ def _session(server: LspProcess, root: Path, text: str, jumps: int) -> list[dict
     start = time.monotonic()
     rows: list[dict] = []
     versions = dict.fromkeys(MODES, 1)
+    names = list(MODES)
     for jump, (number, cut) in enumerate(places):
-        for mode in (MODES if jump % 2 == 0 else MODES[::-1]):
-            server.send(notification("workspace/didChangeConfiguration", {"settings": {"warmUp": mode == "warm"}}))
+        for mode in names[jump % len(names):] + names[:jump % len(names)]:  # each goes first in turn
+            server.send(notification("workspace/didChangeConfiguration", {"settings": MODES[mode]}))
             versions[mode] = _visit(server, uris[mode], lines, number, cut, versions[mode], ids, start, rows,
                                     mode, jump)
     return rows
@@ -91,12 +131,12 @@ def _wait_until_ready(server: LspProcess, ids) -> None:
         time.sleep(0.5)
 
 
-def _places(lines: list[str], count: int) -> list[tuple[int, int]]:
+def _places(lines: list[str], count: int, generator: random.Random | None = None) -> list[tuple[int, int]]:
     """`count` (line, cut column) pairs, spread over the file: code lines with room for the
     keys, cut after their first few characters."""
     candidates = [n for n, line in enumerate(lines)
                   if len(line.strip()) >= KEYS + 12 and not line.strip().startswith(("#", '"', "'"))]
-    generator = random.Random(7)
+    generator = generator or random.Random(7)
     chosen = sorted(generator.sample(candidates, min(count, len(candidates))))
     generator.shuffle(chosen)  # jumps go back and forth through the file
     places = []
@@ -170,22 +210,23 @@ def _summary(rows: list[dict]) -> dict:
         summary[f"{mode}_first_key_max_ms"] = max(firsts) if firsts else None
         summary[f"{mode}_completes_line_share"] = round(
             sum(r["completes"] for r in rows if r["mode"] == mode) / len(times), 3)
-    if summary.get("cold_first_key_p50_ms") and summary.get("warm_first_key_p50_ms") is not None:
-        summary["first_key_warm_over_cold"] = round(summary["warm_first_key_p50_ms"]
-                                                    / summary["cold_first_key_p50_ms"], 3)
+    baseline = summary.get("neither_first_key_p50_ms")
+    for mode in ("default", "warm_only"):
+        if baseline and summary.get(f"{mode}_first_key_p50_ms") is not None:
+            summary[f"first_key_{mode}_over_neither"] = round(summary[f"{mode}_first_key_p50_ms"] / baseline, 3)
     return summary
 
 
 def _plot(rows: list[dict]):
     def draw(figure):
         keys, firsts = figure.subplots(1, 2)
-        for mode, colour in (("warm", "tab:blue"), ("cold", "tab:orange")):
+        for offset, (mode, colour) in enumerate(zip(MODES, ("tab:blue", "tab:green", "tab:orange"))):
             mine = [r for r in rows if r["mode"] == mode]
-            keys.scatter([r["key"] + (0.1 if mode == "warm" else -0.1) for r in mine], [r["ms"] for r in mine],
-                         s=10, color=colour, label=f"warm-up {'on' if mode == 'warm' else 'off'}")
+            keys.scatter([r["key"] + 0.15 * (offset - 1) for r in mine], [r["ms"] for r in mine],
+                         s=10, color=colour, label=mode)
             points = [(r["jump"], r["first_key_ms"]) for r in mine if r["first_key_ms"] is not None]
             if points:
-                firsts.plot(*zip(*points), "o-", color=colour, label=f"warm-up {'on' if mode == 'warm' else 'off'}")
+                firsts.plot(*zip(*points), "o-", color=colour, label=mode)
         keys.set_xlabel("key after the jump")
         keys.set_ylabel("request to answer (ms)")
         keys.set_yscale("log")

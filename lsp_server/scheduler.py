@@ -39,6 +39,12 @@ Work = Callable[[Callable[[], bool]], Any]  # receives `cancelled()`, returns th
 USER, WARM, BACKGROUND = 1, 2, 3  # lanes
 
 
+def _drop(job: "Job") -> None:
+    """Stop `job` and answer its waiters with None."""
+    job.cancel()
+    _answer(job.future, None)
+
+
 def _answer(future: Future, value: Any) -> None:
     """Resolve `future` unless its waiter already gave up on it."""
     if not future.done():
@@ -89,8 +95,7 @@ class LatestWinsScheduler:
                 return same
             older = self._pending.pop(key, None)
             if older is not None:
-                older.cancel()
-                _answer(older.future, None)  # superseded before it started
+                _drop(older)  # superseded before it started
             running = self._running
             if running is not None and running.key == key and running.lane == USER:
                 running.cancel()  # superseded while running: stop at the next step
@@ -138,8 +143,7 @@ class LatestWinsScheduler:
                 return job
             older = self._background.pop(key, None)
             if older is not None:
-                older.cancel()
-                _answer(older.future, None)
+                _drop(older)
             self._background[key] = job
             self._lock.notify()
         return job
@@ -147,8 +151,7 @@ class LatestWinsScheduler:
     def _drop_warm(self) -> None:
         """Answer the waiting warm-up with None and stop a running one (the lock is held)."""
         if self._warm is not None:
-            self._warm.cancel()
-            _answer(self._warm.future, None)
+            _drop(self._warm)
             self._warm = None
         if self._running is not None and self._running.lane == WARM:
             self._running.cancel()
@@ -170,14 +173,12 @@ class LatestWinsScheduler:
         with self._lock:
             job = self._pending.pop(key, None)
             if job is not None:
-                job.cancel()
-                _answer(job.future, None)
+                _drop(job)
             if self._warm is not None and self._warm.key == key:
                 self._drop_warm()
             queued = self._background.pop(key, None)
             if queued is not None:
-                queued.cancel()
-                _answer(queued.future, None)
+                _drop(queued)
             if self._running is not None and self._running.key == key:
                 self._running.cancel()
 
@@ -213,13 +214,11 @@ class LatestWinsScheduler:
         with self._lock:
             self._closed = True
             for job in self._pending.values():
-                job.cancel()
-                _answer(job.future, None)
+                _drop(job)
             self._pending.clear()
             self._drop_warm()
             for job in self._background.values():
-                job.cancel()
-                _answer(job.future, None)
+                _drop(job)
             self._background.clear()
             for _, future in self._chores:
                 _answer(future, None)

@@ -39,6 +39,19 @@ def host():
     scheduler.close()
 
 
+def _hold(host) -> threading.Event:
+    """Keep the host busy with a lane-1 job until the returned event is set."""
+    release, started = threading.Event(), threading.Event()
+
+    def blocker(cancelled):
+        started.set()
+        release.wait(30)
+
+    host.submit("x.py", blocker)
+    assert started.wait(10)
+    return release
+
+
 def _until_cancelled(started: threading.Event, seen: list):
     """Warm-up work that runs until it is told to stop (a guard ends it after 30 s)."""
     def work(cancelled):
@@ -62,15 +75,7 @@ def test_a_warm_up_yields_to_a_request_of_any_document(host):
 
 
 def test_a_newer_hint_replaces_the_warm_up(host):
-    release, blocker_started = threading.Event(), threading.Event()
-
-    def blocker(cancelled):
-        blocker_started.set()
-        release.wait(30)
-        return "done"
-
-    host.submit("x.py", blocker)
-    assert blocker_started.wait(10)
+    release = _hold(host)
     waiting = host.warm("a.py", lambda cancelled: "old place")
     newer = host.warm("a.py", lambda cancelled: "new place")
     assert waiting.future.result(timeout=1) is None  # replaced before it ran
@@ -85,14 +90,7 @@ def test_a_newer_hint_replaces_the_warm_up(host):
 
 
 def test_requests_run_before_a_waiting_warm_up(host):
-    release, started, order = threading.Event(), threading.Event(), []
-
-    def blocker(cancelled):
-        started.set()
-        release.wait(30)
-
-    host.submit("x.py", blocker)
-    assert started.wait(10)
+    release, order = _hold(host), []
     warm = host.warm("a.py", lambda cancelled: order.append("warm"))
     request = host.submit("a.py", lambda cancelled: order.append("request"))
     assert host.busy()
@@ -303,14 +301,7 @@ def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
         seen.append(cancelled())
         return "stopped"
 
-    release, blocker_started, order = threading.Event(), threading.Event(), []
-
-    def blocker(cancelled):
-        blocker_started.set()
-        release.wait(30)
-
-    host.submit("x.py", blocker)
-    assert blocker_started.wait(10)
+    release, order = _hold(host), []
     queued = host.background("a.py", lambda cancelled: order.append("background"))
     host.warm("b.py", lambda cancelled: order.append("warm"))
     release.set()

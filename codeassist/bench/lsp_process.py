@@ -60,6 +60,18 @@ class LspProcess:
             if "method" not in message and message.get("id") == msg_id:
                 return message
 
+    def wait_until_ready(self, ids, timeout_s: float = 300.0) -> None:
+        """Ask for the status (request ids from `ids`) until the model is loaded."""
+        began = time.monotonic()
+        while True:
+            msg_id = next(ids)
+            self.send(request(msg_id, "workspace/executeCommand", {"command": "codeassist.status", "arguments": []}))
+            if self.answer(msg_id, timeout_s)["result"]["modelStatus"] == "ready":
+                return
+            if time.monotonic() - began > timeout_s:
+                raise RuntimeError("the model did not load")
+            time.sleep(0.5)
+
     def sample_rss(self, start: float, every_s: float, samples: list[dict], stop: threading.Event) -> None:
         """Append {"t_s", "rss_mb"} to `samples` every `every_s` until `stop` (run on a thread)."""
         while not stop.wait(every_s):

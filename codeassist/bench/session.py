@@ -100,7 +100,7 @@ def _session(server: LspProcess, root: Path, text: str, jumps: int) -> list[dict
                                           "initializationOptions": {"indexEnabled": False}}))
     server.answer(0, ANSWER_TIMEOUT_S)
     server.send(notification("initialized", {}))
-    _wait_until_ready(server, ids)
+    server.wait_until_ready(ids, ANSWER_TIMEOUT_S)
     uris = {mode: (root / f"decoder_{mode}.py").as_uri() for mode in MODES}
     for mode, uri in uris.items():
         server.send(notification("textDocument/didOpen", {"textDocument": {
@@ -117,18 +117,6 @@ def _session(server: LspProcess, root: Path, text: str, jumps: int) -> list[dict
             versions[mode] = _visit(server, uris[mode], lines, number, cut, versions[mode], ids, start, rows,
                                     mode, jump)
     return rows
-
-
-def _wait_until_ready(server: LspProcess, ids) -> None:
-    began = time.monotonic()
-    while True:
-        msg_id = next(ids)
-        server.send(request(msg_id, "workspace/executeCommand", {"command": "codeassist.status", "arguments": []}))
-        if server.answer(msg_id, ANSWER_TIMEOUT_S)["result"]["modelStatus"] == "ready":
-            return
-        if time.monotonic() - began > ANSWER_TIMEOUT_S:
-            raise RuntimeError("the model did not load")
-        time.sleep(0.5)
 
 
 def _places(lines: list[str], count: int, generator: random.Random | None = None) -> list[tuple[int, int]]:

@@ -51,15 +51,7 @@ def _session(server: LspProcess, root: Path, seconds: float) -> tuple[list[dict]
     server.send(request(0, "initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {}}))
     server.answer(0, ANSWER_TIMEOUT_S)
     server.send(notification("initialized", {}))
-    began = time.monotonic()
-    while True:  # the model loads in the background: no keystrokes before it is ready
-        msg_id = next(ids)
-        server.send(request(msg_id, "workspace/executeCommand", {"command": "codeassist.status", "arguments": []}))
-        if server.answer(msg_id, ANSWER_TIMEOUT_S)["result"]["modelStatus"] == "ready":
-            break
-        if time.monotonic() - began > ANSWER_TIMEOUT_S:
-            raise RuntimeError("the model did not load")
-        time.sleep(0.5)
+    server.wait_until_ready(ids, ANSWER_TIMEOUT_S)  # the model loads in the background: no keystrokes before
     memory: list[dict] = []
     stop = threading.Event()
     start = time.monotonic()

@@ -181,7 +181,7 @@ def test_a_repository_cannot_choose_what_runs_or_where_data_goes(tools, browser,
         workbench.open_file("pkg/shapes.py")
         workbench.wait_status(READY, 300)
         log = server.extension_log()
-        assert "ready on cpu" in log, log[-3000:]  # the user's model in the local engine
+        assert f"{plain_model} ready on cpu" in log, log[-3000:]  # the user's model in the local engine
         assert not planted.exists()
         assert "unknown setting codeassist.engineApiKeyEnv ignored" in log
         assert "127.0.0.1:9" not in log and "engineApiKeyEnv' ignored" not in log  # never sent

@@ -88,12 +88,16 @@ class CodeServer:
         return f"http://127.0.0.1:{self.port}/?folder={self.workspace}"
 
     def write_settings(self, settings: dict) -> None:
-        """User settings (VS Code reloads them when the file changes)."""
-        folder = self.user_data / "User"
-        folder.mkdir(parents=True, exist_ok=True)
+        """The user's settings (VS Code reloads them when the file changes), in the user's
+        file and in the machine's: code-server is VS Code's remote setup, where settings of
+        `machine` scope (the extension's server command, models, engine) are read from the
+        machine's file only."""
         trust = ({"security.workspace.trust.enabled": True, "security.workspace.trust.startupPrompt": "never",
                   "security.workspace.trust.banner": "never"} if self.workspace_trust else {})
-        (folder / "settings.json").write_text(json.dumps({**QUIET_SETTINGS, **trust, **settings}, indent=1))
+        for kind in ("User", "Machine"):
+            folder = self.user_data / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "settings.json").write_text(json.dumps({**QUIET_SETTINGS, **trust, **settings}, indent=1))
 
     def start(self) -> None:
         installed = subprocess.run(

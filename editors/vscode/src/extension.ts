@@ -46,7 +46,8 @@ let declaredSettings: string[] = [];
 function configuration(): { [key: string]: unknown } {
   const section = vscode.workspace.getConfiguration("codeassist");
   for (const key of Object.keys(section)) {
-    if (typeof section.get(key) !== "function" && !declaredSettings.includes(key)) {
+    const member = (section as unknown as { [name: string]: unknown })[key];
+    if (typeof member !== "function" && !declaredSettings.includes(key)) {
       output.warn(`unknown setting codeassist.${key} ignored (not sent to the server)`);
     }
   }

@@ -391,6 +391,7 @@ class CodeassistServer(LanguageServer):
         if self._stale(prepared):
             return None
         self.cancel_refresh(prepared.uri)
+        self.warm_up.cancel()  # a request says where the cursor is: a pending guess is out of date
         def work(cancelled):
             return engine.complete(self._with_context(prepared), cancelled, session_key=prepared.uri,
                                    settings=self._engine_settings(prepared.settings))
@@ -409,8 +410,7 @@ class CodeassistServer(LanguageServer):
             return None
         if result.window == "short":
             self._queue_warm_up(prepared, engine)  # grow it to the whole prompt, in lane 2
-        else:
-            self._refresh_when_idle(prepared.uri, engine)
+        self._refresh_when_idle(prepared.uri, engine)
         return result
 
     def _with_context(self, prepared: PreparedRequest) -> CompletionRequest:
@@ -455,12 +455,12 @@ class CodeassistServer(LanguageServer):
 
     # --- KV refresh in idle time -----------------------------------------------------
     def _refresh_when_idle(self, uri: str, engine: Engine) -> None:
-        """After a completion that reused an approximate (re-rotated) cache, re-encode the
-        document's prompt once the user pauses: the next keystroke then starts from exact
-        states, and the engine's own refresh after many edits (a whole prompt encoded on a
-        keystroke) does not happen while the user takes pauses."""
+        """Once the user pauses after a completion, re-encode the document's prompt if its
+        cache is approximate (re-rotated; checked then, after any warm-up grew it): the next
+        keystroke then starts from exact states, and the engine's own refresh after many edits
+        (a whole prompt encoded on a keystroke) does not happen while the user takes pauses."""
         delay_ms = self.settings.kv_refresh_idle_ms
-        if delay_ms <= 0 or not engine.needs_refresh(uri):
+        if delay_ms <= 0:
             return
         self.cancel_refresh(uri)
         loop = asyncio.get_running_loop()
@@ -468,7 +468,7 @@ class CodeassistServer(LanguageServer):
 
     def _start_refresh(self, uri: str, engine: Engine) -> None:
         self._refresh_timers.pop(uri, None)
-        if engine is not self.engine:
+        if engine is not self.engine or not engine.needs_refresh(uri):
             return
         # The host's background lane: any request or warm-up stops it (between layers).
         self.scheduler.background(uri, lambda cancelled: engine.refresh(uri, cancelled))

@@ -20,6 +20,7 @@ from .decoder import Decoded, Decoder
 from .fim import resolve_fim
 from .healing import Healing, Vocabulary
 from .kv_cache import KvCacheManager, PromptCache
+from .kv_plan import common_prefix
 from .kv_session import EncodingCancelled
 from .models import LoadedModel
 from .prompt import FimPrompt, PromptBudget, build_fim_prompt
@@ -188,6 +189,9 @@ class CompletionEngine:
         window = settings.first_window_tokens
         if not window or session_key is None or recall.typed is not None or len(prompt.ids) <= 2 * window:
             return False
+        session = self.kv.sessions.peek(session_key)
+        if session is not None and len(prompt.ids) - common_prefix(session.ids, prompt.ids) <= 2 * window:
+            return False  # typing near the cached place: no diff needed on this keystroke
         return self.kv.tokens_to_encode(session_key, prompt.ids, settings) > 2 * window
 
     def _prompt_for(self, request: CompletionRequest, recall: Recall, settings: EngineSettings):

@@ -69,14 +69,14 @@ def plan_reuse(old: list[int], new: list[int], mode: str, min_block: int = 8,
         raise ValueError("the new prompt is empty")
     blocks: list[tuple[int, int, int]] = []  # (old start, new start, length)
     if mode == "prefix":
-        common = _common_prefix(old, new)
+        common = common_prefix(old, new)
         if common:
             blocks.append((0, 0, common))
     elif mode == "pie" and old:
         # The common prefix first, as it is: a diff of repetitive code (a run of the same
         # token) may otherwise align it shifted by a token, turning an exact append into an
         # approximate move.
-        common = _common_prefix(old, new)
+        common = common_prefix(old, new)
         if common:
             blocks.append((0, 0, common))
         matcher = SequenceMatcher(None, old[common:], new[common:], autojunk=False)
@@ -91,7 +91,7 @@ def plan_reuse(old: list[int], new: list[int], mode: str, min_block: int = 8,
     return plan
 
 
-def _common_prefix(old: list[int], new: list[int]) -> int:
+def common_prefix(old: list[int], new: list[int]) -> int:
     limit = min(len(old), len(new))
     index = 0
     while index < limit and old[index] == new[index]:

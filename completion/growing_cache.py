@@ -80,3 +80,12 @@ def growing_cache(config=None) -> DynamicCache:
         cache.layer_class_to_replicate = GrowingLayer
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def crop_to(cache: DynamicCache, length: int) -> None:
+    """Crop every layer longer than `length` tokens back to it (the layers that a dropped
+    pass reached)."""
+    for layer in cache.layers:
+        extra = layer.get_seq_length() - length
+        if extra > 0:
+            layer.crop(-extra)

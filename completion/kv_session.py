@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 from kernels.rope import rotate_keys
 
-from .growing_cache import growing_cache
+from .growing_cache import crop_to, growing_cache
 from .preemption import Preempted, between_layers
 from .kv_plan import ReusePlan, Segment
 
@@ -95,7 +95,7 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
                     with between_layers(model, preempted):
                         logits = _encode(model, cache, new_ids, chunk, device)
                 except Preempted:
-                    _drop_after(cache, start)
+                    crop_to(cache, start)
                     raise EncodingCancelled(cache, start, len(new_ids)) from None
         else:
             if old is None:
@@ -104,14 +104,6 @@ def build_cache(model, plan: ReusePlan, new_ids: list[int], old: KvSession | Non
     if logits is None:
         raise ValueError("a plan must encode at least the last token")
     return cache, logits
-
-
-def _drop_after(cache: DynamicCache, length: int) -> None:
-    """Crop the layers that a dropped pass reached back to `length` tokens."""
-    for layer in cache.layers:
-        extra = layer.get_seq_length() - length
-        if extra > 0:
-            layer.crop(-extra)
 
 
 def _encode(model, cache: DynamicCache, ids: list[int], segment: Segment, device) -> torch.Tensor:

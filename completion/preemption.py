@@ -1,5 +1,6 @@
-"""Stopping a forward pass between decoder layers: lower-priority model work (a warm-up, a
-hover summary) gives the model back within one layer's time instead of one pass's."""
+"""Stopping a forward pass between layers: lower-priority model work (a warm-up, a hover
+summary, a batch of the index's embeddings) gives the CPU back within one layer's time
+instead of one pass's."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ class Preempted(Exception):
 
 @contextmanager
 def between_layers(model: torch.nn.Module, preempted: Callable[[], bool] | None):
-    """While the block runs, raise Preempted before any decoder layer of `model` when
+    """While the block runs, raise Preempted before any of `model`'s repeated layers when
     `preempted()` is true (nothing is checked when it is None)."""
-    layers = decoder_layers(model) if preempted is not None else []
+    layers = repeated_layers(model) if preempted is not None else []
 
     def check(module, args):
         if preempted():
@@ -31,7 +32,13 @@ def between_layers(model: torch.nn.Module, preempted: Callable[[], bool] | None)
             hook.remove()
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers of a transformers causal LM (`model.model.layers`), else none."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    return list(layers) if isinstance(layers, torch.nn.ModuleList) else []
+def repeated_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The first list of layers of a transformers model: a causal LM's decoder layers
+    (`model.layers`), a BERT encoder's (`encoder.layer`, inside sentence-transformers'
+    wrapper too); none when it has no such list."""
+    if not isinstance(model, torch.nn.Module):
+        return []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "layer"):
+            return list(module)
+    return []

@@ -3,23 +3,22 @@ template (a plain prompt when the tokenizer has none), greedy, a few dozen token
 
 The prompt is prefilled in small chunks and `cancelled()` is checked between chunks, after
 every token and before every decoder layer, so a completion request takes the model back
-within one layer's time.
+within one layer's time. A stopped summary keeps what it encoded and generated
+(`SummaryRun`): the next turn goes on from there instead of starting over.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .growing_cache import growing_cache
+from .growing_cache import crop_to, growing_cache
 from .models import LoadedModel
 from .preemption import Preempted, between_layers
 
@@ -56,6 +55,18 @@ class Summary:
     tokens: int
     ms: float
     model: str
+
+
+@dataclass
+class SummaryRun:
+    """A summary in progress: the prompt, the cache of what is encoded, the tokens so far."""
+    request: SummaryRequest
+    ids: list[int]
+    cache: object
+    encoded: int = 0  # prompt and generated tokens in the cache
+    logits: torch.Tensor | None = None  # after the last encoded token
+    generated: list[int] = field(default_factory=list)
+    ms: float = 0.0  # time spent on it over all turns
 
 
 class Summarizer:
@@ -97,50 +108,58 @@ class Summarizer:
             return text
         return self.loaded.tokenizer.decode(ids[:tokens]) + "\n..."
 
+    def summarize(self, request: SummaryRequest, cancelled: Callable[[], bool] = lambda: False) -> Summary | None:
+        """The summary, or None when `cancelled()` became true first."""
+        return self.advance(self.start(request), cancelled)
+
+    def start(self, request: SummaryRequest) -> SummaryRun:
+        return SummaryRun(request, self.prompt_ids(request), growing_cache(self.loaded.model.config))
+
     @torch.inference_mode()
-    def summarize(self, request: SummaryRequest, cancelled: Callable[[], bool] = lambda: False,
-                  model_lock: threading.Lock | None = None) -> Summary | None:
-        """The summary, or None when `cancelled()` became true first. `model_lock`, when
-        given, is held during each forward pass: the model's other user (completions) then
-        never runs a pass at the same time; a `cancelled()` that turns true stops the pass in
-        flight before its next decoder layer."""
+    def advance(self, run: SummaryRun, cancelled: Callable[[], bool] = lambda: False) -> Summary | None:
+        """Go on with `run` until its summary is written (returned) or `cancelled()` turns
+        true (None; `run` keeps its progress). Before each decoder layer `cancelled.preempted()`
+        (or `cancelled()` without one) is checked: true drops the pass in flight."""
         start = time.perf_counter()
-        ids = self.prompt_ids(request)
-        model = self.loaded.model
-        device = self.loaded.device
-        cache = growing_cache(model.config)
-        turn = model_lock if model_lock is not None else contextlib.nullcontext()
-
-        def forward(tokens: list[int]) -> torch.Tensor | None:
-            with turn:
-                if cancelled():
-                    return None
-                inputs = torch.tensor([tokens], device=device)
-                try:
-                    with between_layers(model, cancelled):  # gives the model back within a layer
-                        return model(input_ids=inputs, cache=cache, use_cache=True, logits_to_keep=1).logits
-                except Preempted:
-                    return None
-
-        logits = None
-        for first in range(0, len(ids), _PREFILL_CHUNK):
-            logits = forward(ids[first : first + _PREFILL_CHUNK])
-            if logits is None:
-                return None
-        generated: list[int] = []
-        while len(generated) < self.max_new_tokens:
-            token = int(logits[0, -1].argmax())
-            if token in self.stop_ids:
-                break
-            generated.append(token)
-            logits = forward([token])
-            if logits is None:
-                return None
-        text = _tidy(self.loaded.tokenizer.decode(generated, skip_special_tokens=True))
-        ms = (time.perf_counter() - start) * 1000
+        try:
+            text = self._advance(run, cancelled)
+        finally:
+            run.ms += (time.perf_counter() - start) * 1000
+        if text is None:
+            return None
         logger.info("summary of %s: prompt %d tok, %d tok generated in %.0f ms",
-                    request.qualified_name, len(ids), len(generated), ms)
-        return Summary(text, len(ids), len(generated), ms, self.loaded.name)
+                    run.request.qualified_name, len(run.ids), len(run.generated), run.ms)
+        return Summary(text, len(run.ids), len(run.generated), run.ms, self.loaded.name)
+
+    def _advance(self, run: SummaryRun, cancelled: Callable[[], bool]) -> str | None:
+        preempted = getattr(cancelled, "preempted", cancelled)
+        model, device = self.loaded.model, self.loaded.device
+
+        def forward(tokens: list[int]) -> bool:
+            if cancelled():
+                return False
+            inputs = torch.tensor([tokens], device=device)
+            try:
+                with between_layers(model, preempted):  # gives the model back within a layer
+                    run.logits = model(input_ids=inputs, cache=run.cache, use_cache=True, logits_to_keep=1).logits
+            except Preempted:
+                crop_to(run.cache, run.encoded)
+                return False
+            run.encoded += len(tokens)
+            return True
+
+        while run.encoded < len(run.ids):
+            if not forward(run.ids[run.encoded : run.encoded + _PREFILL_CHUNK]):
+                return None
+        while True:
+            if run.encoded == len(run.ids) + len(run.generated):  # the last token's logits are in
+                token = int(run.logits[0, -1].argmax())
+                if token in self.stop_ids or len(run.generated) >= self.max_new_tokens:
+                    break
+                run.generated.append(token)
+            if not forward(run.generated[-1:]):
+                return None
+        return _tidy(self.loaded.tokenizer.decode(run.generated, skip_special_tokens=True))
 
 
 def _tidy(text: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from retrieval.definitions import DefinitionFinder
 from retrieval.outline import Definition, identifier_at
 
 from .positions import offset_at
+from .scheduler import LatestWinsScheduler
 from .settings import ServerSettings
 from .summaries import BACKGROUND, HOVER, SummaryWorker
 from .workspace_files import WorkspaceFiles
@@ -37,12 +37,11 @@ class HoverProvider:
     """Hover content for definitions, and their summaries (cached, or made in the background)."""
 
     def __init__(self, files: WorkspaceFiles, index: Callable[[], CodeIndex | None],
-                 summarizer: Callable[[], Summarizer | None], busy: Callable[[], bool],
-                 model_lock: threading.Lock | None = None):
+                 summarizer: Callable[[], Summarizer | None], host: LatestWinsScheduler):
         self.files = files
         self._index = index
         self._summarizer = summarizer  # None while no model is loaded
-        self.worker = SummaryWorker(busy, model_lock)
+        self.worker = SummaryWorker(host)
         self._caches: dict[Path | None, SummaryCache] = {}
 
     def cache(self) -> SummaryCache:

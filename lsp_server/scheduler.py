@@ -3,10 +3,11 @@ order. Lane 1, the requests a user waits for: for each document only the newest 
 (latest wins). Lane 2, warm-up: the prompt of the place the user is at, encoded before the
 key that needs it; one at a time (a newer hint replaces it), run only while lane 1 is empty,
 and stopped between encoding passes as soon as a lane-1 request waits (what it encoded is
-kept). Lane 3, background: re-encoding a document's approximate KV session in idle time;
-it runs only while lanes 1 and 2 are empty and stops between layers when either has work.
-Hover summaries and the index's embeddings, on their own threads, wait while any lane has
-work (`busy`).
+kept). Lane 3, background: re-encoding a document's approximate KV session in idle time,
+hover summaries, the code-search index's embeddings; it runs only while lanes 1 and 2 are
+empty and stops between layers when either has work. Every forward pass of every model the
+server runs happens on this one worker, so two passes never share the CPU and no lock or
+polling loop is needed.
 
 A newer request for the same key answers the queued older one with None at once, and asks
 a running one to stop (the engine checks between decode steps). A request with the same
@@ -14,10 +15,6 @@ a running one to stop (the engine checks between decode steps). A request with t
 text and menu items of one keystroke: one computation answers both); the job then stops
 only when every waiter has cancelled it. Different documents are served in arrival order.
 Nothing here knows about LSP.
-
-Jobs and chores run holding `model_lock`; hover summaries, generated on their own thread,
-hold it during each forward pass, so two passes never share the CPU (and a completion waits
-at most one decoder layer of a summary pass).
 
 The worker is the one owner of the engine's state: changes to it from other threads (a
 document closed, a file's tokens for the n-gram cache) are queued with `run_soon` and run on
@@ -42,10 +39,10 @@ USER, WARM, BACKGROUND = 1, 2, 3  # lanes
 def _drop(job: "Job") -> None:
     """Stop `job` and answer its waiters with None."""
     job.cancel()
-    _answer(job.future, None)
+    resolve(job.future, None)
 
 
-def _answer(future: Future, value: Any) -> None:
+def resolve(future: Future, value: Any) -> None:
     """Resolve `future` unless its waiter already gave up on it."""
     if not future.done():
         future.set_result(value)
@@ -77,7 +74,6 @@ class LatestWinsScheduler:
         self._warm: Job | None = None  # lane 2: waiting to run
         self._background: OrderedDict[str, Job] = OrderedDict()  # lane 3, by key
         self._closed = False
-        self.model_lock = threading.Lock()
         self.max_concurrent = 0  # the most jobs seen running at once
         self._active = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -87,7 +83,7 @@ class LatestWinsScheduler:
         job = Job(key, work, identity)
         with self._lock:
             if self._closed:
-                _answer(job.future, None)
+                resolve(job.future, None)
                 return job
             same = self._joinable(key, identity)
             if same is not None:
@@ -124,7 +120,7 @@ class LatestWinsScheduler:
         job.lane = WARM
         with self._lock:
             if self._closed:
-                _answer(job.future, None)
+                resolve(job.future, None)
                 return job
             self._drop_warm()
             self._warm = job
@@ -139,7 +135,7 @@ class LatestWinsScheduler:
         job.lane = BACKGROUND
         with self._lock:
             if self._closed:
-                _answer(job.future, None)
+                resolve(job.future, None)
                 return job
             older = self._background.pop(key, None)
             if older is not None:
@@ -162,7 +158,7 @@ class LatestWinsScheduler:
         future: Future = Future()
         with self._lock:
             if self._closed:
-                _answer(future, None)
+                resolve(future, None)
                 return future
             self._chores.append((chore, future))
             self._lock.notify()
@@ -181,6 +177,10 @@ class LatestWinsScheduler:
                 _drop(queued)
             if self._running is not None and self._running.key == key:
                 self._running.cancel()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def busy(self) -> bool:
         """Whether a job of either lane runs or waits (background work yields meanwhile)."""
@@ -208,7 +208,7 @@ class LatestWinsScheduler:
             job.cancel()
             if self._pending.get(job.key) is job:
                 del self._pending[job.key]
-                _answer(job.future, None)
+                resolve(job.future, None)
 
     def close(self) -> None:
         with self._lock:
@@ -221,7 +221,7 @@ class LatestWinsScheduler:
                 _drop(job)
             self._background.clear()
             for _, future in self._chores:
-                _answer(future, None)
+                resolve(future, None)
             self._chores.clear()
             if self._running is not None:
                 self._running.cancel()
@@ -248,17 +248,16 @@ class LatestWinsScheduler:
                 else:
                     _, job = self._background.popitem(last=False)
                     self._running = job
-            with self.model_lock:
-                if job is None:
-                    _run_chore(chore, future)
-                    continue
-                self._run(job)
+            if job is None:
+                _run_chore(chore, future)
+                continue
+            self._run(job)
             with self._lock:
                 self._running = None
 
     def _run(self, job: Job) -> None:
         if job.cancelled() or not job.future.set_running_or_notify_cancel():
-            _answer(job.future, None)
+            resolve(job.future, None)
             return
         self._active += 1
         self.max_concurrent = max(self.max_concurrent, self._active)
@@ -294,7 +293,7 @@ class LaneStop:
 
 def _run_chore(chore: Callable[[], Any], future: Future) -> None:
     try:
-        _answer(future, chore())
+        resolve(future, chore())
     except Exception as error:  # the worker must survive any chore
         logger.exception("a state change on the model worker failed")
         if not future.done():

@@ -1,16 +1,18 @@
 """Code search in the server: the workspace index, kept up to date in the background.
 
 One worker thread runs index updates in order (the first indexes the whole workspace, with
-$/progress; later ones re-index saved or changed files). It encodes with one torch thread
-and waits between batches while a completion runs. Searches read the current snapshot.
+$/progress; later ones re-index saved or changed files). Each encoder batch runs in the
+engine host's background lane, with one torch thread: only while no completion or warm-up
+waits, stopped before the next encoder layer when one arrives and run again at the next
+turn. Searches read the current snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,23 +20,32 @@ from lsprotocol import types
 from pygls.uris import to_fs_path
 
 from completion.home import codeassist_home
+from completion.preemption import Preempted, between_layers
 from retrieval import CodeIndex, IndexConfig, SearchHit
 
 from .client import ClientChannel, Progress
+from .scheduler import LatestWinsScheduler
 from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-_PAUSE_S = 0.05
+INDEX_KEY = "codeassist:index"  # the index batches' key in the host (never a document's URI)
 _PROGRESS_EVERY_S = 0.5
 _SYMBOL_KINDS = {"class": types.SymbolKind.Class, "method": types.SymbolKind.Method,
                  "function": types.SymbolKind.Function, "module": types.SymbolKind.Module}
 
 
+_STOPPED = object()  # a batch stopped before it was done
+
+
+class IndexingStopped(Exception):
+    """The update was abandoned (shutdown, or another index took this one's place)."""
+
+
 class WorkspaceSearch:
-    def __init__(self, client: ClientChannel, busy: Callable[[], bool]):
+    def __init__(self, client: ClientChannel, host: LatestWinsScheduler):
         self.client = client
-        self._busy = busy  # whether the model worker has a completion to run
+        self._host = host
         self.index: CodeIndex | None = None
         self.status = "off"  # off | indexing | ready | failed
         self._key = None
@@ -62,9 +73,12 @@ class WorkspaceSearch:
     async def _index_all(self, index: CodeIndex) -> None:
         self.status = "indexing"
         progress = await self.client.progress("Indexing workspace")
-        future = self._worker.submit(index.update, None, _reporter(progress), self._pause)
+        future = self._worker.submit(index.update, None, _reporter(progress), functools.partial(self._on_host, index))
         try:
             stats = await asyncio.wrap_future(future)
+        except IndexingStopped as reason:
+            logger.info("indexing %s stopped: %s", index.root, reason)
+            message = "stopped"
         except Exception as error:  # a broken encoder or disk must not take the server down
             self.status = "failed"
             self.client.tell(logging.ERROR, f"codeassist: indexing failed: {error}")
@@ -76,10 +90,27 @@ class WorkspaceSearch:
             self.client.tell(logging.INFO, f"codeassist: indexed {index.root}: {message}")
         progress.end(message)
 
-    def _pause(self) -> None:
-        """Between encoder batches: wait while the model worker has a completion to run."""
-        while self._busy():
-            time.sleep(_PAUSE_S)
+    def _on_host(self, index: CodeIndex, encode_batch):
+        """Run one encoder batch of `index` in the host's background lane (on the indexing
+        thread: waits for it); a batch stopped by more urgent work is run again at the next
+        turn."""
+        if self.index is not index:
+            raise IndexingStopped("another index took its place")
+        model = getattr(index.encoder, "model", None)  # layers to stop between, when it has them
+
+        def turn(stop):
+            try:
+                with between_layers(model, stop.preempted):
+                    return encode_batch()
+            except Preempted:
+                return _STOPPED
+
+        while True:
+            rows = self._host.background(INDEX_KEY, turn).future.result()
+            if rows is None:
+                raise IndexingStopped("the server is shutting down")
+            if rows is not _STOPPED:
+                return rows
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -91,7 +122,7 @@ class WorkspaceSearch:
         paths = [p for p in (to_fs_path(uri) for uri in uris) if p]
         if index is None or not paths:
             return None
-        future = self._worker.submit(index.update, paths, None, self._pause)
+        future = self._worker.submit(index.update, paths, None, functools.partial(self._on_host, index))
         future.add_done_callback(_log_failure)
         return future
 
@@ -141,7 +172,8 @@ def _reporter(progress: Progress):
 
 
 def _log_failure(future: Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
+    if not future.cancelled() and future.exception() is not None \
+            and not isinstance(future.exception(), IndexingStopped):
         logger.error("re-indexing failed: %s", future.exception())
 
 

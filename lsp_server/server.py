@@ -132,9 +132,8 @@ class CodeassistServer(LanguageServer):
         self._load_lock = threading.Lock()
         self._summarizer: Summarizer | None = None
         self.files = WorkspaceFiles(lambda: self.workspace)
-        self.code_search = WorkspaceSearch(self.client, self.scheduler.busy)
-        self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.summarizer,
-                                    self.scheduler.busy, self.scheduler.model_lock)
+        self.code_search = WorkspaceSearch(self.client, self.scheduler)
+        self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.summarizer, self.scheduler)
         self.context = CompletionContext(self.files, lambda: self.code_search.index)
         # Files are tokenized for the n-gram cache here, off the event loop and the worker.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeassist-ngrams")

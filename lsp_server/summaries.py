@@ -1,9 +1,11 @@
-"""Hover summaries in the background: one thread, hover requests before precomputation,
-and never while a completion runs or waits (completion has the model first).
+"""Hover summaries in the engine host's background lane: hover requests before precomputed
+ones, one summary at a time in the host.
 
-A job waits until the model worker is idle, then generates; a completion that arrives
-meanwhile cancels the generation at its next step, and the job starts over once the worker
-is idle again. Finished summaries go into the cache, so the next hover has them at once.
+A summary runs only while no completion or warm-up waits; one that arrives stops it before
+the next decoder layer. The summary keeps what it encoded and generated (`SummaryRun`), goes
+back into the queue and goes on from there at its next turn. A hover request stops a
+precomputed summary in the host the same way, to run first. Finished summaries go into the
+cache, so the next hover has them at once.
 """
 
 from __future__ import annotations
@@ -12,67 +14,88 @@ import heapq
 import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 
-from completion.summarize import Summarizer, SummaryRequest
+from completion.summarize import Summarizer, SummaryRequest, SummaryRun
 from completion.summary_cache import SummaryCache
+
+from .scheduler import LatestWinsScheduler, resolve
 
 logger = logging.getLogger(__name__)
 
 HOVER, BACKGROUND = 0, 1  # job priorities (lower first)
-_IDLE_POLL_S = 0.05
-_MAX_TRIES = 8
+HOST_KEY = "codeassist:summaries"  # the summaries' key in the host (never a document's URI)
+_MAX_TURNS = 64  # turns a summary may be stopped and resumed before it is given up
 
 Prepare = Callable[[], "tuple[str, SummaryRequest] | None"]  # -> (cache key, request)
 
 
+@dataclass
+class SummaryJob:
+    job_id: str
+    prepare: Prepare
+    summarizer: Summarizer
+    cache: SummaryCache
+    priority: int
+    seq: int  # its place among jobs of its priority: kept when it is stopped and queued again
+    future: Future = field(default_factory=Future)
+    prepared: tuple[str, SummaryRequest] | None = None
+    run: SummaryRun | None = None
+    turns: int = 0
+
+
+@dataclass(frozen=True)
+class _Done:  # a turn's outcome when the job is over (text None: no summary could be made)
+    text: str | None
+
+
 class SummaryWorker:
-    def __init__(self, busy: Callable[[], bool], model_lock: threading.Lock | None = None):
-        self._busy = busy
-        self._model_lock = model_lock  # held by the model worker's jobs and by each summary pass
-        self._lock = threading.Condition()
+    def __init__(self, host: LatestWinsScheduler):
+        self._host = host
+        self._lock = threading.Lock()
         self._heap: list[tuple[int, int, str]] = []
-        self._jobs: dict[str, tuple[Prepare, Summarizer, SummaryCache, Future]] = {}
+        self._jobs: dict[str, SummaryJob] = {}
         self._order = itertools.count()
-        self._hover_ids: set[str] = set()  # jobs a hover waits for: never dropped
+        self._current: SummaryJob | None = None  # the job whose turn is in the host
         self._closed = False
         self.generated = 0
         self.preempted = 0
-        self._thread = threading.Thread(target=self._loop, name="summaries", daemon=True)
-        self._thread.start()
 
     def submit(self, job_id: str, prepare: Prepare, summarizer: Summarizer, cache: SummaryCache,
                priority: int = BACKGROUND) -> Future:
         """Queue a summary (once per `job_id` while queued); the future gets its text, or
         None when it could not be made."""
         with self._lock:
-            if job_id in self._jobs:
-                future = self._jobs[job_id][3]
-            else:
-                future = Future()
-                self._jobs[job_id] = (prepare, summarizer, cache, future)
+            job = self._jobs.get(job_id)
+            if job is None:
+                job = SummaryJob(job_id, prepare, summarizer, cache, priority, next(self._order))
+                self._jobs[job_id] = job
             if self._closed:
-                if not future.done():
-                    future.set_result(None)
-                return future
-            if priority == HOVER:
-                self._hover_ids.add(job_id)
-            heapq.heappush(self._heap, (priority, next(self._order), job_id))  # may raise priority
-            self._lock.notify()
-        return future
+                resolve(job.future, None)
+                return job.future
+            job.priority = min(job.priority, priority)
+            heapq.heappush(self._heap, (priority, job.seq, job_id))  # may raise its priority
+            current = self._current
+            overtakes = priority == HOVER and current is not None and current.priority == BACKGROUND
+        if overtakes:
+            self._host.cancel_key(HOST_KEY)  # it keeps its progress and waits its next turn
+        self._next_turn()
+        return job.future
 
     def drop_background(self, prefix: str) -> int:
         """Forget queued background jobs whose id starts with `prefix` (a closed file's);
         their futures get None. Returns how many were dropped."""
         with self._lock:
-            dropped = [job_id for job_id in self._jobs if job_id.startswith(prefix)
-                       and job_id not in self._hover_ids]
-            for job_id in dropped:
-                *_, future = self._jobs.pop(job_id)
-                if not future.done():
-                    future.set_result(None)
+            dropped = [job for job_id, job in self._jobs.items()
+                       if job_id.startswith(prefix) and job.priority == BACKGROUND]
+            for job in dropped:
+                del self._jobs[job.job_id]
+                resolve(job.future, None)
+            stop_current = self._current in dropped
+        if stop_current:
+            self._host.cancel_key(HOST_KEY)
         return len(dropped)
 
     def pending(self) -> int:
@@ -82,59 +105,67 @@ class SummaryWorker:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for *_, future in self._jobs.values():
-                if not future.done():
-                    future.set_result(None)
+            for job in self._jobs.values():
+                resolve(job.future, None)
             self._jobs.clear()
-            self._lock.notify()
+            self._heap.clear()
+        self._host.cancel_key(HOST_KEY)
 
-    def _cancelled(self) -> bool:
-        return self._closed or self._busy()
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._closed and not self._heap:
-                    self._lock.wait()
-                if self._closed:
-                    return
+    def _next_turn(self) -> None:
+        """Give the most urgent queued job a turn in the host, unless one has it."""
+        if self._host.closed:
+            self.close()
+            return
+        with self._lock:
+            if self._closed or self._current is not None:
+                return
+            job = None
+            while self._heap and job is None:
                 _, _, job_id = heapq.heappop(self._heap)
                 job = self._jobs.get(job_id)
-            if job is not None:
-                self._run(job_id, *job)
+            if job is None:
+                return
+            self._current = job
+        turn = self._host.background(HOST_KEY, lambda cancelled: self._turn(job, cancelled))
+        turn.future.add_done_callback(lambda future: self._turn_ended(job, future))
 
-    def _run(self, job_id: str, prepare: Prepare, summarizer: Summarizer, cache: SummaryCache,
-             future: Future) -> None:
-        text = None
+    def _turn(self, job: SummaryJob, cancelled: Callable[[], bool]) -> _Done | None:
+        """On the host: the job's summary from the cache, or generated until it is done
+        (_Done) or stopped (None)."""
         try:
-            prepared = prepare()
-            if prepared is not None:
-                key, request = prepared
-                text = cache.get(key)
-                if text is None:
-                    text = self._generate(job_id, summarizer, request)
-                    if text is not None:
-                        cache.put(key, text)
-                        self.generated += 1
-        except Exception:  # the worker survives any job
-            logger.exception("summary job %s failed", job_id)
-        with self._lock:
-            self._jobs.pop(job_id, None)
-            self._hover_ids.discard(job_id)
-        if not future.done():
-            future.set_result(text)
+            if job.prepared is None:
+                job.prepared = job.prepare()
+                if job.prepared is None:
+                    return _Done(None)
+            key, request = job.prepared
+            text = job.cache.get(key)
+            if text is not None:
+                return _Done(text)
+            if job.run is None:
+                job.run = job.summarizer.start(request)
+            summary = job.summarizer.advance(job.run, cancelled)
+        except Exception:  # the host survives any job
+            logger.exception("summary job %s failed", job.job_id)
+            return _Done(None)
+        if summary is None:
+            return None
+        job.cache.put(key, summary.text)
+        self.generated += 1
+        return _Done(summary.text)
 
-    def _generate(self, job_id: str, summarizer: Summarizer, request: SummaryRequest) -> str | None:
-        for _ in range(_MAX_TRIES):
-            while self._busy() and not self._closed:
-                time.sleep(_IDLE_POLL_S)
-            with self._lock:
-                dropped = job_id not in self._jobs  # its file was closed while it waited
-            if self._closed or dropped:
-                return None
-            summary = summarizer.summarize(request, self._cancelled, self._model_lock)
-            if summary is not None:
-                return summary.text
-            self.preempted += 1
-            logger.debug("summary of %s preempted by a completion", request.qualified_name)
-        return None
+    def _turn_ended(self, job: SummaryJob, turn: Future) -> None:
+        outcome = turn.result()  # None: stopped, or dropped by the host before it ran
+        with self._lock:
+            self._current = None
+            if self._jobs.get(job.job_id) is not job:  # dropped or closed meanwhile
+                pass
+            elif isinstance(outcome, _Done) or job.turns >= _MAX_TURNS or self._host.closed:
+                del self._jobs[job.job_id]
+                resolve(job.future, outcome.text if isinstance(outcome, _Done) else None)
+            else:
+                job.turns += 1
+                self.preempted += 1
+                heapq.heappush(self._heap, (job.priority, job.seq, job.job_id))
+                logger.debug("summary %s stopped; it goes on at its next turn", job.job_id)
+        self._next_turn()
+

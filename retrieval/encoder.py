@@ -27,6 +27,9 @@ _QUERY_PREFIXES = {
 }
 
 Progress = Callable[[int], None]  # called with the number of texts just encoded
+# Runs one batch's encoding (given as a function) where the caller wants it: the server runs
+# them in its engine host's background lane. Returns the batch's rows.
+BatchRunner = Callable[[Callable[[], np.ndarray]], np.ndarray]
 
 
 class Encoder:
@@ -50,18 +53,20 @@ class Encoder:
         return len(self._tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: Progress | None = None,
-               pause: Callable[[], None] | None = None) -> np.ndarray:
-        """Document vectors, one row per text, in batches; `pause()` runs before each batch
-        (the server waits there while a completion runs)."""
+               run_batch: BatchRunner | None = None) -> np.ndarray:
+        """Document vectors, one row per text, in batches, each through `run_batch` when
+        given."""
         rows = []
         # Longest first keeps padding (and time) low; the order is restored below.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), batch_size):
-            if pause is not None:
-                pause()
             batch = [texts[i] for i in order[start : start + batch_size]]
-            with _torch_threads(self.threads):
-                rows.append(self._encode(batch))
+
+            def encode_batch(batch: list[str] = batch) -> np.ndarray:
+                with _torch_threads(self.threads):
+                    return self._encode(batch)
+
+            rows.append(encode_batch() if run_batch is None else run_batch(encode_batch))
             if progress is not None:
                 progress(len(batch))
         if not rows:

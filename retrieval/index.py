@@ -103,15 +103,16 @@ class CodeIndex:
 
     # --- updates ---------------------------------------------------------------------
     def update(self, paths: list[str | Path] | None = None, progress=None,
-               pause=None) -> IndexStats:
-        """Bring the index up to date with the files (all, or only `paths`) and save it."""
+               run_batch=None) -> IndexStats:
+        """Bring the index up to date with the files (all, or only `paths`) and save it;
+        each encoder batch runs through `run_batch` when given (retrieval.encoder)."""
         relative = None if paths is None else [p for p in (self._relative(p) for p in paths) if p]
         with self._update_lock, FileLock(str(self._lock_path())):
             if store.current_generation(self.folder) != self.snapshot.generation:
                 self._snapshot = self._load()  # another process saved a newer index
             snapshot, stats = indexer.update(
                 self.snapshot, self.root, self.encoder, self.config.file_filter, relative,
-                self.config.batch_size, progress, pause, self._save, self.config.checkpoint_every_s)
+                self.config.batch_size, progress, run_batch, self._save, self.config.checkpoint_every_s)
             if snapshot.files != self.snapshot.files or self.snapshot.generation is None:
                 self._save(snapshot)
             logger.info("index %s: %s", self.root, stats.summary())

@@ -20,7 +20,7 @@ import numpy as np
 from completion.syntax import language_for
 
 from .chunking import chunk_file
-from .encoder import Encoder
+from .encoder import BatchRunner, Encoder
 from .files import FileFilter, FileState, is_indexable, read_text, walk
 from .store import FileRecord, Snapshot
 from .tokens import split_identifier, words
@@ -90,7 +90,7 @@ def content_hash(chunk: Chunk) -> str:
 
 def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFilter,
            paths: list[str] | None = None, batch_size: int = 32,
-           progress: Progress | None = None, pause: Callable[[], None] | None = None,
+           progress: Progress | None = None, run_batch: BatchRunner | None = None,
            checkpoint: Callable[[Snapshot], None] | None = None,
            checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> tuple[Snapshot, IndexStats]:
     """The next snapshot: all files under `root`, or only `paths` (relative to `root`).
@@ -125,7 +125,7 @@ def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFi
             if progress is not None:
                 progress(before + done, total_texts)
 
-        vectors[group] = embed([new_chunks[i] for i in group], encoder, batch_size, advance, pause)
+        vectors[group] = embed([new_chunks[i] for i in group], encoder, batch_size, advance, run_batch)
         done_texts += sum(_text_count(new_chunks[i]) for i in group)
         if checkpoint is not None and group[-1] != todo[-1] \
                 and time.perf_counter() - last_checkpoint >= checkpoint_every_s:
@@ -208,7 +208,7 @@ def _reused_vectors(snapshot: Snapshot, hashes: list[str]) -> tuple[np.ndarray, 
 
 
 def embed(chunks: list[Chunk], encoder: Encoder, batch_size: int = 32,
-          progress: Progress | None = None, pause=None, first_block_only: bool = False,
+          progress: Progress | None = None, run_batch: BatchRunner | None = None, first_block_only: bool = False,
           ) -> np.ndarray:
     """One vector per chunk: its blocks encoded separately and averaged (SEA; only the
     first block with `first_block_only`), combined with its name text's vector."""
@@ -230,7 +230,7 @@ def embed(chunks: list[Chunk], encoder: Encoder, batch_size: int = 32,
         if progress is not None:
             progress(done, len(texts))
 
-    encoded = encoder.encode(texts, batch_size, advance, pause)
+    encoded = encoder.encode(texts, batch_size, advance, run_batch)
     vectors = np.zeros((len(chunks), encoder.dim), np.float32)
     np.add.at(vectors, np.asarray(owners, dtype=np.int64), encoded[: len(owners)])
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -53,11 +53,15 @@ class FakeEncoder:
             vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1.0
         return vector / max(np.linalg.norm(vector), 1e-6)
 
-    def encode(self, texts, batch_size=32, progress=None, pause=None):
-        self.encoded.extend(texts)
+    def encode(self, texts, batch_size=32, progress=None, run_batch=None):
+        def encode_all() -> np.ndarray:
+            self.encoded.extend(texts)
+            return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+
+        rows = encode_all() if run_batch is None else run_batch(encode_all)
         if progress is not None:
             progress(len(texts))
-        return np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        return rows
 
     def encode_query(self, query: str) -> np.ndarray:
         return self._vector(query)

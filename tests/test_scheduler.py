@@ -135,10 +135,13 @@ def test_running_generation_stops_within_one_decode_step(scheduler, tiny_model_d
     assert second.future.result(timeout=5) == "newer"
 
 
-def test_jobs_and_chores_run_holding_the_model_lock(scheduler):
-    assert scheduler.submit("a", lambda cancelled: scheduler.model_lock.locked()).future.result(5)
-    assert scheduler.run_soon(scheduler.model_lock.locked).result(5)
-    assert not scheduler.model_lock.locked()
+def test_every_lane_and_chore_runs_on_the_one_worker(scheduler):
+    def thread(*_):
+        return threading.get_ident()
+
+    threads = {scheduler.submit("a", thread).future.result(5), scheduler.run_soon(thread).result(5),
+               scheduler.warm("a", thread).future.result(5), scheduler.background("a", thread).future.result(5)}
+    assert len(threads) == 1 and threading.get_ident() not in threads
 
 
 def test_explicit_cancel_of_a_queued_job(scheduler):

@@ -1,13 +1,14 @@
 """Hover summaries: the prompt (chat template or plain), cancellation, the content-hash cache,
 and (embedded model) a real summary of a real function."""
 
+import itertools
 import json
-import threading
 import time
 
 import pytest
 
 from completion import load_model
+from completion.preemption import repeated_layers
 from completion.summarize import SYSTEM_PROMPT, Summarizer, SummaryRequest
 from completion.summary_cache import SummaryCache
 
@@ -54,23 +55,19 @@ def test_cancelled_generation_returns_none_and_stops_early(tiny):
     assert len(calls) == 4  # checked between prefill chunks and tokens, stopped at once
 
 
-def test_each_forward_pass_waits_for_the_model_lock(tiny):
-    # Completions hold the lock for a whole job: a summary pass never overlaps one.
-    lock, passes = threading.Lock(), []
-    hook = tiny.model.register_forward_pre_hook(lambda *_: passes.append(lock.locked()))
-    try:
-        lock.acquire()
-        done = []
-        worker = threading.Thread(target=lambda: done.append(Summarizer(tiny, max_new_tokens=4).summarize(
-            REQUEST, model_lock=lock)))
-        worker.start()
-        time.sleep(0.5)
-        assert passes == [] and not done  # waiting for its turn
-        lock.release()
-        worker.join(30)
-    finally:
-        hook.remove()
-    assert done and done[0] is not None and passes and all(passes)  # every pass ran holding it
+def test_a_stopped_summary_goes_on_where_it_stopped(tiny):
+    # Stopped again and again, before passes and between layers (the pass in flight is
+    # dropped and its layers' keys cropped), the summary still ends as an uninterrupted one.
+    summarizer = Summarizer(tiny, max_new_tokens=8)
+    whole = summarizer.summarize(REQUEST)
+    period = len(repeated_layers(tiny.model)) + 4  # one whole pass, then a stop at a later layer
+    calls = itertools.count(1)
+    run, turns, summary = summarizer.start(REQUEST), 0, None
+    while summary is None and turns < 100:
+        summary = summarizer.advance(run, lambda: next(calls) % period == 0)
+        turns += 1
+    assert summary is not None and turns > 3
+    assert (summary.text, summary.tokens, summary.prompt_tokens) == (whole.text, whole.tokens, whole.prompt_tokens)
 
 
 def test_key_depends_on_model_code_and_context():

@@ -11,6 +11,7 @@ from lsprotocol import types
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
 from lsp_server.scheduler import LatestWinsScheduler
 from lsp_server.warm_up import identifier_occurrences
+from tests.host_helpers import hold
 from tests.lsp_helpers import open_document, start_server, status, wait_until_ready
 
 SOURCE = '''import math
@@ -39,19 +40,6 @@ def host():
     scheduler.close()
 
 
-def _hold(host) -> threading.Event:
-    """Keep the host busy with a lane-1 job until the returned event is set."""
-    release, started = threading.Event(), threading.Event()
-
-    def blocker(cancelled):
-        started.set()
-        release.wait(30)
-
-    host.submit("x.py", blocker)
-    assert started.wait(10)
-    return release
-
-
 def _until_cancelled(started: threading.Event, seen: list):
     """Warm-up work that runs until it is told to stop (a guard ends it after 30 s)."""
     def work(cancelled):
@@ -75,7 +63,7 @@ def test_a_warm_up_yields_to_a_request_of_any_document(host):
 
 
 def test_a_newer_hint_replaces_the_warm_up(host):
-    release = _hold(host)
+    release = hold(host)
     waiting = host.warm("a.py", lambda cancelled: "old place")
     newer = host.warm("a.py", lambda cancelled: "new place")
     assert waiting.future.result(timeout=1) is None  # replaced before it ran
@@ -90,7 +78,7 @@ def test_a_newer_hint_replaces_the_warm_up(host):
 
 
 def test_requests_run_before_a_waiting_warm_up(host):
-    release, order = _hold(host), []
+    release, order = hold(host), []
     warm = host.warm("a.py", lambda cancelled: order.append("warm"))
     request = host.submit("a.py", lambda cancelled: order.append("request"))
     assert host.busy()
@@ -301,7 +289,7 @@ def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
         seen.append(cancelled())
         return "stopped"
 
-    release, order = _hold(host), []
+    release, order = hold(host), []
     queued = host.background("a.py", lambda cancelled: order.append("background"))
     host.warm("b.py", lambda cancelled: order.append("warm"))
     release.set()

@@ -3,13 +3,20 @@
 Mid-line, a suggestion finishes the line. On a blank line inside a block (or right after a
 line that opens one) it is a block: it ends at the first line that dedents below the
 block's indentation, at a line that repeats the code below the cursor, or at `max_lines`.
+Either ends where the model leaks a markdown fence or a special token's text; a finished
+suggestion that is junk (completion/junk.py) is dropped.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from .junk import FENCE, cut_leaks, junk_reason
 from .syntax import enclosing_block_indent
+
+logger = logging.getLogger(__name__)
+_NEARBY_LINES = 8  # non-blank lines above and below the cursor line a suggestion may repeat
 
 _BLOCK_OPENERS = (":", "{", "(", "[", "=>")
 
@@ -22,6 +29,10 @@ class StopPolicy:
     next_code_line: str  # the first non-blank line below the cursor line, stripped
     max_lines: int = 16
     block_closed_below: bool = False  # code below the cursor already dedents out of the block
+    line_prefix: str = ""  # the cursor line before the cursor
+    lines_above: tuple[str, ...] = ()  # the nearest non-blank lines above, stripped, nearest last
+    lines_below: tuple[str, ...] = ()  # the nearest non-blank lines below, stripped, nearest first
+    fences_allowed: bool = False  # the document has markdown fences of its own
 
 
 _CLOSERS = frozenset(")]};,")
@@ -39,11 +50,15 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     before = text[line_start:cursor]
     after = text[cursor:line_end].rstrip("\r")
     below = text[line_end + 1 :].split("\n") if line_end < len(text) else []
-    next_code = next((line.strip() for line in below if line.strip()), "")
+    lines_below = tuple(line.strip() for line in below if line.strip())[:_NEARBY_LINES]
+    next_code = lines_below[0] if lines_below else ""
+    lines_above = _nonblank_lines_before(text, line_start, _NEARBY_LINES)
+    fences = FENCE in text
 
     def policy(multiline: bool, min_indent: int = 0) -> StopPolicy:
         closed = any(line.strip() and _indent_of(line) < min_indent for line in below)
-        return StopPolicy(multiline, min_indent, after, next_code, max_lines, closed)
+        return StopPolicy(multiline, min_indent, after, next_code, max_lines, closed, before, lines_above,
+                          lines_below, fences)
 
     if after.strip():
         return policy(False)  # code right of the cursor: complete within the line
@@ -64,6 +79,18 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     return policy(True, indent)
 
 
+def _nonblank_lines_before(text: str, end: int, count: int) -> tuple[str, ...]:
+    """The last `count` non-blank lines of text[:end], stripped, in order."""
+    lines: list[str] = []
+    while end > 0 and len(lines) < count:
+        start = text.rfind("\n", 0, end - 1) + 1
+        line = text[start:end].strip()
+        if line:
+            lines.append(line)
+        end = start
+    return tuple(reversed(lines))
+
+
 @dataclass(frozen=True)
 class StopCheck:
     stop: bool
@@ -73,6 +100,14 @@ class StopCheck:
 
 def check_text(generated: str, policy: StopPolicy) -> StopCheck:
     """Apply the policy to the text generated so far (called after every token)."""
+    kept, leak = cut_leaks(generated, policy.fences_allowed)
+    check = _check_lines(kept, policy)
+    if leak is not None and not check.stop:
+        return StopCheck(True, check.text, leak)
+    return check
+
+
+def _check_lines(generated: str, policy: StopPolicy) -> StopCheck:
     if not policy.multiline:
         line = generated.split("\n", 1)[0]
         cut = cut_at_line_suffix(line, policy.line_suffix)
@@ -106,14 +141,23 @@ def check_text(generated: str, policy: StopPolicy) -> StopCheck:
 
 
 def finalize(text: str, policy: StopPolicy) -> str:
-    """Trim trailing blank lines and whatever repeats the text right of the cursor."""
+    """Trim trailing blank lines and whatever repeats the text right of the cursor; empty
+    when what is left is junk (logged)."""
     if policy.multiline:
         text = text.rstrip()
     else:
         text = text.rstrip("\r")
         if not policy.line_suffix.strip():
             text = text.rstrip()
-    return trim_suffix_overlap(text, policy.line_suffix)
+    text = trim_suffix_overlap(text, policy.line_suffix)
+    if not text:
+        return text
+    reason = junk_reason(text, policy.line_prefix, list(policy.lines_above), list(policy.lines_below),
+                         policy.line_suffix)
+    if reason is not None:
+        logger.info("suggestion not shown: %s (%d chars)", reason, len(text))
+        return ""
+    return text
 
 
 _PAIRS = {")": "(", "]": "[", "}": "{"}

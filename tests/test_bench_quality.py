@@ -1,0 +1,31 @@
+"""bench quality's holes: cut from HumanEval's canonical solutions, checked by running the
+problem's tests (the canonical middle passes, an empty one or a wrong one does not)."""
+
+from codeassist.bench.quality import KINDS, cut_holes, load_problems, passes, summarize
+
+
+def test_holes_are_reproducible_and_checked_by_running_the_tests():
+    problems = load_problems()
+    assert len(problems) == 164
+    for kind in KINDS:
+        holes = cut_holes(problems, 4, kind)
+        assert holes == cut_holes(problems, 4, kind)  # the same seed, the same holes
+        assert len({hole.task for hole in holes}) == 4
+        for hole in holes:
+            lines = hole.middle.split("\n")
+            assert len(lines) == 1 if kind == "single-line" else 2 <= len(lines) <= 4
+            assert hole.before.split("\n")[-1] == " " * hole.indent  # the cursor after the indentation
+            assert passes(hole, hole.middle)
+            assert not passes(hole, "")
+        assert not passes(holes[0], "raise SystemExit(1)")
+
+
+def test_summary_per_kind_and_engine():
+    rows = [{"kind": "single-line", "engine": "codeassist", "passes": True, "first_line_passes": True,
+             "exact": False, "ms": 100.0, "empty": False, "leak": False},
+            {"kind": "single-line", "engine": "codeassist", "passes": False, "first_line_passes": True,
+             "exact": False, "ms": 300.0, "empty": False, "leak": True}]
+    summary = summarize(rows)
+    assert summary["single_line_codeassist_passes"] == 0.5
+    assert summary["single_line_codeassist_first_line_passes"] == 1.0
+    assert summary["single_line_codeassist_leaks"] == 1 and summary["single_line_codeassist_p50_ms"] == 200.0

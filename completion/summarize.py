@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = ("You are a code assistant. Summarize what this code does in one or two "
                  "sentences of plain English. Do not repeat the code.")
-_PREFILL_CHUNK = 64
+_PREFILL_CHUNK = 32  # tokens per prompt pass: a request waits at most one layer of one pass
 _MAX_CODE_TOKENS = 768
 _MAX_CONTEXT_TOKENS = 384
 

@@ -1,8 +1,20 @@
-"""FIM completion: model loading, prompts, greedy decoding with stop rules."""
+"""FIM completion: model loading, prompts, greedy decoding with stop rules.
 
-from .engine import CompletionEngine
-from .engine_api import Engine
-from .models import load_model
-from .types import Completion, CompletionRequest, EngineSettings
+The names below load on first use: what retrieval shares with completion (syntax, prompt
+files, the cache folder) imports without torch and transformers."""
 
-__all__ = ["CompletionEngine", "Engine", "CompletionRequest", "Completion", "EngineSettings", "load_model"]
+import importlib
+
+_EXPORTS = {
+    "CompletionEngine": ".engine", "Engine": ".engine_api", "load_model": ".models",
+    "Completion": ".types", "CompletionRequest": ".types", "EngineSettings": ".types",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -106,3 +106,16 @@ def test_the_graph_reader_sees_relative_and_package_imports():
     assert "retrieval.search" in graph["retrieval.definitions"]  # from . import search
     assert "completion" in graph["lsp_server.server"]  # from completion import ...
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_retrieval_imports_without_torch_or_transformers():
+    # What retrieval shares with completion (syntax, prompt files, the cache folder) must not
+    # load the engine: `codeassist index` and the search CLI start without torch's seconds.
+    import subprocess
+    import sys
+
+    probe = ("import sys, retrieval, retrieval.context, retrieval.definitions; "
+             "print(sorted(m for m in ('torch', 'transformers', 'completion.engine') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

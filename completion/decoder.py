@@ -34,8 +34,9 @@ class Decoder:
 
     def run(self, built: PromptCache, policy: StopPolicy, settings: EngineSettings, started: float,
             cancelled: Callable[[], bool] | None, drafter: Drafter | None,
-            healing: Healing | None) -> Decoded:
-        """Decode from the prompt's cache; the time budget counts from `started`
+            healing: Healing | None, prefix: Sequence[int] = ()) -> Decoded:
+        """Decode from the prompt's cache (and `prefix`, tokens already generated and in the
+        cache, with `built.logits` after them); the time budget counts from `started`
         (`time.perf_counter()` when decoding starts)."""
         text = ""
 
@@ -54,7 +55,7 @@ class Decoder:
             return None
 
         ids, reason = greedy_decode(self.model, built.cache, built.logits, self.stop_ids,
-                                    should_stop, drafter, healing)
+                                    should_stop, drafter, healing, prefix)
         return Decoded(ids, reason, text)
 
     def draft_room(self, policy: StopPolicy, settings: EngineSettings, healing: Healing | None):

@@ -15,9 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import torch
+
 from .context import select_context
 from .decoder import Decoded, Decoder
 from .fim import resolve_fim
+from .growing_cache import crop_to
 from .healing import Healing, Vocabulary
 from .kv_cache import KvCacheManager, PromptCache
 from .kv_plan import common_prefix
@@ -135,16 +138,18 @@ class CompletionEngine:
         return {"tokens": len(built.ids), "finished": True, "ms": elapsed, **stats}
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
-                 session_key: str | None = None, settings: EngineSettings | None = None) -> Completion:
+                 session_key: str | None = None, settings: EngineSettings | None = None,
+                 alternatives: int = 0) -> Completion:
         """Complete `request`. With `session_key` (e.g. the document URI) the KV cache of that
         key's previous prompt is reused as the settings' `kv_mode` says, and its last
-        suggestion is recycled where the user typed into it."""
+        suggestion is recycled where the user typed into it. With `alternatives`, up to that
+        many other suggestions too (not from a recycled one)."""
         settings = settings or self.settings
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
         recall = self.memory.recall(session_key, request)
         recycled = recall.rest if settings.speculative and "recycle" in settings.draft_sources else ""
-        if recycled and settings.recycle_direct:
+        if recycled and settings.recycle_direct and not alternatives:
             # The stop rules of the new position apply (typing into a block suggestion puts
             # the cursor mid-line: the answer ends with that line).
             direct = finalize(check_text(recycled, policy).text, policy)
@@ -174,13 +179,59 @@ class CompletionEngine:
         decoded = self.decoder.run(built, policy, settings, decode_start, cancelled, drafter, healing)
         if drafter is not None:
             drafter.finish()
-        self.kv.keep(session_key, built)
         final = finalize(decoded.text, policy) if decoded.reason != "cancelled" else ""
+        others = self._alternatives(built, decoded, final, alternatives, policy, settings, cancelled, healing) \
+            if alternatives and decoded.ids and decoded.reason != "cancelled" else ()
+        self.kv.keep(session_key, built)
         ids = (recall.typed.tokens if recall.typed else []) + decoded.ids  # the stream after `head`
         self.memory.remember(session_key, request, recall, final, head, base, ids)
         self._remember_suggestion(ids, settings)
         return replace(self._result(request, final, decoded, built, policy, drafter, start, prompt_ms),
-                       window=window)
+                       window=window, alternatives=others)
+
+    def _alternatives(self, built: PromptCache, decoded: Decoded, final: str, count: int, policy: StopPolicy,
+                      settings: EngineSettings, cancelled: Callable[[], bool] | None,
+                      healing: Healing | None) -> tuple[str, ...]:
+        """Up to `count` other suggestions from the same prompt cache: each branch starts with
+        the most likely token not tried yet at the first free place (after the tokens that
+        rewrite what token healing took back) and goes on greedily; a few extra branches when
+        some end as the same text, or empty."""
+        healed = _healed_length(decoded.ids, healing)
+        if healed >= len(decoded.ids):
+            return ()
+        start = len(built.ids) + healed  # the branch point in the cache
+        if healed:
+            crop_to(built.cache, start - 1)
+            at_branch = self._forward_one(built.cache, decoded.ids[healed - 1], start - 1)
+        else:
+            at_branch = built.logits
+        found: list[str] = []
+        tried = [decoded.ids[healed]]
+        for _ in range(count + 2):
+            if len(found) == count or (cancelled is not None and cancelled()):
+                break
+            crop_to(built.cache, start)
+            logits = at_branch.clone()
+            logits[0, -1, tried] = float("-inf")
+            branch = self.decoder.run(replace(built, logits=logits), policy, settings, time.perf_counter(),
+                                      cancelled, None, healing, decoded.ids[:healed])
+            if len(branch.ids) <= healed or branch.reason == "cancelled":
+                break
+            tried.append(branch.ids[healed])
+            text = finalize(branch.text, policy)
+            if text and text != final and text not in found:
+                found.append(text)
+        crop_to(built.cache, len(built.ids))
+        return tuple(found)
+
+    @torch.inference_mode()
+    def _forward_one(self, cache, token: int, position: int) -> torch.Tensor:
+        """The logits after `token` at `position`, appended to `cache`."""
+        device = self.loaded.device
+        out = self.loaded.model(input_ids=torch.tensor([[token]], device=device),
+                                position_ids=torch.tensor([[position]], device=device),
+                                cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits
 
     def _far_from_warm(self, session_key: str | None, prompt: FimPrompt, recall: Recall,
                        settings: EngineSettings) -> bool:
@@ -319,6 +370,16 @@ class CompletionEngine:
         return Drafter(sources, self.acceptance, cost, settings.max_draft_tokens, settings.max_draft_nodes,
                        trees=supports_trees(built.cache),
                        room=self.decoder.draft_room(policy, settings, healing))
+
+
+def _healed_length(ids: list[int], healing: Healing | None) -> int:
+    """How many of the first `ids` rewrite the text token healing took back (0 without it)."""
+    if healing is None:
+        return 0
+    for count in range(1, len(ids) + 1):
+        if len(healing.decode(ids[:count])) >= len(healing.text):
+            return count
+    return len(ids)
 
 
 def _describe_spec(spec: dict) -> str:

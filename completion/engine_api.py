@@ -14,7 +14,10 @@ class Engine(Protocol):
     learns_from_files: bool  # whether open files feed its n-gram cache (`encode`, `remember_tokens`)
 
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
-                 session_key: str | None = None, settings: EngineSettings | None = None) -> Completion: ...
+                 session_key: str | None = None, settings: EngineSettings | None = None,
+                 alternatives: int = 0) -> Completion:
+        """The suggestion at the request's cursor, and up to `alternatives` others where the
+        engine can make them."""
 
     def warm(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
              session_key: str | None = None, settings: EngineSettings | None = None) -> dict:

@@ -103,8 +103,9 @@ class RemoteEngine:
 
     # --- the engine interface -----------------------------------------------------------
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
-                 session_key: str | None = None, settings: EngineSettings | None = None) -> Completion:
-        settings = settings or self.settings
+                 session_key: str | None = None, settings: EngineSettings | None = None,
+                 alternatives: int = 0) -> Completion:
+        settings = settings or self.settings  # (alternatives: one suggestion per request here)
         start = time.perf_counter()
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
         recall = self.memory.recall(session_key, request)

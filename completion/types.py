@@ -103,3 +103,4 @@ class Completion:
     # Speculation in this request: verify steps, drafted / accepted tokens, by source
     spec: dict = field(default_factory=dict, compare=False)
     window: str = "full"  # "short": answered from the first window (EngineSettings)
+    alternatives: tuple[str, ...] = ()  # other suggestions, when asked for (distinct, not empty)

@@ -18,6 +18,8 @@ from .server import CodeassistServer, PreparedRequest
 from .settings import ServerSettings
 from .warm_up import CURSOR_NOTIFICATION, OPEN_DELAY_S, identifier_occurrences
 
+ALTERNATIVES = 2  # other suggestions on an explicit inline completion request (3 in all)
+
 logger = logging.getLogger(__name__)
 
 
@@ -129,20 +131,22 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     async def inline_completion(ls: CodeassistServer, params: types.InlineCompletionParams):
         if not ls.settings.inline_completion:
             return None
-        prepared, text = await _suggest(ls, params.text_document.uri, params.position)
-        if not text:
-            return types.InlineCompletionList(items=[])
+        # Asked for explicitly (a key, not typing): other suggestions too, to cycle through.
+        invoked = params.context is not None and \
+            params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        prepared, texts = await _suggest(ls, params.text_document.uri, params.position,
+                                         ALTERNATIVES if invoked else 0)
         here = types.Range(params.position, params.position)
-        return types.InlineCompletionList(items=[types.InlineCompletionItem(text, range=here)])
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(text, range=here) for text in texts])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
     async def completion(ls: CodeassistServer, params: types.CompletionParams):
         if not ls.settings.completion:
             return None
-        prepared, text = await _suggest(ls, params.text_document.uri, params.position)
-        if not text:
+        prepared, texts = await _suggest(ls, params.text_document.uri, params.position)
+        if not texts:
             return types.CompletionList(is_incomplete=True, items=[])
-        return types.CompletionList(is_incomplete=True, items=[_completion_item(ls, prepared, text)])
+        return types.CompletionList(is_incomplete=True, items=[_completion_item(ls, prepared, texts[0])])
 
     @server.command("codeassist.status")
     def status(ls: CodeassistServer, *args) -> dict:
@@ -184,20 +188,21 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     return server
 
 
-async def _suggest(ls: CodeassistServer, uri: str, position: types.Position):
-    """(prepared request, suggestion text or "") for `position` in `uri`; logs timings."""
+async def _suggest(ls: CodeassistServer, uri: str, position: types.Position, alternatives: int = 0):
+    """(prepared request, the suggestions: the engine's first, then up to `alternatives`
+    others; none when there is nothing to suggest) for `position` in `uri`; logs timings."""
     start = time.perf_counter()
     prepared = ls.prepare(uri, position)
     if prepared is None:
-        return None, ""
-    result = await ls.complete(prepared)
-    text = result.text if result is not None else ""
+        return None, []
+    result = await ls.complete(prepared, alternatives)
+    texts = [t for t in (result.text, *result.alternatives) if t] if result is not None else []
     logger.info(
-        "request %s v%s %d:%d -> %d chars in %.0f ms (%s)", uri, prepared.version, position.line,
-        position.character, len(text), (time.perf_counter() - start) * 1000,
+        "request %s v%s %d:%d -> %d suggestions, %d chars in %.0f ms (%s)", uri, prepared.version, position.line,
+        position.character, len(texts), len(texts[0]) if texts else 0, (time.perf_counter() - start) * 1000,
         result.stop_reason if result else "none",
     )
-    return prepared, text
+    return prepared, texts
 
 
 def _search_arguments(args) -> tuple[str, int]:

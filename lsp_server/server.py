@@ -377,8 +377,9 @@ class CodeassistServer(LanguageServer):
         )
         return PreparedRequest(uri, document.version, request, _word_start(text, cursor), self.settings)
 
-    async def complete(self, prepared: PreparedRequest) -> Completion | None:
-        """Run `prepared` on the model worker; None when superseded, cancelled, or stale.
+    async def complete(self, prepared: PreparedRequest, alternatives: int = 0) -> Completion | None:
+        """Run `prepared` on the model worker (with up to `alternatives` other suggestions);
+        None when superseded, cancelled, or stale.
         A request made while the model loads waits for it: the cursor gets its suggestion
         once the model is ready, unless the client has moved on (cancelled, or a newer text)."""
         while self.engine is None and self.model_status == "loading":
@@ -393,10 +394,10 @@ class CodeassistServer(LanguageServer):
         self.warm_up.cancel()  # a request says where the cursor is: a pending guess is out of date
         def work(cancelled):
             return engine.complete(self._with_context(prepared), cancelled, session_key=prepared.uri,
-                                   settings=self._engine_settings(prepared.settings))
+                                   settings=self._engine_settings(prepared.settings), alternatives=alternatives)
 
         # Ghost text and menu items asked for one keystroke share one computation.
-        identity = (prepared.version, prepared.request.cursor, prepared.settings)
+        identity = (prepared.version, prepared.request.cursor, prepared.settings, alternatives)
         job = self.scheduler.submit(prepared.uri, work, identity)
         try:
             result = await asyncio.wrap_future(job.future)

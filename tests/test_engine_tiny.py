@@ -141,3 +141,17 @@ def test_request_and_settings_validation():
         CompletionRequest("abc", 4)
     with pytest.raises(ValueError, match="max_new_tokens"):
         EngineSettings(max_new_tokens=0)
+
+
+def test_alternatives_are_other_distinct_suggestions_from_the_same_prompt_cache(tiny_model_dir):
+    engine = _engine(tiny_model_dir("qwen2.5-coder"), max_new_tokens=6)
+    request = CompletionRequest(DOCUMENT, MID_LINE, "python")
+    plain = engine.complete(request, session_key="doc")
+    result = engine.complete(request, session_key="doc", alternatives=2)
+    assert result.text == plain.text and plain.alternatives == ()
+    assert len(result.alternatives) == 2
+    assert len({result.text, *result.alternatives}) == 3 and all(result.alternatives)
+    assert all("\n" not in text for text in result.alternatives)  # the same stop rules (mid-line)
+    # The session keeps the prompt only: the next request reuses all of it.
+    assert len(engine.kv.sessions.get("doc")) == result.prompt_tokens
+    assert engine.complete(request, session_key="doc").kv["encoded"] <= 1

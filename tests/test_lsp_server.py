@@ -340,3 +340,17 @@ async def test_documents_over_the_size_limit_get_no_model_work(server, workspace
     small = open_document(client, workspace / "pkg" / "small.py", SOURCE)
     answer = await client.text_document_inline_completion_async(_inline(small, 4, 24))
     assert isinstance(answer, types.InlineCompletionList)  # other documents are served
+
+
+async def test_an_explicit_request_offers_alternatives(server, workspace):
+    client, _, _, _ = server
+    uri = open_document(client, workspace / "pkg" / "alternatives.py", SOURCE)
+    typing = await client.text_document_inline_completion_async(_inline(uri, 4, 24))
+    invoked = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri), position=types.Position(4, 24),
+        context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked)))
+    texts = [item.insert_text for item in invoked.items]
+    assert len(typing.items) <= 1 and 1 < len(texts) <= 3
+    assert len(set(texts)) == len(texts) and all(texts)
+    if typing.items:
+        assert texts[0] == typing.items[0].insert_text  # the first is what typing gets

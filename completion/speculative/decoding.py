@@ -8,7 +8,7 @@ would have produced, so the output is the same token for token.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -25,15 +25,16 @@ StopCheck = Callable[[list[int]], "str | None"]
 @torch.inference_mode()
 def greedy_decode(model, cache: DynamicCache, logits: torch.Tensor, stop_ids: Collection[int],
                   should_stop: StopCheck, drafter: Drafter | None = None,
-                  healing: Healing | None = None) -> tuple[list[int], str]:
-    """Decode from the prompt's last `logits`; returns the generated ids (stop ids excluded)
-    and why decoding stopped ("eos" or what `should_stop` said). While `healing` has text to
-    rewrite, tokens are chosen among those that keep it, one per pass (no drafts)."""
+                  healing: Healing | None = None, prefix: Sequence[int] = ()) -> tuple[list[int], str]:
+    """Decode from `logits` (the prompt's last, or after `prefix`: tokens already generated
+    and in the cache); returns the generated ids, `prefix` first (stop ids excluded), and why
+    decoding stopped ("eos" or what `should_stop` said). While `healing` has text to rewrite,
+    tokens are chosen among those that keep it, one per pass (no drafts)."""
 
     def choose(step_logits: torch.Tensor, before: list[int]) -> int:
         return healing.choose(step_logits, before) if healing else int(step_logits.argmax())
 
-    generated: list[int] = []
+    generated: list[int] = list(prefix)
     tokens = [choose(logits[0, -1], generated)]
     while True:
         for token in tokens:

@@ -106,6 +106,13 @@ def test_neovim_plugin_ghost_text_typed_into_dismissed_and_accepted(tmp_path, ti
     # answer hit the token limit), inserted whole by <Tab>.
     asked = got["asked"]
     assert asked and asked[:20] == rest[:20]
+    # <M-\> asks explicitly: alternatives to cycle through, <M-[> comes back to the first.
+    assert got["choices"] >= 1 and got["back_choice"] == asked
+    if got["choices"] > 1:
+        assert got["next_choice"] != asked
+    # <M-Right> inserts the first word; the rest stays shown, and <Tab> inserts it.
+    word = re.match(r"\s*(\w+|[^\w\s]+)", asked, re.ASCII)
+    assert got["rest_after_word"] == (asked[word.end():] if word and word.end() < len(asked) else None)
     inserted = (want[0] if typed_first else "") + asked
     assert got["buffer"] == text + inserted and got["after_accept"] == []
     inserted_lines = inserted.split("\n")

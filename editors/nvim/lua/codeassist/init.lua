@@ -4,8 +4,10 @@
 --   require("codeassist").setup({ init_options = { maxNewTokens = 64 } })
 --
 -- Insert mode: suggestions appear after `debounce_ms` without typing; <Tab> accepts, <C-l>
--- accepts one line, <C-]> dismisses, <M-\> asks at once. Typing the suggestion's first
--- characters keeps showing its rest at once (the server answers the same from its cache).
+-- accepts one line, <M-Right> one word, <C-]> dismisses, <M-\> asks at once (with up to two
+-- other suggestions), <M-]> / <M-[> show the next / previous one (asking for them first when
+-- only one is there). Typing the suggestion's first characters, or accepting a part of it,
+-- keeps showing its rest at once (the server answers the same from its cache).
 -- Commands: :CodeassistStatus, :CodeassistSearch {query} (results in the quickfix list).
 -- Hover (K) and workspace symbols use Neovim's own LSP functions. Where the cursor rests
 -- (`cursor_hint_ms` after it stops moving) the server is told (`codeassist/cursor`), and it
@@ -21,12 +23,15 @@ local defaults = {
   debounce_ms = 150,
   cursor_hint_ms = 150, -- false: never tell the server where the cursor rests
   highlight = "Comment",
-  keymaps = { accept = "<Tab>", accept_line = "<C-l>", dismiss = "<C-]>", trigger = "<M-\\>" },
+  keymaps = { accept = "<Tab>", accept_line = "<C-l>", accept_word = "<M-Right>", next = "<M-]>",
+              previous = "<M-[>", dismiss = "<C-]>", trigger = "<M-\\>" },
 }
 
 local config = vim.deepcopy(defaults)
 local ns = vim.api.nvim_create_namespace("codeassist")
-local buffers = {} -- bufnr -> { timer, request = { client, id }, shown = { row, col, text } }
+-- bufnr -> { timer, request = { client, id }, shown = { row, col, text },
+--           choices = { row, col, texts, index } (the suggestions of the last answer) }
+local buffers = {}
 
 local function buffer_state(buf)
   buffers[buf] = buffers[buf] or {}
@@ -93,8 +98,9 @@ local function text_after_cursor(item, line, cursor_col, encoding)
   return text
 end
 
---- Ask the server for a suggestion at the cursor of the current window.
-function M.trigger(kind)
+--- Ask the server for a suggestion at the cursor of the current window (kind 1: asked for
+--- explicitly, with alternatives; then `step` picks the one shown: 1 the next, -1 the last).
+function M.trigger(kind, step)
   local buf = vim.api.nvim_get_current_buf()
   local client = client_of(buf)
   if not client then
@@ -121,9 +127,17 @@ function M.trigger(kind)
     end
     local items = result.items or result
     local line = vim.api.nvim_buf_get_lines(buf, cursor[1] - 1, cursor[1], true)[1]
-    local text = items[1] and text_after_cursor(items[1], line, cursor[2], client.offset_encoding)
-    if text then
-      show(buf, cursor[1] - 1, cursor[2], text)
+    local texts = {}
+    for _, item in ipairs(items) do
+      local text = text_after_cursor(item, line, cursor[2], client.offset_encoding)
+      if text and text ~= "" then
+        table.insert(texts, text)
+      end
+    end
+    if #texts > 0 then
+      local index = step and (step % #texts) + 1 or 1
+      state.choices = { row = cursor[1] - 1, col = cursor[2], texts = texts, index = index }
+      show(buf, cursor[1] - 1, cursor[2], texts[index])
     end
   end, buf)
   if ok then
@@ -137,8 +151,42 @@ function M.suggestion(buf)
   return state and state.shown and state.shown.text or nil
 end
 
---- Insert the shown suggestion (or its first line) and move the cursor to its end.
-function M.accept(first_line_only)
+--- The suggestions of the last answer at the shown suggestion's place, and which is shown.
+function M.choices(buf)
+  local state = buffers[buf or vim.api.nvim_get_current_buf()]
+  local shown, choices = state and state.shown, state and state.choices
+  if shown and choices and choices.row == shown.row and choices.col == shown.col then
+    return choices.texts, choices.index
+  end
+  return shown and { shown.text } or {}, 1
+end
+
+--- Show the suggestion `step` away among the choices (asking for alternatives when the
+--- answer had one).
+function M.cycle(step)
+  local buf = vim.api.nvim_get_current_buf()
+  local state = buffer_state(buf)
+  local texts, index = M.choices(buf)
+  if #texts > 1 then
+    state.choices.index = (index - 1 + step) % #texts + 1
+    show(buf, state.shown.row, state.shown.col, texts[state.choices.index])
+  elseif state.shown then
+    M.trigger(1, step)
+  else
+    return false
+  end
+  return true
+end
+
+-- The first word of `text`: leading blanks and line breaks, then a run of word characters
+-- or of other signs.
+local function first_word(text)
+  return text:match("^%s*[%w_]+") or text:match("^%s*[^%w_%s]+") or text
+end
+
+--- Insert the shown suggestion, or a part of it (`part`: "line" or "word"), and move the
+--- cursor to its end; the rest of a part stays shown.
+function M.accept(part)
   local buf = vim.api.nvim_get_current_buf()
   local state = buffer_state(buf)
   local shown = state.shown
@@ -146,7 +194,9 @@ function M.accept(first_line_only)
     return false
   end
   local text = shown.text
-  if first_line_only then
+  if part == "word" then
+    text = first_word(text)
+  elseif part == "line" then
     local newline = text:find("\n", 1, true)
     -- The rest of the current line; on an empty one, the next line with its line break.
     if newline == 1 then
@@ -162,6 +212,9 @@ function M.accept(first_line_only)
   local row = shown.row + #lines - 1
   local col = #lines == 1 and shown.col + #lines[1] or #lines[#lines]
   vim.api.nvim_win_set_cursor(0, { row + 1, col })
+  if #text < #shown.text then
+    show(buf, row, col, shown.text:sub(#text + 1))
+  end
   return true
 end
 
@@ -224,8 +277,11 @@ local function map_keys(buf)
       end, { buffer = buf, desc = description })
     end
   end
-  map(keys.accept, function() return M.accept(false) end, "codeassist: accept the suggestion")
-  map(keys.accept_line, function() return M.accept(true) end, "codeassist: accept one line")
+  map(keys.accept, function() return M.accept() end, "codeassist: accept the suggestion")
+  map(keys.accept_line, function() return M.accept("line") end, "codeassist: accept one line")
+  map(keys.accept_word, function() return M.accept("word") end, "codeassist: accept one word")
+  map(keys.next, function() return M.cycle(1) end, "codeassist: the next suggestion")
+  map(keys.previous, function() return M.cycle(-1) end, "codeassist: the previous suggestion")
   map(keys.dismiss, function()
     local had = M.suggestion(buf) ~= nil
     M.dismiss(buf)

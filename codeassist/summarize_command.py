@@ -41,7 +41,6 @@ def run_summarize(args: argparse.Namespace) -> int:
     from completion.summarize import Summarizer
     from completion.summary_cache import SummaryCache
     from completion.syntax import language_for
-    from lsp_server.hover import summary_request
     from retrieval import CodeIndex, IndexConfig
     from retrieval.definitions import DefinitionFinder
     from retrieval.outline import enclosing, identifier_at
@@ -68,7 +67,7 @@ def run_summarize(args: argparse.Namespace) -> int:
         definition = enclosing(defs, line)
     if definition is None:
         raise ValueError(f"{path}:{line}: no function, method or class there")
-    request = summary_request(definition, finder)
+    request = finder.summary_request(definition)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     summarizer = Summarizer(loaded, args.max_tokens)
     cache_path = index.summaries_path if index is not None else codeassist_home() / "summaries.json"

@@ -9,7 +9,6 @@ within one layer's time. A stopped summary keeps what it encoded and generated
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -21,6 +20,7 @@ import torch
 from .growing_cache import crop_to, growing_cache
 from .models import LoadedModel
 from .preemption import Preempted, between_layers
+from .summary_request import SummaryRequest
 
 logger = logging.getLogger(__name__)
 
@@ -29,23 +29,6 @@ SYSTEM_PROMPT = ("You are a code assistant. Summarize what this code does in one
 _PREFILL_CHUNK = 32  # tokens per prompt pass: a request waits at most one layer of one pass
 _MAX_CODE_TOKENS = 768
 _MAX_CONTEXT_TOKENS = 384
-
-
-@dataclass(frozen=True)
-class SummaryRequest:
-    qualified_name: str  # "Class.method"
-    kind: str  # function | method | class
-    code: str  # the definition's source
-    context: str = ""  # enclosing class header, callers, callees (may be empty)
-    language: str = "python"
-
-    def key(self, model: str) -> str:
-        """The cache key: sha256 of the model name, the code and the context."""
-        digest = hashlib.sha256()
-        for part in (model, self.language, self.code, self.context):
-            digest.update(part.encode("utf-8"))
-            digest.update(b"\0")
-        return digest.hexdigest()
 
 
 @dataclass(frozen=True)

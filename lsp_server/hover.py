@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lsprotocol import types
 
-from completion.summarize import Summarizer, SummaryRequest
+from completion.summarize import Summarizer
 from completion.summary_cache import SummaryCache
 from completion.syntax import language_for
 from retrieval import CodeIndex
@@ -122,15 +122,10 @@ def _job_id(definition: Definition) -> str:
 
 def _preparer(definition: Definition, finder: DefinitionFinder, summarizer: Summarizer):
     def prepare():
-        request = summary_request(definition, finder)
+        request = finder.summary_request(definition)
         return request.key(summarizer.loaded.name), request
 
     return prepare
-
-
-def summary_request(definition: Definition, finder: DefinitionFinder) -> SummaryRequest:
-    return SummaryRequest(definition.qualified_name, definition.kind, definition.code,
-                          finder.summary_context(definition), language_for(definition.path) or "")
 
 
 def hover_markdown(definition: Definition, summary: str | None) -> str:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from completion.summary_request import SummaryRequest
 from completion.syntax import language_for
 
 from . import search
@@ -219,6 +220,11 @@ class DefinitionFinder:
         if here:
             return here[0]
         return self.resolve(name, owner, path, text, line)
+
+    def summary_request(self, definition: Definition) -> SummaryRequest:
+        """What to ask the model for a summary of `definition`: its code and context."""
+        return SummaryRequest(definition.qualified_name, definition.kind, definition.code,
+                              self.summary_context(definition), language_for(definition.path) or "")
 
     def summary_context(self, definition: Definition) -> str:
         """The enclosing class's header, the callees' signatures, and a few callers."""

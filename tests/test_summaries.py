@@ -3,7 +3,6 @@ and (embedded model) a real summary of a real function."""
 
 import itertools
 import json
-import time
 
 import pytest
 

@@ -154,8 +154,6 @@ def _typing(engine: CompletionEngine, finder: DefinitionFinder, holes: list[Hole
 
 
 def _summaries(loaded, finder: DefinitionFinder, callees: list[str], cache_path: Path) -> list[dict]:
-    from lsp_server.hover import summary_request
-
     summarizer, cache = Summarizer(loaded), SummaryCache(cache_path)
     rows = []
     for callee in callees:
@@ -163,7 +161,7 @@ def _summaries(loaded, finder: DefinitionFinder, callees: list[str], cache_path:
         definition = next((d for d in finder.definitions_of(path) if d.qualified_name == name), None)
         if definition is None:
             continue
-        request = summary_request(definition, finder)
+        request = finder.summary_request(definition)
         key = request.key(loaded.name)
         start = time.perf_counter()
         summary = summarizer.summarize(request)

@@ -1,7 +1,6 @@
 """The model worker is the one owner of the engine's state: changes from the event loop while
 a completion runs land after it, and a request keeps the settings it started with."""
 
-import asyncio
 import threading
 from dataclasses import replace
 
@@ -124,11 +123,14 @@ async def test_a_model_load_replaced_by_a_settings_change_ends_its_progress(tmp_
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"codeassist": {"model": str(second)}}))
         await wait_until_ready(client)
-        await asyncio.sleep(0.5)
-        kinds = {token: [r.kind for r in reports] for token, reports in client.progress_reports.items()}
-        loads = {token: k for token, k in kinds.items()
-                 if any(getattr(r, "title", "") and "Loading" in r.title for r in client.progress_reports[token])}
-        assert len(loads) == 2, kinds
-        assert all(k[0] == "begin" and k[-1] == "end" for k in loads.values()), kinds
+
+        def loads() -> dict:
+            return {token: [r.kind for r in reports] for token, reports in client.progress_reports.items()
+                    if any(getattr(r, "title", "") and "Loading" in r.title for r in reports)}
+
+        # Both loads' progress ends (the replaced one's too); wait for the reports to arrive.
+        await wait_for(lambda: len(loads()) == 2 and all(k[-1] == "end" for k in loads().values()), 30,
+                       "both loads' progress to end")
+        assert all(k[0] == "begin" for k in loads().values()), loads()
     finally:
         await client.shutdown_session()

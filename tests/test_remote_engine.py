@@ -3,6 +3,8 @@ embedded 0.5B GGUF (built by .ci/install_llama_server.sh), compared with the loc
 
 import json
 import os
+import socket
+import threading
 import time
 
 import pytest
@@ -127,17 +129,36 @@ def test_a_wrong_api_key_is_an_error_status_not_a_crash(engine_server):
     assert "wrong-key" not in json.dumps(remote.status())
 
 
+def _closing_listener():
+    """A loopback socket whose connections are accepted, counted and closed at once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections: list[int] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed
+                return
+            connections.append(1)
+            connection.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, connections
+
+
 def test_a_down_engine_answers_empty_at_once_and_recovers(engine_server):
     url, _ = engine_server
-    port = free_port()  # nothing listens there
-    remote = RemoteEngine(RemoteConfig(f"http://127.0.0.1:{port}", api_key=API_KEY),
+    broken, connections = _closing_listener()  # accepts and hangs up: no engine answers there
+    remote = RemoteEngine(RemoteConfig(f"http://127.0.0.1:{broken.getsockname()[1]}", api_key=API_KEY),
                           TextPrompter("qwen2.5-coder"), EngineSettings())
     first = remote.complete(_request("fib.py", HOLES[1][1]))
-    assert first.stop_reason == "engine_down" and first.text == ""
-    started = time.perf_counter()
+    tried = len(connections)
+    assert first.stop_reason == "engine_down" and first.text == "" and tried >= 1
     resting = remote.complete(_request("fib.py", HOLES[1][1]))
-    assert resting.stop_reason == "engine_down" and time.perf_counter() - started < 0.5
-    assert remote.status()["engine"]["errors"] == 2 and "refused" in remote.status()["engine"]["lastError"]
+    assert resting.stop_reason == "engine_down" and len(connections) == tried  # at once: not even a connection
+    broken.close()
+    assert remote.status()["engine"]["errors"] == 2 and remote.status()["engine"]["lastError"]
     remote.config = RemoteConfig(url, api_key=API_KEY)  # the engine is back (another address)
     remote._down_until = 0.0
     assert remote.complete(_request("fib.py", HOLES[1][1])).stop_reason != "engine_down"

@@ -197,8 +197,10 @@ async def test_configuration_changes(server, workspace):
 
 async def test_approximate_kv_cache_refreshed_when_the_user_pauses(server, workspace):
     client, _, _, _ = server
+    # The whole prompt from the first request on (no first window growing behind it), so
+    # the edit below finds one session to reuse.
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"kvRefreshIdleMs": 300}))
+        settings={"kvRefreshIdleMs": 300, "firstWindowTokens": 0, "warmUp": False}))
     text = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(30)) + "value = f3("
     uri = open_document(client, workspace / "pkg" / "idle.py", text)
     line, character = position_of(text, len(text))

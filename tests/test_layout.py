@@ -36,3 +36,10 @@ def test_lower_layers_never_import_lsp_libraries():
         for source in (ROOT / package).rglob("*.py"):
             text = source.read_text()
             assert "pygls" not in text and "lsprotocol" not in text, source
+
+
+def test_the_readme_headlines_are_those_of_the_stored_runs():
+    from codeassist.bench.headlines import ROOT, rewritten
+
+    readme = (ROOT / "README.md").read_text()
+    assert rewritten(readme) == readme, "run: python -m codeassist.bench.headlines"

@@ -59,9 +59,11 @@ def build_fim_prompt(
     repo_files: Sequence[RepoFile] = (),
     heal: bool = False,
 ) -> FimPrompt:
-    """`heal`: take the prefix's last token off (see healing.py); it is returned in `healed`."""
-    header = _repo_header(spec, encode, path, repo_name, repo_files)
-    available = budget.max_tokens - len(header) - 3  # the three FIM markers
+    """`heal`: take the prefix's last token off (see healing.py); it is returned in `healed`.
+    The budget holds the FIM text and the other files' snippets; the repository form's frame
+    around them (the repository's name, the current file's path) comes on top."""
+    header, frame = _repo_header(spec, encode, path, repo_name, repo_files)
+    available = budget.max_tokens + frame - len(header) - 3  # the three FIM markers
     if available < 2:
         raise ValueError(
             f"prompt budget {budget.max_tokens} leaves no room after {len(header)} context tokens"
@@ -76,11 +78,14 @@ def build_fim_prompt(
 
 def _repo_header(
     spec: FimSpec, encode: Encode, path: str | None, repo_name: str | None, files: Sequence[RepoFile]
-) -> list[int]:
+) -> tuple[list[int], int]:
     """Qwen2.5-Coder/StarCoder2 repository form: <repo_name>name, then <file_sep>path + text
-    per file, the current file last (its text follows as the FIM prefix/suffix)."""
-    if spec.repo_name_id is None or spec.file_sep_id is None or path is None:
-        return []
+    per file, the current file last (its text follows as the FIM prefix/suffix). Only with
+    other files' snippets: the name and path alone cost single-line holes a tenth of their
+    passes (`bench quality`: 0.55 with them, 0.65 without, 0.5B). Returns the header's ids and
+    how many of them are the frame: the name and the current path with their markers."""
+    if spec.repo_name_id is None or spec.file_sep_id is None or path is None or not files:
+        return [], 0
     texts = [f"{repo_name or 'repository'}\n"]
     texts += [f"{f.path}\n{f.content.rstrip()}\n" for f in files]
     texts.append(f"{path}\n")
@@ -88,7 +93,7 @@ def _repo_header(
     header = [spec.repo_name_id, *encoded[0]]
     for ids in encoded[1:]:
         header += [spec.file_sep_id, *ids]
-    return header
+    return header, 2 + len(encoded[0]) + len(encoded[-1])
 
 
 def _keep_tail(text: str, budget: int, encode: Encode) -> tuple[list[int], bool]:

@@ -171,7 +171,7 @@ def test_character_budgets_without_the_family_tokenizer():
     text = "".join(f"line_{i} = {i}\n" for i in range(500))
     prompt = prompter.build(CompletionRequest(text, len(text) // 2, "python", "big.py", "demo"), settings)
     assert prompt.tokens <= 64 * CHARS_PER_TOKEN
-    assert prompt.text.startswith("<repo_name>demo\n<file_sep>big.py\n<fim_prefix>")
+    assert prompt.text.startswith("<fim_prefix>")  # no other files' snippets: plain FIM
     assert prompt.text.index("<fim_suffix>") < prompt.text.index("<fim_middle>")
     assert prompt.text.endswith("<fim_middle>") and "<|endoftext|>" in prompt.stops
 

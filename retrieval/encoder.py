@@ -42,6 +42,7 @@ class Encoder:
         # completion worker's threads alone. Queries always use one: a short input gains
         # nothing from two, and loses ~30x when another job holds the other core.
         self.threads = threads
+        self.batch_tokens: int | None = None  # a cap on a batch's padded tokens (see encode)
         self.dim = int(model.get_embedding_dimension())
         self.max_tokens = int(model.max_seq_length or 512)
         self._tokenizer = model.tokenizer
@@ -54,13 +55,16 @@ class Encoder:
 
     def encode(self, texts: list[str], batch_size: int = 32, progress: Progress | None = None,
                run_batch: BatchRunner | None = None) -> np.ndarray:
-        """Document vectors, one row per text, in batches, each through `run_batch` when
-        given."""
+        """Document vectors, one row per text, in batches of at most `batch_size` texts (and
+        `self.batch_tokens` padded tokens), each through `run_batch` when given."""
         rows = []
         # Longest first keeps padding (and time) low; the order is restored below.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            batch = [texts[i] for i in order[start : start + batch_size]]
+        start = 0
+        while start < len(order):
+            size = self._batch_length(texts[order[start]], batch_size)
+            batch = [texts[i] for i in order[start : start + size]]
+            start += size
 
             def encode_batch(batch: list[str] = batch) -> np.ndarray:
                 with _torch_threads(self.threads):
@@ -74,6 +78,13 @@ class Encoder:
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
         vectors[order] = np.concatenate(rows)
         return vectors
+
+    def _batch_length(self, longest: str, batch_size: int) -> int:
+        """Texts in a batch whose longest text is `longest`: every text is padded to it."""
+        if self.batch_tokens is None:
+            return batch_size
+        padded = min(self.count_tokens(longest), self.max_tokens) + 2  # with [CLS] and [SEP]
+        return max(1, min(batch_size, self.batch_tokens // padded))
 
     def encode_query(self, query: str) -> np.ndarray:
         with _torch_threads(1):

@@ -33,6 +33,9 @@ class IndexConfig:
     index_dir: str | None = None  # an explicit folder overrides `location`
     file_filter: FileFilter = field(default_factory=FileFilter)
     batch_size: int = 32
+    # At most this many padded tokens per batch (None: no cap): a batch of one long text, or of
+    # many short ones, takes about the same time per encoder layer.
+    batch_tokens: int | None = None
     threads: int | None = None  # torch threads for encoding (None: torch's default)
     checkpoint_every_s: float = indexer.CHECKPOINT_EVERY_S  # save what is embedded this often
     trust_remote_code: bool = False
@@ -79,6 +82,7 @@ class CodeIndex:
             if self._encoder is None:
                 self._encoder = load_encoder(self.config.encoder, threads=self.config.threads,
                                              trust_remote_code=self.config.trust_remote_code)
+                self._encoder.batch_tokens = self.config.batch_tokens
             return self._encoder
 
     @property

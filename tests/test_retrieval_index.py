@@ -284,3 +284,24 @@ def test_a_killed_update_keeps_what_was_embedded_before_its_last_checkpoint(tmp_
     fresh = _index(write_repo(tmp_path / "fresh", files), FakeEncoder())
     fresh.update()
     np.testing.assert_allclose(np.asarray(reopened.snapshot.vectors), np.asarray(fresh.snapshot.vectors))
+
+
+def test_a_cap_on_padded_tokens_batches_short_texts_together_and_long_ones_alone():
+    import numpy as np
+
+    from retrieval.encoder import load_encoder
+
+    encoder = load_encoder(threads=1)
+    texts = ["def f(x):\n    return x * 2\n" * 20, "area of circle", "total of items", "def g(): pass"]
+    whole = encoder.encode(texts, 64)
+    batches = []
+    encoder.batch_tokens = 64
+
+    def run_batch(encode_batch):
+        rows = encode_batch()
+        batches.append(len(rows))
+        return rows
+
+    capped = encoder.encode(texts, 64, None, run_batch)
+    assert batches == [1, 3]  # the long text alone (longest first), the three short ones together
+    assert np.allclose(whole, capped, atol=1e-5)

@@ -13,7 +13,6 @@ host (what a keystroke pays for the background work, on top of its own computati
 from __future__ import annotations
 
 import ast
-import itertools
 import random
 import statistics
 import sysconfig
@@ -29,11 +28,10 @@ PHASES = ("idle", "summaries", "index")
 
 def run_bench(args) -> BenchResult:
     from completion import load_model
-    from completion.preemption import Preempted, between_layers
     from completion.summarize import Summarizer, SummaryRequest
     from completion.summary_cache import SummaryCache
     from lsp_server.scheduler import LatestWinsScheduler
-    from lsp_server.search import ENCODER_BATCH
+    from lsp_server.search import ENCODER_BATCH, ENCODER_BATCH_TOKENS, IndexingStopped, encode_in_background
     from lsp_server.summaries import BACKGROUND, SummaryWorker
     from retrieval.encoder import load_encoder
 
@@ -58,19 +56,14 @@ def run_bench(args) -> BenchResult:
                                   summarizer, SummaryCache(), BACKGROUND)
             elif phase == "index":
                 def encode_forever() -> None:
-                    for first in itertools.count(0, ENCODER_BATCH):  # the module's functions, round and round
-                        if stop.is_set():
-                            return
-                        texts = [functions[(first + i) % len(functions)] for i in range(ENCODER_BATCH)]
-
-                        def batch(lane_stop, texts=texts):
-                            try:
-                                with between_layers(encoder.model, lane_stop.preempted):
-                                    return encoder.encode(texts, batch_size=ENCODER_BATCH)
-                            except Preempted:
-                                return None
-
-                        host.background("index", batch).future.result()
+                    encoder.batch_tokens = ENCODER_BATCH_TOKENS  # as the server's index encodes
+                    names = [code.split("\n", 1)[0] for code in functions]  # short texts, as names are
+                    try:
+                        while not stop.is_set():  # the module's functions and their names, round and round
+                            encoder.encode(functions + names, ENCODER_BATCH, None,
+                                           lambda batch: encode_in_background(host, encoder.model, batch))
+                    except IndexingStopped:  # the host closed
+                        return
 
                 threading.Thread(target=encode_forever, daemon=True).start()
             time.sleep(2.0)  # the background work is under way

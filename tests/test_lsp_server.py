@@ -31,8 +31,11 @@ def workspace(tmp_path):
 async def server(workspace, tmp_path, tiny_model_dir):
     model = tiny_model_dir("qwen2.5-coder")
     log_file = tmp_path / "server.log"
+    # No warm-up: these tests compare answers with a fresh in-process encode, and a warm-up
+    # guess encoded first (didOpen's, after 1 s) would make the request's cache an approximate
+    # reuse of it (test_warm_up.py tests the warm-up).
     client, result = await start_server(
-        workspace, log_file, {"model": str(model), "device": "cpu", "dtype": "fp32"}, encodings=[]
+        workspace, log_file, {"model": str(model), "device": "cpu", "dtype": "fp32", "warmUp": False}, encodings=[]
     )
     await wait_until_ready(client)
     yield client, result, model, log_file

@@ -9,6 +9,7 @@ about most). Leaks: a markdown fence where the document has none, or a special t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 _CLOSING = frozenset(")]};,")
 _OPENER = {")": "(", "]": "[", "}": "{"}
@@ -16,7 +17,7 @@ _SPECIAL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>|<(?:fim|file)_(?:prefix|suffix
 FENCE = "```"
 
 
-def junk_reason(text: str, line_prefix: str, lines_above: list[str], lines_below: list[str],
+def junk_reason(text: str, line_prefix: str, lines_above: Sequence[str], lines_below: Sequence[str],
                 line_suffix: str) -> str | None:
     """Why `text`, inserted after `line_prefix` on the cursor line, is not worth showing;
     None when it is. `lines_above` / `lines_below`: the nearest non-blank lines above and
@@ -27,9 +28,9 @@ def junk_reason(text: str, line_prefix: str, lines_above: list[str], lines_below
     if set(stripped) - set(" \t\r\n") <= _CLOSING and not _closes_open_brackets(stripped, line_prefix):
         return "only closing brackets"
     inserted = [line.strip() for line in (line_prefix + text).split("\n") if line.strip()]
-    if len(inserted) <= len(lines_above) and inserted == lines_above[len(lines_above) - len(inserted):]:
+    if len(inserted) <= len(lines_above) and inserted == list(lines_above[len(lines_above) - len(inserted):]):
         return "repeats the lines above"
-    if not line_suffix.strip() and inserted == lines_below[: len(inserted)]:
+    if not line_suffix.strip() and inserted == list(lines_below[: len(inserted)]):
         return "repeats the code below"
     return None
 

@@ -13,6 +13,7 @@ suggestion that is junk (completion/junk.py) is dropped.
 from __future__ import annotations
 
 import logging
+from itertools import islice
 from dataclasses import dataclass
 
 from .junk import FENCE, cut_leaks, junk_reason
@@ -54,7 +55,7 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     before = text[line_start:cursor]
     after = text[cursor:line_end].rstrip("\r")
     below = text[line_end + 1 :].split("\n") if line_end < len(text) else []
-    lines_below = tuple(line.strip() for line in below if line.strip())[:_NEARBY_LINES]
+    lines_below = tuple(islice((line.strip() for line in below if line.strip()), _NEARBY_LINES))
     next_code = lines_below[0] if lines_below else ""
     lines_above = _nonblank_lines_before(text, line_start, _NEARBY_LINES)
     fences = FENCE in text
@@ -163,8 +164,7 @@ def finalize(text: str, policy: StopPolicy) -> str:
     text = trim_suffix_overlap(text, policy.line_suffix)
     if not text:
         return text
-    reason = junk_reason(text, policy.line_prefix, list(policy.lines_above), list(policy.lines_below),
-                         policy.line_suffix)
+    reason = junk_reason(text, policy.line_prefix, policy.lines_above, policy.lines_below, policy.line_suffix)
     if reason is not None:
         logger.info("suggestion not shown: %s (%d chars)", reason, len(text))
         return ""

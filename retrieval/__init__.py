@@ -1,6 +1,6 @@
 """Code search: AST-split chunks, embeddings, faiss + BM25 hybrid, incremental and on disk."""
 
 from .index import CodeIndex, IndexConfig
-from .types import IndexStats, SearchHit
+from .types import DefinitionSummary, IndexStats, SearchHit
 
-__all__ = ["CodeIndex", "IndexConfig", "IndexStats", "SearchHit"]
+__all__ = ["CodeIndex", "DefinitionSummary", "IndexConfig", "IndexStats", "SearchHit"]

@@ -19,11 +19,12 @@ from . import indexer, search, store
 from .encoder import DEFAULT_ENCODER, Encoder, load_encoder
 from .files import FileFilter
 from .index_folder import check_index_folder, claim_index_folder
-from .types import IndexStats, SearchHit
+from .types import DefinitionSummary, IndexStats, SearchHit
 
 logger = logging.getLogger(__name__)
 
 LOCATIONS = ("workspace", "cache")
+SUMMARIZED_KINDS = ("function", "method", "class")  # chunks that can carry a summary
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,37 @@ class CodeIndex:
             logger.info("index %s: %s", self.root, stats.summary())
             return stats
 
+    def add_summaries(self, found: list[DefinitionSummary], run_batch=None) -> int:
+        """Attach summaries to their chunks (embedded, each batch through `run_batch` when
+        given) and save; a summary whose file changed since it was read, or whose
+        definition is not indexed, is left out. Returns how many were attached."""
+        with self._update_lock, FileLock(str(self._lock_path())):
+            if store.current_generation(self.folder) != self.snapshot.generation:
+                self._snapshot = self._load()
+            snapshot = self.snapshot
+            rows = {}
+            for summary in found:
+                row = _row_of(snapshot, summary)
+                if row is not None:
+                    rows[row] = summary.text
+            if not rows:
+                return 0
+            self._save(indexer.with_summaries(snapshot, rows, self.encoder, self.config.batch_size, run_batch))
+            logger.info("index %s: %d summaries attached", self.root, len(rows))
+            return len(rows)
+
+    def unsummarized(self, path: str) -> set[str]:
+        """Qualified names of the indexed definitions of `path` without a summary."""
+        snapshot = self.snapshot
+        return {chunk.qualified_name for row, chunk in enumerate(snapshot.chunks)
+                if chunk.path == path and chunk.kind in SUMMARIZED_KINDS and not snapshot.summaries[row]}
+
+    def summary_coverage(self) -> tuple[int, int]:
+        """(definitions with a summary, definitions) in the index."""
+        snapshot = self.snapshot
+        rows = [row for row, chunk in enumerate(snapshot.chunks) if chunk.kind in SUMMARIZED_KINDS]
+        return sum(bool(snapshot.summaries[row]) for row in rows), len(rows)
+
     def _save(self, snapshot: store.Snapshot) -> None:
         """Save `snapshot` (the update's result, or a checkpoint of it) and serve it."""
         self._write_gitignore()
@@ -168,3 +200,15 @@ class CodeIndex:
             rows += [row for row, _ in semantic if row not in rows and snapshot.chunks[row].symbol]
         scores = dict(named)
         return [search.hit(snapshot, row, scores.get(row, 0.0)) for row in rows[:k]]
+
+
+def _row_of(snapshot: store.Snapshot, summary: DefinitionSummary) -> int | None:
+    """The row of the chunk `summary` describes; None when the indexed file is not the text
+    the summary was made from, or holds no such definition."""
+    record = snapshot.files.get(summary.path)
+    if record is None or record.sha != summary.file_sha:
+        return None
+    rows = [row for row, chunk in enumerate(snapshot.chunks)
+            if chunk.path == summary.path and chunk.qualified_name == summary.qualified_name
+            and chunk.kind in SUMMARIZED_KINDS]
+    return min(rows, key=lambda row: abs(snapshot.chunks[row].start_line - summary.start_line), default=None)

@@ -2,7 +2,8 @@
 
 Files whose size and mtime are unchanged are not read; a file whose bytes are unchanged is
 not chunked; chunks are keyed by a hash of their content (not their path), so a changed
-file embeds only its changed chunks and a renamed file embeds nothing.
+file embeds only its changed chunks and a renamed file embeds nothing. A chunk's summary is
+kept with its content: an edited chunk loses it, a moved one keeps it.
 """
 
 from __future__ import annotations
@@ -76,11 +77,17 @@ def name_text(chunk: Chunk) -> str | None:
     return f"{spoken}{' of ' + scope if scope else ''}: {declaration}"
 
 
-def chunk_terms(chunk: Chunk) -> str:
-    """The BM25 terms of a chunk: its path, qualified name and code, split and stemmed; the
-    name's terms count NAME_REPEAT times, as a name says more than any one line of code."""
+def chunk_terms(chunk: Chunk, summary: str = "") -> str:
+    """The BM25 terms of a chunk: its path, qualified name, code and summary, split and
+    stemmed; the name's terms count NAME_REPEAT times, as a name says more than any one line
+    of code."""
     name = chunk.qualified_name
-    return " ".join(words(f"{chunk.path} {' '.join([name] * NAME_REPEAT)} {chunk.text}"))
+    return " ".join(words(f"{chunk.path} {' '.join([name] * NAME_REPEAT)} {chunk.text} {summary}"))
+
+
+def text_sha(text: str) -> str:
+    """What a FileRecord keeps of a file's text."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def content_hash(chunk: Chunk) -> str:
@@ -106,7 +113,7 @@ def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFi
         if old is not None and (old.size, old.mtime_ns) == (state.size, state.mtime_ns):
             continue
         text = read_text(root / state.path, file_filter.max_bytes)
-        sha = hashlib.sha1(text.encode("utf-8")).hexdigest() if text is not None else ""
+        sha = text_sha(text) if text is not None else ""
         files[state.path] = FileRecord(state.size, state.mtime_ns, sha)
         if old is not None and old.sha == sha:
             continue  # touched, not changed
@@ -117,6 +124,7 @@ def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFi
     new_chunks = [c for path in ordered for c in changed[path]]
     new_hashes = [content_hash(c) for c in new_chunks]
     vectors, todo = _reused_vectors(snapshot, new_hashes)
+    summaries = _reused_summaries(snapshot, new_hashes)
     ends = dict(zip(ordered, itertools.accumulate(len(changed[p]) for p in ordered)))  # path -> end row
     total_texts = sum(_text_count(new_chunks[i]) for i in todo)
     done_texts, last_checkpoint = 0, time.perf_counter()
@@ -132,26 +140,71 @@ def update(snapshot: Snapshot, root: Path, encoder: Encoder, file_filter: FileFi
             through = ends[new_chunks[group[-1]].path]  # every row before this one has its vector
             finished = [path for path in ordered if ends[path] <= through]
             checkpoint(_assemble(snapshot, set(finished), new_chunks[:through], new_hashes[:through],
-                                 vectors[:through], {**snapshot.files, **{p: files[p] for p in finished}}))
+                                 vectors[:through], {**snapshot.files, **{p: files[p] for p in finished}},
+                                 summaries))
             last_checkpoint = time.perf_counter()
-    next_snapshot = _assemble(snapshot, set(changed) | gone, new_chunks, new_hashes, vectors, files)
+    next_snapshot = _assemble(snapshot, set(changed) | gone, new_chunks, new_hashes, vectors, files, summaries)
     stats = IndexStats(len(files), len(changed), len(gone & set(snapshot.files)), len(next_snapshot),
                        len(todo), time.perf_counter() - start)
     return next_snapshot, stats
 
 
 def _assemble(snapshot: Snapshot, replaced: set[str], new_chunks: list[Chunk], new_hashes: list[str],
-              new_vectors: np.ndarray, files: dict[str, FileRecord]) -> Snapshot:
-    """`snapshot` with the chunks of the `replaced` paths swapped for `new_chunks`."""
+              new_vectors: np.ndarray, files: dict[str, FileRecord],
+              summaries: dict[str, tuple[str, np.ndarray]]) -> Snapshot:
+    """`snapshot` with the chunks of the `replaced` paths swapped for `new_chunks`; new
+    chunks take their summary from `summaries` (content hash -> text, vector)."""
     keep = [row for row, chunk in enumerate(snapshot.chunks) if chunk.path not in replaced]
+    new_summaries = [summaries.get(h, ("", None)) for h in new_hashes]
+    kept_summaries = [snapshot.summaries[r] for r in keep]
+    kept_vectors = _summary_vectors_of(snapshot, keep)
     return Snapshot(
         snapshot.encoder, snapshot.dim,
         [snapshot.chunks[r] for r in keep] + [_without_blocks(c) for c in new_chunks],
         [snapshot.hashes[r] for r in keep] + new_hashes,
-        [snapshot.terms[r] for r in keep] + [chunk_terms(c) for c in new_chunks],
+        [snapshot.terms[r] for r in keep] + [chunk_terms(c, s) for c, (s, _) in zip(new_chunks, new_summaries)],
         np.concatenate([np.asarray(snapshot.vectors[keep], np.float32), new_vectors]),
         files,
+        summaries=kept_summaries + [s for s, _ in new_summaries],
+        summary_vectors=np.concatenate([kept_vectors] + [v[None] for s, v in new_summaries if s]).astype(np.float32),
     )
+
+
+def _summary_vectors_of(snapshot: Snapshot, rows: list[int]) -> np.ndarray:
+    """The summary vectors of those of `rows` that have a summary, in their order."""
+    position = {row: i for i, row in enumerate(snapshot.summarized_rows)}
+    picks = [position[row] for row in rows if row in position]
+    return np.asarray(snapshot.summary_vectors[picks], np.float32).reshape(len(picks), snapshot.dim)
+
+
+def _reused_summaries(snapshot: Snapshot, hashes: list[str]) -> dict[str, tuple[str, np.ndarray]]:
+    """content hash -> (summary, its vector) for the hashes the snapshot has a summary of."""
+    wanted = set(hashes)
+    found = {}
+    for i, row in enumerate(snapshot.summarized_rows):
+        if snapshot.hashes[row] in wanted:
+            found[snapshot.hashes[row]] = (snapshot.summaries[row], np.asarray(snapshot.summary_vectors[i]))
+    return found
+
+
+def with_summaries(snapshot: Snapshot, summaries: dict[int, str], encoder: Encoder,
+                   batch_size: int = 32, run_batch: BatchRunner | None = None) -> Snapshot:
+    """`snapshot` with these rows' summaries set (replacing any they had): each summary is
+    embedded and its words join the chunk's BM25 terms."""
+    rows = sorted(row for row, text in summaries.items() if text and text.strip())
+    fresh = {}
+    if rows:
+        fresh = dict(zip(rows, encoder.encode([summaries[row].strip() for row in rows], batch_size,
+                                              None, run_batch)))
+    old = dict(zip(snapshot.summarized_rows, np.asarray(snapshot.summary_vectors, np.float32)))
+    texts, terms = list(snapshot.summaries), list(snapshot.terms)
+    for row in rows:
+        texts[row] = summaries[row].strip()
+        terms[row] = chunk_terms(snapshot.chunks[row], texts[row])
+    vectors = [fresh[row] if row in fresh else old[row] for row, text in enumerate(texts) if text]
+    return Snapshot(snapshot.encoder, snapshot.dim, snapshot.chunks, snapshot.hashes, terms,
+                    snapshot.vectors, snapshot.files, summaries=texts,
+                    summary_vectors=np.asarray(vectors, np.float32).reshape(len(vectors), snapshot.dim))
 
 
 def _whole_file_groups(todo: list[int], chunks: list[Chunk]) -> list[list[int]]:

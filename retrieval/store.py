@@ -1,5 +1,7 @@
 """The index on disk and in memory: chunk metadata in SQLite, vectors in faiss (exact, or
-HNSW above a size threshold), BM25 (bm25s) beside them.
+HNSW above a size threshold), BM25 (bm25s) beside them. A chunk may carry a summary in
+plain English (the model's, as hovers show it): its words are among the chunk's BM25 terms
+and its vector is blended into the chunk's vector for dense search.
 
 Each save writes a complete new generation into a temporary folder, renames it, then
 replaces `manifest.json` (format version, generation, encoder, the vectors' sha256) with
@@ -27,13 +29,18 @@ from .types import Chunk
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: chunk names weigh more in the stored BM25 terms
+FORMAT_VERSION = 3  # 3: summaries; 2: chunk names weigh more in the stored BM25 terms
+READABLE_FORMATS = (2, 3)  # a format-2 index is read as one without summaries
 MANIFEST = "manifest.json"
 # Above this many chunks the vector index is HNSW: an exact search over 100k 384-d vectors
 # takes ~9 ms on one core here, HNSW ~1 ms (`codeassist bench search` measures both).
 APPROXIMATE_ABOVE = 100_000
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 96
+# A summarized chunk's search vector: (1 - SUMMARY_WEIGHT) * its code vector + SUMMARY_WEIGHT
+# * its summary's vector, so its dense score is that weighted sum of cosines (chosen with
+# `codeassist bench search --summaries`).
+SUMMARY_WEIGHT = 0.5
 
 
 class CorruptIndexError(Exception):
@@ -52,15 +59,24 @@ class Snapshot:
 
     def __init__(self, encoder: str, dim: int, chunks: list[Chunk], hashes: list[str],
                  terms: list[str], vectors: np.ndarray, files: dict[str, FileRecord],
-                 generation: str | None = None, folder: Path | None = None):
+                 generation: str | None = None, folder: Path | None = None,
+                 summaries: list[str] | None = None, summary_vectors: np.ndarray | None = None):
         if not len(chunks) == len(hashes) == len(terms) == len(vectors):
             raise ValueError("chunks, hashes, terms and vectors must be aligned")
+        summaries = summaries if summaries is not None else [""] * len(chunks)
+        summarized = sum(bool(s) for s in summaries)
+        if summary_vectors is None:
+            summary_vectors = np.zeros((0, dim), np.float32)
+        if len(summaries) != len(chunks) or summary_vectors.shape != (summarized, dim):
+            raise ValueError("summaries and their vectors must match the chunks")
         self.encoder = encoder
         self.dim = dim
         self.chunks = chunks
         self.hashes = hashes
         self.terms = terms  # space-separated BM25 terms of each chunk
-        self.vectors = vectors
+        self.vectors = vectors  # of the code (kind, name, blocks)
+        self.summaries = summaries  # each chunk's summary ("" when it has none)
+        self.summary_vectors = summary_vectors  # one per summary, in row order
         self.files = files
         self.generation = generation
         self._folder = folder  # the generation it was loaded from (prebuilt indexes)
@@ -72,13 +88,27 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.chunks)
 
+    @property
+    def summarized_rows(self) -> list[int]:
+        return [row for row, summary in enumerate(self.summaries) if summary]
+
+    @cached_property
+    def search_vectors(self) -> np.ndarray:
+        """The vectors dense search compares with: code vectors, blended with their summary's."""
+        rows = self.summarized_rows
+        if not rows:
+            return self.vectors
+        blended = np.array(self.vectors, dtype=np.float32)
+        blended[rows] = (1 - SUMMARY_WEIGHT) * blended[rows] + SUMMARY_WEIGHT * self.summary_vectors
+        return blended
+
     @cached_property
     def vector_index(self):
         import faiss
 
         if self._folder is not None and (self._folder / "hnsw.faiss").exists():
             return faiss.read_index(str(self._folder / "hnsw.faiss"))
-        return build_vector_index(np.ascontiguousarray(self.vectors), len(self) > APPROXIMATE_ABOVE)
+        return build_vector_index(np.ascontiguousarray(self.search_vectors), len(self) > APPROXIMATE_ABOVE)
 
     @cached_property
     def rows_by_symbol(self) -> dict[str, list[int]]:
@@ -120,7 +150,7 @@ class Snapshot:
 
     def similarity(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
         """The dense scores of `rows` (what `dense` would give them, exactly)."""
-        return np.asarray(self.vectors[rows], np.float32) @ np.asarray(query, np.float32)
+        return np.asarray(self.search_vectors[rows], np.float32) @ np.asarray(query, np.float32)
 
     def lexical(self, terms: list[str], n: int) -> list[tuple[int, float]]:
         """(row, BM25 score) of the `n` best chunks with a positive score."""
@@ -159,6 +189,7 @@ def save(folder: Path, snapshot: Snapshot) -> str:
     try:
         _write_sqlite(staging / "chunks.sqlite", snapshot)
         np.save(staging / "vectors.npy", np.ascontiguousarray(snapshot.vectors, np.float32))
+        np.save(staging / "summary_vectors.npy", np.ascontiguousarray(snapshot.summary_vectors, np.float32))
         if len(snapshot):
             snapshot.bm25.save(str(staging / "bm25"), show_progress=False)
         if len(snapshot) > APPROXIMATE_ABOVE:
@@ -171,7 +202,8 @@ def save(folder: Path, snapshot: Snapshot) -> str:
         os.replace(staging, folder / generation)
         manifest = {"format": FORMAT_VERSION, "generation": generation,
                     "encoder": snapshot.encoder, "dim": snapshot.dim, "chunks": len(snapshot),
-                    "vectors_sha256": _sha256(folder / generation / "vectors.npy")}
+                    "vectors_sha256": _sha256(folder / generation / "vectors.npy"),
+                    "summary_vectors_sha256": _sha256(folder / generation / "summary_vectors.npy")}
         temporary = folder / f"{MANIFEST}.{generation}.tmp"
         temporary.write_text(json.dumps(manifest, indent=1))
         _fsync(temporary)
@@ -200,20 +232,24 @@ def load(folder: Path) -> Snapshot | None:
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise CorruptIndexError(f"index format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        version = manifest.get("format")
+        if version not in READABLE_FORMATS:
+            raise CorruptIndexError(f"index format {version!r}, expected {FORMAT_VERSION}")
         generation = folder / manifest["generation"]
-        chunks, hashes, terms = _read_chunks(generation / "chunks.sqlite")
+        chunks, hashes, terms, summaries = _read_chunks(generation / "chunks.sqlite", version >= 3)
         files = _read_files(generation / "chunks.sqlite")
-        expected = manifest.get("vectors_sha256")  # a manifest without one is not checked
-        if expected is not None and _sha256(generation / "vectors.npy") != expected:
-            raise CorruptIndexError("vectors.npy does not match its checksum")
-        vectors = np.load(generation / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        vectors = _read_vectors(generation / "vectors.npy", manifest.get("vectors_sha256"))
         dim = int(manifest["dim"])
         if vectors.shape != (len(chunks), dim) or len(chunks) != manifest["chunks"]:
             raise CorruptIndexError(f"vectors {vectors.shape} do not match {len(chunks)} chunks")
+        summary_vectors = None
+        if version >= 3:
+            summary_vectors = _read_vectors(generation / "summary_vectors.npy",
+                                            manifest.get("summary_vectors_sha256"))
+            if summary_vectors.shape != (sum(map(bool, summaries)), dim):
+                raise CorruptIndexError(f"summary vectors {summary_vectors.shape} do not match the summaries")
         snapshot = Snapshot(manifest["encoder"], dim, chunks, hashes, terms, vectors, files,
-                            manifest["generation"], generation)
+                            manifest["generation"], generation, summaries, summary_vectors)
         if len(snapshot):
             snapshot.bm25  # read now: a broken BM25 folder is corruption, not a search error
     except CorruptIndexError:
@@ -227,16 +263,23 @@ def load(folder: Path) -> Snapshot | None:
 _CHUNK_COLUMNS = ("path", "language", "kind", "symbol", "scope", "start_line", "end_line", "text")
 
 
+def _read_vectors(path: Path, sha256: str | None) -> np.ndarray:
+    """A stored matrix, checked against its checksum (a manifest without one is not checked)."""
+    if sha256 is not None and _sha256(path) != sha256:
+        raise CorruptIndexError(f"{path.name} does not match its checksum")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 def _write_sqlite(path: Path, snapshot: Snapshot) -> None:
     db = sqlite3.connect(path)
     try:
-        db.execute(f"CREATE TABLE chunks (row INTEGER PRIMARY KEY, hash TEXT, terms TEXT, "
+        db.execute(f"CREATE TABLE chunks (row INTEGER PRIMARY KEY, hash TEXT, terms TEXT, summary TEXT, "
                    f"{', '.join(_CHUNK_COLUMNS)})")
         db.execute("CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha TEXT)")
         db.executemany(
-            f"INSERT INTO chunks VALUES ({', '.join('?' * (3 + len(_CHUNK_COLUMNS)))})",
-            ((row, h, t, *(getattr(c, name) for name in _CHUNK_COLUMNS))
-             for row, (c, h, t) in enumerate(zip(snapshot.chunks, snapshot.hashes, snapshot.terms))),
+            f"INSERT INTO chunks VALUES ({', '.join('?' * (4 + len(_CHUNK_COLUMNS)))})",
+            ((row, h, t, s, *(getattr(c, name) for name in _CHUNK_COLUMNS)) for row, (c, h, t, s)
+             in enumerate(zip(snapshot.chunks, snapshot.hashes, snapshot.terms, snapshot.summaries))),
         )
         db.executemany("INSERT INTO files VALUES (?, ?, ?, ?)",
                        ((p, r.size, r.mtime_ns, r.sha) for p, r in snapshot.files.items()))
@@ -251,16 +294,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def _read_chunks(path: Path) -> tuple[list[Chunk], list[str], list[str]]:
+def _read_chunks(path: Path, with_summaries: bool) -> tuple[list[Chunk], list[str], list[str], list[str]]:
     db = _connect(path)
+    summary = "summary" if with_summaries else "''"
     try:
-        rows = db.execute(f"SELECT row, hash, terms, {', '.join(_CHUNK_COLUMNS)} FROM chunks ORDER BY row").fetchall()
+        rows = db.execute(f"SELECT row, hash, terms, {summary}, {', '.join(_CHUNK_COLUMNS)} "
+                          "FROM chunks ORDER BY row").fetchall()
     finally:
         db.close()
     if [r[0] for r in rows] != list(range(len(rows))):
         raise CorruptIndexError("chunk rows are not contiguous")
-    chunks = [Chunk(*r[3:], blocks=()) for r in rows]
-    return chunks, [r[1] for r in rows], [r[2] for r in rows]
+    chunks = [Chunk(*r[4:], blocks=()) for r in rows]
+    return chunks, [r[1] for r in rows], [r[2] for r in rows], [r[3] or "" for r in rows]
 
 
 def _read_files(path: Path) -> dict[str, FileRecord]:

@@ -57,3 +57,15 @@ class IndexStats:
         return (f"{self.files} files, {self.chunks} chunks: {self.changed_files} changed, "
                 f"{self.deleted_files} deleted, {self.embedded_chunks} chunks embedded "
                 f"in {self.seconds:.1f} s")
+
+
+@dataclass(frozen=True)
+class DefinitionSummary:
+    """The summary of one definition, for the index: found by path and name in the file's
+    indexed chunks, only while the index holds the very text it was read from."""
+
+    path: str  # relative to the indexed root, with forward slashes
+    qualified_name: str
+    start_line: int  # 1-based: picks among definitions of the same name
+    file_sha: str  # indexer.text_sha of the file text the definition was read from
+    text: str

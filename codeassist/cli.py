@@ -87,6 +87,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        "then where .ci/install_llama_server.sh builds it)")
     bench.add_argument("--trust-remote-code", action="store_true",
                        help="search: allow an encoder that ships its own code")
+    bench.add_argument("--summaries", type=int, default=0, metavar="N",
+                       help="search: also summarize N definitions of each project with --model and "
+                       "measure search with those summaries (minutes per 10 on a small CPU)")
+    bench.add_argument("--second-dir", help="search --summaries: the second project, never used for "
+                       "tuning (default: the installed huggingface_hub package)")
     add_model_options(bench)
     bench.set_defaults(run=_run_bench)
 

@@ -13,7 +13,14 @@ def add_commands(commands) -> None:
     """Register `index` and `search` on the CLI's subparsers."""
     index = commands.add_parser("index", help="index a folder for code search (incremental)")
     index.add_argument("dir", nargs="?", default=".", help="folder to index (default: .)")
+    index.add_argument("--summaries", action="store_true",
+                       help="also have the model summarize every function, method and class that has "
+                       "no summary yet (as hovers show them), for search by what code does; slow on CPU "
+                       "(seconds each), stops cleanly at Ctrl-C and goes on from there next time")
     _add_index_options(index)
+    from .model_options import add_model_options
+
+    add_model_options(index)
     index.set_defaults(run=run_index)
 
     search = commands.add_parser("search", help="search the code of an indexed folder")
@@ -85,7 +92,46 @@ def run_index(args: argparse.Namespace) -> int:
     index = _open_index(args, args.dir)
     stats = _update_with_bar(index, quiet=False)
     print(f"indexed {index.root}: {stats.summary()} (index: {index.folder})")
+    if args.summaries:
+        _summarize_all(index, args)
+    done, total = index.summary_coverage()
+    print(f"summaries: {done} of {total} definitions")
     return 0
+
+
+def _summarize_all(index, args: argparse.Namespace, attach_every: int = 16) -> None:
+    """Summarize the index's definitions without one (cached summaries first), attaching them
+    to the index every `attach_every` summaries and at the end."""
+    from tqdm import tqdm
+
+    from completion import load_model
+    from completion.summarize import Summarizer
+    from completion.summary_cache import SummaryCache
+    from retrieval.definitions import DefinitionFinder
+    from retrieval.summary_targets import summary_targets, workspace_order
+
+    finder = DefinitionFinder(index.root, index)
+    targets = [t for path in workspace_order(index) for t in summary_targets(index, finder, path)]
+    if not targets:
+        return
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    summarizer, cache = Summarizer(loaded), SummaryCache(index.summaries_path)
+    written = []
+    try:
+        for target in tqdm(targets, unit="definition", desc="summarizing", file=sys.stderr):
+            request = finder.summary_request(target.definition)
+            key = request.key(loaded.name)
+            text = cache.get(key)
+            if text is None:
+                text = summarizer.summarize(request).text
+                cache.put(key, text)
+            written.append(target.summary(text))
+            if len(written) >= attach_every:
+                index.add_summaries(written)
+                written = []
+    finally:  # Ctrl-C keeps what was written
+        if written:
+            index.add_summaries(written)
 
 
 def run_search(args: argparse.Namespace) -> int:

@@ -161,6 +161,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "indexStatus": ls.code_search.status,
             "oversizedDocuments": len(ls.oversized),
             "summaries": ls.hovers.stats(),
+            "indexSummaries": ls.index_summaries.status(),
             "warmUp": ls.warm_up.status(),
         }
         if engine is not None:

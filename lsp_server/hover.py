@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from lsprotocol import types
@@ -107,6 +108,15 @@ class HoverProvider:
             self.worker.submit(_job_id(definition), _preparer(definition, finder, summarizer),
                                summarizer, self.cache(), BACKGROUND)
         return len(defs)
+
+    def queue_summary(self, definition: Definition, finder: DefinitionFinder) -> Future | None:
+        """Have `definition` summarized in the background (the hover's prompt and cache); the
+        future gets the text, or None. None when no model is loaded."""
+        summarizer = self._summarizer()
+        if summarizer is None:
+            return None
+        return self.worker.submit(_job_id(definition), _preparer(definition, finder, summarizer),
+                                  summarizer, self.cache(), BACKGROUND)
 
     def stats(self) -> dict:
         return {**self.cache().stats(), "generated": self.worker.generated,

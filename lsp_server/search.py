@@ -4,7 +4,8 @@ One worker thread runs index updates in order (the first indexes the whole works
 $/progress; later ones re-index saved or changed files). Each encoder batch runs in the
 engine host's background lane, with one torch thread: only while no completion or warm-up
 waits, stopped before the next encoder layer when one arrives and run again at the next
-turn. Searches read the current snapshot.
+turn. Searches read the current snapshot. When an update is done, `summaries` (index_summaries.py)
+looks at what it changed.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pygls.uris import to_fs_path
 
 from completion.home import codeassist_home
 from completion.preemption import Preempted, between_layers
-from retrieval import CodeIndex, IndexConfig, SearchHit
+from retrieval import CodeIndex, DefinitionSummary, IndexConfig, SearchHit
 
 from .client import ClientChannel, Progress
 from .scheduler import LatestWinsScheduler
@@ -73,13 +74,19 @@ class WorkspaceSearch:
         self.index: CodeIndex | None = None
         self.status = "off"  # off | indexing | ready | failed
         self._key = None
+        self._settings: ServerSettings | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer")
+        self.summaries = None  # an IndexSummaries, told when an update is done
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, settings: ServerSettings, root: str | None) -> None:
         """(Re)open the workspace index for these settings and index it all."""
         root = root if settings.index_enabled else None
+        summaries_turned = self._settings is not None and settings.index_summaries != self._settings.index_summaries
+        self._settings = settings
         if (settings.index_key, root) == self._key:
+            if summaries_turned and self.summaries is not None and self.status == "ready":
+                await self.summaries.start(self.index, settings)
             return
         self._key = (settings.index_key, root)
         self.index, self.status = None, "off"
@@ -114,6 +121,8 @@ class WorkspaceSearch:
             message = stats.summary()
             self.client.tell(logging.INFO, f"codeassist: indexed {index.root}: {message}")
         progress.end(message)
+        if self.index is index and self.status == "ready" and self.summaries is not None:
+            await self.summaries.start(index, self._settings)
 
     def _on_host(self, index: CodeIndex, encode_batch):
         """Run one encoder batch of `index` in the host's background lane (on the indexing
@@ -126,6 +135,18 @@ class WorkspaceSearch:
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
+    def on_indexer(self, work) -> None:
+        """Run `work()` on the indexing thread, after the updates queued before it."""
+        try:
+            self._worker.submit(work).add_done_callback(_log_failure)
+        except RuntimeError:  # shut down
+            pass
+
+    def attach_summaries(self, index: CodeIndex, found: list[DefinitionSummary]) -> int:
+        """(On the indexing thread.) Attach summaries to `index`, their vectors encoded in the
+        host's background lane."""
+        return index.add_summaries(found, functools.partial(self._on_host, index))
+
     # --- file events -----------------------------------------------------------------
     def files_changed(self, uris: list[str]) -> Future | None:
         """Re-index these files (saved, created, changed or deleted) in the background."""
@@ -135,6 +156,9 @@ class WorkspaceSearch:
             return None
         future = self._worker.submit(index.update, paths, None, functools.partial(self._on_host, index))
         future.add_done_callback(_log_failure)
+        if self.summaries is not None:
+            relative = [r for r in (index.relative_path(p) for p in paths) if r]
+            future.add_done_callback(lambda _: self.summaries.files_changed(index, relative))
         return future
 
     # --- queries ---------------------------------------------------------------------
@@ -185,7 +209,7 @@ def _reporter(progress: Progress):
 def _log_failure(future: Future) -> None:
     if not future.cancelled() and future.exception() is not None \
             and not isinstance(future.exception(), IndexingStopped):
-        logger.error("re-indexing failed: %s", future.exception())
+        logger.error("indexing work failed: %s", future.exception())
 
 
 def client_index_dir(index_dir: str, root: str) -> str | None:

@@ -28,6 +28,7 @@ from retrieval.files import read_text
 
 from .client import ClientChannel
 from .hover import HoverProvider
+from .index_summaries import IndexSummaries
 from .positions import is_word_char, offset_at
 from .repo_context import CompletionContext
 from .scheduler import LatestWinsScheduler
@@ -134,6 +135,8 @@ class CodeassistServer(LanguageServer):
         self.files = WorkspaceFiles(lambda: self.workspace)
         self.code_search = WorkspaceSearch(self.client, self.scheduler)
         self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.summarizer, self.scheduler)
+        self.index_summaries = IndexSummaries(self.code_search, self.hovers, self.files, self.client)
+        self.code_search.summaries = self.index_summaries
         self.context = CompletionContext(self.files, lambda: self.code_search.index)
         # Files are tokenized for the n-gram cache here, off the event loop and the worker.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeassist-ngrams")
@@ -231,6 +234,7 @@ class CodeassistServer(LanguageServer):
             self._remembered_folders.clear()
             for uri in list(self.workspace.text_documents):
                 self.remember_document(uri)
+            self.index_summaries.resume()
             elapsed = time.perf_counter() - start
             loaded = getattr(engine, "loaded", None)
             where = f"{loaded.device} ({loaded.dtype_name})" if loaded else "a remote engine"
@@ -343,6 +347,7 @@ class CodeassistServer(LanguageServer):
     def close(self) -> None:
         self.warm_up.cancel()
         self.scheduler.close()
+        self.index_summaries.stop()
         self.code_search.close()
         self.hovers.close()
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)

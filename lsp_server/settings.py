@@ -45,6 +45,7 @@ class ServerSettings:
     max_document_chars: int = 1_000_000  # larger documents stay in sync but get no model work
     hover_summaries: bool = True  # LLM summaries in hovers (signature + docstring always)
     summary_budget_ms: float = 3000.0  # a hover waits this long for a summary not cached yet
+    index_summaries: bool = True  # the model summarizes every indexed definition while idle (search by what code does)
     warm_up: bool = True  # encode the prompt where the cursor rests, before the first key
 
     @property
@@ -71,7 +72,7 @@ _KEYS = {
     "embeddingModel": "embedding_model",
     "repoContext": "repo_context", "repoContextTokens": "repo_context_tokens",
     "maxDocumentChars": "max_document_chars", "hoverSummaries": "hover_summaries", "summaryBudgetMs": "summary_budget_ms",
-    "warmUp": "warm_up",
+    "warmUp": "warm_up", "indexSummaries": "index_summaries",
 }
 _TYPES = {f.name: f.type for f in fields(ServerSettings)}
 _CASTS = {"str": str, "int": int, "float": float, "bool": bool}

@@ -41,6 +41,14 @@ class WorkspaceFiles:
         except ValueError:
             return None
 
+    def open_paths(self) -> list[str]:
+        """The open documents' paths relative to the workspace root (those inside it)."""
+        try:
+            uris = list(self._workspace().text_documents)
+        except RuntimeError:
+            return []
+        return [path for path in map(self.relative, uris) if path is not None]
+
     def finder(self, index) -> DefinitionFinder:
         """A definition finder over the workspace (`index`: a CodeIndex or None) that reads
         open documents before the disk."""

@@ -111,7 +111,7 @@ class CodeIndex:
                run_batch=None) -> IndexStats:
         """Bring the index up to date with the files (all, or only `paths`) and save it;
         each encoder batch runs through `run_batch` when given (retrieval.encoder)."""
-        relative = None if paths is None else [p for p in (self._relative(p) for p in paths) if p]
+        relative = None if paths is None else [p for p in (self.relative_path(p) for p in paths) if p]
         with self._update_lock, FileLock(str(self._lock_path())):
             if store.current_generation(self.folder) != self.snapshot.generation:
                 self._snapshot = self._load()  # another process saved a newer index
@@ -160,7 +160,7 @@ class CodeIndex:
         store.save(self.folder, snapshot)
         self._snapshot = snapshot
 
-    def _relative(self, path: str | Path) -> str | None:
+    def relative_path(self, path: str | Path) -> str | None:
         candidate = Path(path)
         try:  # a relative path (`file:../x`) is taken from the root, and must stay under it
             return (self.root / candidate).resolve().relative_to(self.root.resolve()).as_posix()

@@ -60,7 +60,8 @@ class Snapshot:
     def __init__(self, encoder: str, dim: int, chunks: list[Chunk], hashes: list[str],
                  terms: list[str], vectors: np.ndarray, files: dict[str, FileRecord],
                  generation: str | None = None, folder: Path | None = None,
-                 summaries: list[str] | None = None, summary_vectors: np.ndarray | None = None):
+                 summaries: list[str] | None = None, summary_vectors: np.ndarray | None = None,
+                 summary_weight: float = SUMMARY_WEIGHT):
         if not len(chunks) == len(hashes) == len(terms) == len(vectors):
             raise ValueError("chunks, hashes, terms and vectors must be aligned")
         summaries = summaries if summaries is not None else [""] * len(chunks)
@@ -77,6 +78,7 @@ class Snapshot:
         self.vectors = vectors  # of the code (kind, name, blocks)
         self.summaries = summaries  # each chunk's summary ("" when it has none)
         self.summary_vectors = summary_vectors  # one per summary, in row order
+        self.summary_weight = summary_weight
         self.files = files
         self.generation = generation
         self._folder = folder  # the generation it was loaded from (prebuilt indexes)
@@ -99,7 +101,8 @@ class Snapshot:
         if not rows:
             return self.vectors
         blended = np.array(self.vectors, dtype=np.float32)
-        blended[rows] = (1 - SUMMARY_WEIGHT) * blended[rows] + SUMMARY_WEIGHT * self.summary_vectors
+        weight = self.summary_weight
+        blended[rows] = (1 - weight) * blended[rows] + weight * self.summary_vectors
         return blended
 
     @cached_property

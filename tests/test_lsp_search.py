@@ -6,7 +6,8 @@ import asyncio
 import pytest
 from lsprotocol import types
 
-from tests.lsp_helpers import start_server, status
+from retrieval import store
+from tests.lsp_helpers import open_document, start_server, status
 from tests.retrieval_helpers import write_repo
 
 
@@ -96,3 +97,43 @@ async def test_bad_search_arguments_get_a_clear_error(indexed):
             await client.workspace_execute_command_async(
                 types.ExecuteCommandParams(command="codeassist.search", arguments=arguments))
     assert (await status(client))["indexStatus"] == "ready"  # still serving
+
+
+def _stored_summaries(root) -> dict[str, tuple[str, str]]:
+    """qualified name -> (code, summary) of the summarized chunks in the index on disk."""
+    snapshot = store.load(root / ".codeassist" / "index")
+    return {c.qualified_name: (c.text, s) for c, s in zip(snapshot.chunks, snapshot.summaries) if s}
+
+
+async def test_definitions_are_summarized_into_the_index_and_again_after_an_edit(indexed):
+    client, _, root = indexed
+
+    async def all_summarized():
+        state = (await status(client))["indexSummaries"]
+        return state["state"] == "done" and state["summarized"] == state["definitions"]
+
+    await _eventually(all_summarized, "a summary of every definition")
+    assert (await status(client))["indexSummaries"]["definitions"] == 6
+    titles = [r.title for reports in client.progress_reports.values() for r in reports if r.kind == "begin"]
+    assert "Summarizing definitions" in titles
+    assert set(_stored_summaries(root)) == {"Circle", "Circle.__init__", "Circle.area", "perimeter_of_square",
+                                           "ParseHeader", "renderPage"}
+    # The summaries a hover shows are the ones in the index (one cache).
+    path = root / "geometry" / "shapes.py"
+    uri = open_document(client, path, path.read_text())
+    hover = await client.text_document_hover_async(types.HoverParams(
+        types.TextDocumentIdentifier(uri), types.Position(11, 10)))  # on `perimeter_of_square`
+    assert f"**Summary:** {_stored_summaries(root)['perimeter_of_square'][1]}" in hover.contents.value
+
+    edited = path.read_text().replace("return 4 * side", "return side + side + side + side")
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        types.VersionedTextDocumentIdentifier(version=2, uri=uri),
+        [types.TextDocumentContentChangeWholeDocument(edited)]))
+    path.write_text(edited)
+    client.text_document_did_save(types.DidSaveTextDocumentParams(types.TextDocumentIdentifier(uri)))
+
+    async def edited_summarized():
+        code, _ = _stored_summaries(root).get("perimeter_of_square", ("", ""))
+        return "side + side" in code and await all_summarized()
+
+    await _eventually(edited_summarized, "the edited definition's new summary")

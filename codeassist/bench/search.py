@@ -6,7 +6,9 @@ docstring removed. MRR@10 and Recall@1/@10 for BM25, dense, hybrid (weighted sco
 (reciprocal rank fusion, for comparison), and dense/hybrid
 without SEA (a long chunk's vector from its first block only, which is what truncation at
 the encoder's window gives). Speed: index build throughput, query latency at 10k and 100k
-chunks (flat and HNSW), and the time to re-index one changed file.
+chunks (flat and HNSW), and the time to re-index one changed file. With --summaries N: search
+with the model's summaries of N definitions of the stdlib corpus (where the blend weight is
+chosen) and of a second project (search_summaries.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def run_bench(args) -> BenchResult:
     if not source.is_dir():
         raise ValueError(f"{source}: no such directory")
     work = Path(tempfile.mkdtemp(prefix="codeassist-bench-search-"))
-    queries = _build_corpus(source, work / "repo", 1200 if quick else 2500, 300 if quick else 800)
+    queries, paths = _build_corpus(source, work / "repo", 1200 if quick else 2500, 300 if quick else 800)
     encoder_options = {"encoder": args.encoder} if getattr(args, "encoder", None) else {}
     index = CodeIndex(work / "repo", IndexConfig(index_dir=str(work / "index"), **encoder_options,
                                                  trust_remote_code=getattr(args, "trust_remote_code", False)))
@@ -55,6 +57,8 @@ def run_bench(args) -> BenchResult:
     rows += [_quality(truncated, queries, vectors, mode, "first block") for mode in ("dense", "hybrid")]
     rows += _latencies(snapshot, encoder, quick)
     reindex_ms = _reindex_one_file(index, work / "repo")
+    if args.summaries > 0:
+        rows += _summary_rows(args, work, queries, paths, encoder, quick)
     summary = {
         "queries": len(queries),
         "chunks": len(snapshot),
@@ -69,20 +73,67 @@ def run_bench(args) -> BenchResult:
         "reindex_one_file_ms": round(reindex_ms, 1),
         "latency_corpus": "real chunk vectors and BM25 documents replicated to size; each copy's "
                           "vector perturbed with Gaussian noise (sigma 0.02 per dim) and renormalised",
+        **_summary_headlines(rows),
     }
-    columns = ["measure", "mode", "variant", "chunks", "index", "mrr_at_10", "recall_at_1",
-               "recall_at_10", "p50_ms", "p95_ms", "build_s"]
+    columns = ["measure", "mode", "variant", "project", "coverage", "weight", "chunks", "index",
+               "mrr_at_10", "recall_at_1", "recall_at_10", "p50_ms", "p95_ms", "build_s"]
     return BenchResult(summary, rows, columns, machine_info(), _plot(rows))
 
 
 # --- the evaluation corpus ----------------------------------------------------------------
+def _summary_rows(args, work: Path, queries, paths: list[str], encoder, quick: bool) -> list[dict]:
+    """Search with summaries on a part of the stdlib corpus and of the second project."""
+    import importlib.util
+
+    from completion import load_model
+    from completion.home import codeassist_home
+    from completion.summarize import Summarizer
+    from completion.summary_cache import SummaryCache
+
+    from .search_summaries import coverage_rows, summarized_subset
+
+    second = args.second_dir
+    if second is None:
+        second = str(Path(importlib.util.find_spec("huggingface_hub").origin).parent)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
+    summarizer = Summarizer(loaded)
+    cache = SummaryCache(codeassist_home() / "bench" / "search-summaries.json")
+    second_queries, second_paths = _build_corpus(Path(second), work / "second", 600 if quick else 1500, 800)
+    rows = []
+    for project, root, project_queries, project_paths in (
+            ("stdlib", work / "repo", queries, paths), (Path(second).name, work / "second", second_queries, second_paths)):
+        print(f"summaries for {project}: {args.summaries} definitions")
+        index = summarized_subset(root, project_paths, args.summaries, work / f"{project}-summarized",
+                                  encoder, summarizer, cache)
+        present = {c.path for c in index.snapshot.chunks}
+        subset = [(q, key) for q, key in project_queries if key[0] in present]
+        vectors = {q: encoder.encode_query(q) for q, _ in subset}
+        rows += coverage_rows(index.snapshot, subset, vectors, _quality, project)
+    return rows
+
+
+def _summary_headlines(rows: list[dict]) -> dict:
+    """Hybrid MRR@10 without and with every summary, per project, at the stored weight."""
+    from retrieval.store import SUMMARY_WEIGHT
+
+    found = {}
+    for row in rows:
+        if row["measure"] == "summaries" and row["mode"] == "hybrid" and row["weight"] == SUMMARY_WEIGHT \
+                and row["coverage"] in (0.0, 1.0):
+            label = "without" if row["coverage"] == 0.0 else "with"
+            found[f"summaries_{row['project']}_queries"] = row["queries"]
+            found[f"summaries_{row['project']}_chunks"] = row["chunks"]
+            found[f"mrr_at_10_hybrid_{label}_summaries_{row['project']}"] = row["mrr_at_10"]
+    return found
+
+
 def _build_corpus(source: Path, target: Path, max_chunks: int, max_queries: int):
     """Copy Python files without docstrings into `target` until about `max_chunks` chunks;
-    returns [(query, (path, qualified name))]."""
+    returns ([(query, (path, qualified name))], the copied paths in the order taken)."""
     files = sorted(p for p in source.rglob("*.py")
                    if not _SKIP_DIRS & set(p.relative_to(source).parts[:-1]))
     random.Random(0).shuffle(files)
-    queries, chunks = [], 0
+    queries, chunks, taken = [], 0, []
     for path in files:
         if chunks >= max_chunks:
             break
@@ -94,13 +145,14 @@ def _build_corpus(source: Path, target: Path, max_chunks: int, max_queries: int)
         relative = path.relative_to(source).as_posix()
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         (target / relative).write_text(stripped)
+        taken.append(relative)
         chunks += len(chunk_file(relative, stripped, language_for(relative)))
         queries += [(q, (relative, name)) for q, name in found]
     random.Random(1).shuffle(queries)
     unique = {}
     for query, target_key in queries:
         unique.setdefault(query, target_key)  # a docstring shared by two functions is ambiguous
-    return list(unique.items())[:max_queries]
+    return list(unique.items())[:max_queries], taken
 
 
 def _strip_docstrings(text: str) -> tuple[str, list[tuple[str, str]]]:

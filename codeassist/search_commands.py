@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def add_commands(commands) -> None:
@@ -31,6 +34,10 @@ def add_commands(commands) -> None:
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.add_argument("--no-refresh", action="store_true",
                         help="search the index as it is (by default changed files are re-indexed first)")
+    search.add_argument("--no-server", action="store_true",
+                        help="search in this process even when a codeassist server holds the folder's "
+                        "index (by default that server answers: it has the encoder loaded and keeps the "
+                        "index up to date)")
     _add_index_options(search)
     search.set_defaults(run=run_search)
 
@@ -135,17 +142,23 @@ def _summarize_all(index, args: argparse.Namespace, attach_every: int = 16) -> N
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from retrieval.search import validate
+    if not Path(args.dir).is_dir():
+        raise ValueError(f"{args.dir}: no such directory")
+    root = Path(args.dir).resolve()
+    hits = None if args.no_server else _search_through_server(args, root)
+    if hits is None:
+        from retrieval.search import validate
 
-    validate(args.query, args.k, args.mode)
-    index = _open_index(args, args.dir)
-    if not args.no_refresh:
-        _update_with_bar(index, quiet=True)
-    hits = index.search(args.query, args.k, args.mode)
+        validate(args.query, args.k, args.mode)
+        index = _open_index(args, args.dir)
+        if not args.no_refresh:
+            _update_with_bar(index, quiet=True)
+        hits = [vars(hit) for hit in index.search(args.query, args.k, args.mode)]
     cwd = Path.cwd()
     rows = [{
-        "path": _shown(index.root / h.path, cwd), "line": h.start_line, "end_line": h.end_line,
-        "symbol": h.qualified_name, "kind": h.kind, "score": h.score, "snippet": h.snippet,
+        "path": _shown(root / h["path"], cwd), "line": h["start_line"], "end_line": h["end_line"],
+        "symbol": ".".join(part for part in (h["scope"], h["symbol"]) if part), "kind": h["kind"],
+        "score": h["score"], "snippet": h["snippet"],
     } for h in hits]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -157,6 +170,27 @@ def run_search(args: argparse.Namespace) -> int:
     if not rows:
         print("no results", file=sys.stderr)
     return 0
+
+
+def _search_through_server(args: argparse.Namespace, root: Path) -> list[dict] | None:
+    """The hits from a running server that holds this folder's index with these options;
+    None when there is none (or the options ask for something else: search here)."""
+    from completion.home import codeassist_home
+    from retrieval.files import DEFAULT_MAX_BYTES
+    from retrieval.search_endpoint import NoServer, ask, endpoint_path
+
+    if args.exclude or args.max_file_bytes != DEFAULT_MAX_BYTES or args.trust_remote_code:
+        return None
+    arguments = {"query": args.query, "k": args.k, "mode": args.mode, "encoder": args.encoder,
+                 "in_workspace": args.in_workspace,
+                 "index_dir": str(Path(args.index_dir).expanduser().resolve()) if args.index_dir else None}
+    try:
+        hits = ask(endpoint_path(codeassist_home(), root), "search", arguments)
+    except NoServer as reason:
+        logger.debug("searching in this process: %s", reason)
+        return None
+    print("answered by the running codeassist server", file=sys.stderr)
+    return hits
 
 
 def _shown(path: Path, cwd: Path) -> str:

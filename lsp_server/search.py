@@ -4,13 +4,15 @@ One worker thread runs index updates in order (the first indexes the whole works
 $/progress; later ones re-index saved or changed files). Each encoder batch runs in the
 engine host's background lane, with one torch thread: only while no completion or warm-up
 waits, stopped before the next encoder layer when one arrives and run again at the next
-turn. Searches read the current snapshot. When an update is done, `summaries` (index_summaries.py)
+turn. Searches read the current snapshot; the CLI's searches of this folder come through a local
+endpoint (local_endpoint.py) while the index is ready. When an update is done, `summaries` (index_summaries.py)
 looks at what it changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -25,6 +27,7 @@ from completion.preemption import Preempted, between_layers
 from retrieval import CodeIndex, DefinitionSummary, IndexConfig, SearchHit
 
 from .client import ClientChannel, Progress
+from .local_endpoint import LocalEndpoint, Unavailable
 from .scheduler import LatestWinsScheduler
 from .settings import ServerSettings
 
@@ -77,6 +80,7 @@ class WorkspaceSearch:
         self._settings: ServerSettings | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer")
         self.summaries = None  # an IndexSummaries, told when an update is done
+        self._endpoint: LocalEndpoint | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, settings: ServerSettings, root: str | None) -> None:
@@ -90,6 +94,7 @@ class WorkspaceSearch:
             return
         self._key = (settings.index_key, root)
         self.index, self.status = None, "off"
+        self._stop_endpoint()
         if root is None:
             return
         try:
@@ -100,6 +105,12 @@ class WorkspaceSearch:
         except ValueError as error:
             self.client.tell(logging.WARNING, f"codeassist: code search is off: {error}")
             return
+        try:
+            self._endpoint = LocalEndpoint(codeassist_home(), self.index.root, self._answer_cli)
+            self._endpoint.start()
+        except OSError as error:  # searches from the shell then load the index themselves
+            logger.warning("no CLI endpoint: %s", error)
+            self._endpoint = None
         await self._index_all(self.index)
 
     async def _index_all(self, index: CodeIndex) -> None:
@@ -133,7 +144,31 @@ class WorkspaceSearch:
         return encode_in_background(self._host, getattr(index.encoder, "model", None), encode_batch)
 
     def close(self) -> None:
+        self._stop_endpoint()
         self._worker.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_endpoint(self) -> None:
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
+
+    def _answer_cli(self, command: str, arguments: dict) -> list[dict]:
+        """(On an endpoint thread.) `codeassist search` of this folder, when the CLI's index
+        options name this index."""
+        index = self.index
+        if command != "search":
+            raise ValueError(f"unknown command {command!r}")
+        if index is None or self.status != "ready":
+            raise Unavailable(f"the server's index is {self.status}")
+        wanted = IndexConfig(encoder=arguments.get("encoder") or index.config.encoder,
+                             location="workspace" if arguments.get("in_workspace") else "cache",
+                             index_dir=arguments.get("index_dir"))
+        if wanted.encoder != index.config.encoder or wanted.folder_for(index.root).resolve() != index.folder.resolve():
+            raise Unavailable("the server's index is another one (encoder or folder)")
+        query, k, mode = arguments.get("query"), arguments.get("k", 10), arguments.get("mode", "hybrid")
+        if not isinstance(query, str) or not isinstance(k, int) or not isinstance(mode, str):
+            raise ValueError("search needs query (text), k (integer) and mode (text)")
+        return [dataclasses.asdict(hit) for hit in index.search(query, k, mode)]
 
     def on_indexer(self, work) -> None:
         """Run `work()` on the indexing thread, after the updates queued before it."""

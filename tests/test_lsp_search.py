@@ -2,11 +2,15 @@
 command, workspace/symbol, re-indexing on didSave and on watched-file events."""
 
 import asyncio
+import json
+import sys
 
 import pytest
 from lsprotocol import types
 
+from completion.home import codeassist_home
 from retrieval import store
+from retrieval.search_endpoint import endpoint_path
 from tests.lsp_helpers import open_document, start_server, status
 from tests.retrieval_helpers import write_repo
 
@@ -137,3 +141,33 @@ async def test_definitions_are_summarized_into_the_index_and_again_after_an_edit
         return "side + side" in code and await all_summarized()
 
     await _eventually(edited_summarized, "the edited definition's new summary")
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "codeassist", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_searches_through_the_running_server(indexed):
+    client, _, root = indexed
+    query = ("search", "area of a circle from its radius", "--dir", str(root), "--in-workspace", "--json", "--k", "3")
+    code, out, err = await _cli(*query)
+    assert code == 0 and "answered by the running codeassist server" in err, err
+    through_server = json.loads(out)
+    assert through_server[0]["symbol"] == "Circle.area" and through_server[0]["line"] == 8
+    code, out, err = await _cli(*query, "--no-server")
+    assert code == 0 and "answered by" not in err
+    assert [r["symbol"] for r in json.loads(out)] == [r["symbol"] for r in through_server]
+    # Another index than the server's: searched in the CLI's own process.
+    code, out, err = await _cli(*query[:-3], "--index-dir", str(root / "elsewhere"), "--json")
+    assert code == 0 and "answered by" not in err
+    # A bad request gets the server's message; a request without the token gets nothing.
+    code, _, err = await _cli("search", " ", "--dir", str(root), "--in-workspace")
+    assert code != 0 and "empty" in err
+    endpoint = json.loads(endpoint_path(codeassist_home(), root).read_text())
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint["port"])
+    writer.write(json.dumps({"token": "guess", "command": "search", "arguments": {"query": "x"}}).encode() + b"\n")
+    assert await reader.read() == b""
+    writer.close()

@@ -36,6 +36,9 @@ def _build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--context-tokens", type=int, default=1024, help="prompt token budget")
     complete.add_argument("--language", help="override the language detected from the extension")
     complete.add_argument("--json", action="store_true", help="print text, tokens, timings, model")
+    complete.add_argument("--no-server", action="store_true",
+                          help="load the model in this process even when a codeassist server of the "
+                          "file's folder runs the same model (by default that server answers)")
     complete.set_defaults(run=_run_complete)
 
     serve = commands.add_parser(
@@ -110,7 +113,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_complete(args: argparse.Namespace) -> int:
-    from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
     from completion.syntax import language_for
 
     from .sources import offset_of, parse_location, read_source, repository_of
@@ -118,15 +120,69 @@ def _run_complete(args: argparse.Namespace) -> int:
     path, line, column = parse_location(args.location)
     text = read_source(path)
     cursor = offset_of(text, line, column)
+    repo_name, relative = repository_of(path)
+    language = language_for(str(path), args.language)
+    answer = None
+    if not args.no_server and args.engine == "local" and not args.draft_model:
+        answer = _complete_through_server(args, path, {
+            "text": text, "cursor": cursor, "language": language, "path": relative, "repo_name": repo_name})
+    if answer is None:
+        answer = _complete_here(args, text, cursor, language, relative, repo_name)
+    if answer["stop_reason"] == "engine_down":
+        logger.error("no completion: %s", answer["error"])
+        return 1
+    if not answer["text"].strip():
+        print(f"codeassist: no suggestion at {args.location}: {why_empty(answer['stop_reason'], answer['tokens'])}",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            **{key: answer[key] for key in ("text", "tokens", "prompt_tokens", "stop_reason", "multiline",
+                                            "model", "device", "dtype")},
+            "engine": args.engine,
+            "server": answer.get("server", False),
+            "timings": {
+                "load_ms": round(answer["load_ms"], 1) if answer.get("load_ms") is not None else None,
+                "prompt_ms": round(answer["prompt_ms"], 1),
+                "decode_ms": round(answer["decode_ms"], 1),
+            },
+        }, indent=2))
+    else:
+        print(answer["text"])
+    return 0
+
+
+def _complete_through_server(args: argparse.Namespace, path: Path, request: dict) -> dict | None:
+    """The completion from a running server of the file's folder that runs this model; None
+    when there is none."""
+    from completion.home import codeassist_home
+    from retrieval.search_endpoint import NoServer, ask, endpoint_above
+
+    endpoint = endpoint_above(codeassist_home(), path)
+    if endpoint is None:
+        return None
+    arguments = {**request, "model": args.model, "device": args.device, "dtype": args.dtype,
+                 "max_tokens": args.max_tokens, "context_tokens": args.context_tokens,
+                 "time_budget_ms": args.time_budget_ms}
+    try:
+        answer = ask(endpoint, "complete", arguments)
+    except NoServer as reason:
+        logger.debug("completing in this process: %s", reason)
+        return None
+    print("answered by the running codeassist server", file=sys.stderr)
+    return {**answer, "server": True, "load_ms": None}
+
+
+def _complete_here(args: argparse.Namespace, text: str, cursor: int, language: str | None,
+                   relative: str, repo_name: str) -> dict:
+    """The completion from a model (or remote engine) loaded in this process."""
+    from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+
     settings = EngineSettings(
         max_new_tokens=args.max_tokens,
         time_budget_ms=math.inf if args.time_budget_ms is None else args.time_budget_ms,
         max_prompt_tokens=args.context_tokens,
     )
-    repo_name, relative = repository_of(path)
-    request = CompletionRequest(
-        text, cursor, language_for(str(path), args.language), path=relative, repo_name=repo_name
-    )
+    request = CompletionRequest(text, cursor, language, path=relative, repo_name=repo_name)
     if args.engine != "local":
         from completion.remote_engine import open_remote_engine
 
@@ -137,31 +193,13 @@ def _run_complete(args: argparse.Namespace) -> int:
         draft = load_model(args.draft_model, device=args.device, dtype=args.dtype) if args.draft_model else None
         engine = CompletionEngine(loaded, settings, draft=draft)
     result = engine.complete(request)
-    if result.stop_reason == "engine_down":
-        logger.error("no completion: %s", engine.status()["engine"]["lastError"])
-        return 1
-    if not result.text.strip():
-        print(f"codeassist: no suggestion at {args.location}: {why_empty(result)}", file=sys.stderr)
-    if args.json:
-        print(json.dumps({
-            "text": result.text,
-            "tokens": result.tokens,
-            "prompt_tokens": result.prompt_tokens,
-            "stop_reason": result.stop_reason,
-            "multiline": result.multiline,
-            "model": result.model,
-            "device": str(loaded.device) if loaded else None,
-            "dtype": loaded.dtype_name if loaded else None,
-            "engine": args.engine,
-            "timings": {
-                "load_ms": round(loaded.load_ms, 1) if loaded else None,
-                "prompt_ms": round(result.prompt_ms, 1),
-                "decode_ms": round(result.decode_ms, 1),
-            },
-        }, indent=2))
-    else:
-        print(result.text)
-    return 0
+    return {
+        "text": result.text, "tokens": result.tokens, "prompt_tokens": result.prompt_tokens,
+        "stop_reason": result.stop_reason, "multiline": result.multiline, "model": result.model,
+        "device": str(loaded.device) if loaded else None, "dtype": loaded.dtype_name if loaded else None,
+        "load_ms": loaded.load_ms if loaded else None, "prompt_ms": result.prompt_ms, "decode_ms": result.decode_ms,
+        "error": engine.status()["engine"]["lastError"] if result.stop_reason == "engine_down" else None,
+    }
 
 
 EMPTY_BECAUSE = {
@@ -176,10 +214,10 @@ EMPTY_BECAUSE = {
 }
 
 
-def why_empty(result) -> str:
+def why_empty(stop_reason: str, tokens: int) -> str:
     """A sentence on why a completion came back empty (for the command line)."""
-    reason = EMPTY_BECAUSE.get(result.stop_reason, f"stopped: {result.stop_reason}")
-    return f"{reason} (stop reason {result.stop_reason}, {result.tokens} tokens generated)"
+    reason = EMPTY_BECAUSE.get(stop_reason, f"stopped: {stop_reason}")
+    return f"{reason} (stop reason {stop_reason}, {tokens} tokens generated)"
 
 
 def _run_serve(args: argparse.Namespace) -> int:

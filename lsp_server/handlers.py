@@ -36,6 +36,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     @server.feature(types.INITIALIZED)
     async def initialized(ls: CodeassistServer, params: types.InitializedParams) -> None:
         # Both in the background: requests meanwhile get empty answers.
+        ls.cli_requests.start()
         await asyncio.gather(ls.ensure_model(), ls.code_search.start(ls.settings, ls.workspace.root_path),
                              ls.watch_files())
 

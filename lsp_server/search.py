@@ -4,8 +4,8 @@ One worker thread runs index updates in order (the first indexes the whole works
 $/progress; later ones re-index saved or changed files). Each encoder batch runs in the
 engine host's background lane, with one torch thread: only while no completion or warm-up
 waits, stopped before the next encoder layer when one arrives and run again at the next
-turn. Searches read the current snapshot; the CLI's searches of this folder come through a local
-endpoint (local_endpoint.py) while the index is ready. When an update is done, `summaries` (index_summaries.py)
+turn. Searches read the current snapshot (the CLI's too, through cli_requests.py, while the index is
+ready). When an update is done, `summaries` (index_summaries.py)
 looks at what it changed.
 """
 
@@ -27,7 +27,7 @@ from completion.preemption import Preempted, between_layers
 from retrieval import CodeIndex, DefinitionSummary, IndexConfig, SearchHit
 
 from .client import ClientChannel, Progress
-from .local_endpoint import LocalEndpoint, Unavailable
+from .local_endpoint import Unavailable
 from .scheduler import LatestWinsScheduler
 from .settings import ServerSettings
 
@@ -80,7 +80,6 @@ class WorkspaceSearch:
         self._settings: ServerSettings | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer")
         self.summaries = None  # an IndexSummaries, told when an update is done
-        self._endpoint: LocalEndpoint | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, settings: ServerSettings, root: str | None) -> None:
@@ -94,7 +93,6 @@ class WorkspaceSearch:
             return
         self._key = (settings.index_key, root)
         self.index, self.status = None, "off"
-        self._stop_endpoint()
         if root is None:
             return
         try:
@@ -105,12 +103,6 @@ class WorkspaceSearch:
         except ValueError as error:
             self.client.tell(logging.WARNING, f"codeassist: code search is off: {error}")
             return
-        try:
-            self._endpoint = LocalEndpoint(codeassist_home(), self.index.root, self._answer_cli)
-            self._endpoint.start()
-        except OSError as error:  # searches from the shell then load the index themselves
-            logger.warning("no CLI endpoint: %s", error)
-            self._endpoint = None
         await self._index_all(self.index)
 
     async def _index_all(self, index: CodeIndex) -> None:
@@ -144,20 +136,12 @@ class WorkspaceSearch:
         return encode_in_background(self._host, getattr(index.encoder, "model", None), encode_batch)
 
     def close(self) -> None:
-        self._stop_endpoint()
         self._worker.shutdown(wait=False, cancel_futures=True)
 
-    def _stop_endpoint(self) -> None:
-        if self._endpoint is not None:
-            self._endpoint.stop()
-            self._endpoint = None
-
-    def _answer_cli(self, command: str, arguments: dict) -> list[dict]:
+    def answer_cli(self, arguments: dict) -> list[dict]:
         """(On an endpoint thread.) `codeassist search` of this folder, when the CLI's index
         options name this index."""
         index = self.index
-        if command != "search":
-            raise ValueError(f"unknown command {command!r}")
         if index is None or self.status != "ready":
             raise Unavailable(f"the server's index is {self.status}")
         wanted = IndexConfig(encoder=arguments.get("encoder") or index.config.encoder,

@@ -28,6 +28,7 @@ from retrieval.files import read_text
 
 from .client import ClientChannel
 from .hover import HoverProvider
+from .cli_requests import CliRequests
 from .index_summaries import IndexSummaries
 from .positions import is_word_char, offset_at
 from .repo_context import CompletionContext
@@ -39,6 +40,8 @@ from .warm_up import HINT_DELAY_S, WarmUp
 from .workspace_files import WorkspaceFiles
 
 logger = logging.getLogger(__name__)
+
+CLI_SESSION = "codeassist:cli"  # the KV session and host key of the CLI's completions (never a URI)
 
 def _word_start(text: str, cursor: int) -> int:
     """Offset where the identifier that ends at `cursor` starts (runs on every keystroke)."""
@@ -137,6 +140,7 @@ class CodeassistServer(LanguageServer):
         self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.summarizer, self.scheduler)
         self.index_summaries = IndexSummaries(self.code_search, self.hovers, self.files, self.client)
         self.code_search.summaries = self.index_summaries
+        self.cli_requests = CliRequests(self)
         self.context = CompletionContext(self.files, lambda: self.code_search.index)
         # Files are tokenized for the n-gram cache here, off the event loop and the worker.
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codeassist-ngrams")
@@ -348,6 +352,7 @@ class CodeassistServer(LanguageServer):
         self.warm_up.cancel()
         self.scheduler.close()
         self.index_summaries.stop()
+        self.cli_requests.stop()
         self.code_search.close()
         self.hovers.close()
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
@@ -417,6 +422,22 @@ class CodeassistServer(LanguageServer):
             self._queue_warm_up(prepared, engine)  # grow it to the whole prompt, in lane 2
         self._refresh_when_idle(prepared.uri, engine)
         return result
+
+    async def complete_text(self, request: CompletionRequest, settings: ServerSettings) -> Completion | None:
+        """A completion of text that is no open document (the CLI's), in lane 1 like a
+        keystroke, with one KV session for all of them; None while no model is ready."""
+        while self.engine is None and self.model_status == "loading":
+            await asyncio.sleep(0.1)
+        engine = self.engine
+        if engine is None:
+            return None
+
+        def work(cancelled):
+            return engine.complete(request, cancelled, session_key=CLI_SESSION,
+                                   settings=self._engine_settings(settings))
+
+        job = self.scheduler.submit(CLI_SESSION, work, (request.text, request.cursor, settings))
+        return await asyncio.wrap_future(job.future)
 
     def _with_context(self, prepared: PreparedRequest) -> CompletionRequest:
         """The request with repository snippets when its settings ask for them (on the host)."""

@@ -25,6 +25,11 @@ KEYWORD_LEXICAL_WEIGHT = 0.3
 # Identifier shapes: snake_case, dotted.name, call(, Scope::name, camelCase.
 _CODE_SHAPE = re.compile(r"\w_|_\w|\w\.\w|\w\(|::|[a-z][A-Z]")
 _SNIPPET_LINES = 12
+# A class and one of its methods both match a query: the method is the more specific answer
+# ("is a point inside the circle": Circle.contains, not Circle). The best method scoring
+# within this much of its class is put just above it (dense and hybrid; chosen with
+# `codeassist bench search`, whose queries are class docstrings as well as methods').
+MEMBER_MARGIN = 0.05
 
 
 def validate(query: str, k: int, mode: str = "hybrid") -> None:
@@ -37,7 +42,8 @@ def validate(query: str, k: int, mode: str = "hybrid") -> None:
 
 
 def rank(snapshot: Snapshot, query: str, k: int, mode: str,
-         encode_query: Callable[[str], np.ndarray]) -> list[tuple[int, float]]:
+         encode_query: Callable[[str], np.ndarray], member_margin: float = MEMBER_MARGIN,
+         ) -> list[tuple[int, float]]:
     """(row, score) of the best `k` chunks for `query`, best first."""
     validate(query, k, mode)
     depth = max(4 * k, 50)  # candidates from each ranker before fusion
@@ -47,11 +53,37 @@ def rank(snapshot: Snapshot, query: str, k: int, mode: str,
     vector = encode_query(query)
     dense = snapshot.dense(vector, depth)
     if mode == "dense":
-        return dense[:k]
+        return members_first(snapshot, dense, member_margin)[:k]
     if mode == "rrf":
         return fuse_ranks([dense, lexical])[:k]
-    return fuse(dense, lexical, lexical_weight(query),
-                lambda rows: snapshot.similarity(vector, rows))[:k]
+    fused = fuse(dense, lexical, lexical_weight(query), lambda rows: snapshot.similarity(vector, rows))
+    return members_first(snapshot, fused, member_margin)[:k]
+
+
+def members_first(snapshot: Snapshot, ranked: list[tuple[int, float]],
+                  margin: float) -> list[tuple[int, float]]:
+    """`ranked` (best first) with each class's best-scoring method put just above the class
+    when it scores within `margin` of it (it then shows the class's score)."""
+    if margin <= 0:
+        return ranked
+    chunks = snapshot.chunks
+    best_member: dict[tuple[str, str], tuple[int, float]] = {}
+    for row, score in ranked:  # best first: the first seen is the best
+        chunk = chunks[row]
+        if chunk.kind == "method":
+            best_member.setdefault((chunk.path, chunk.scope), (row, score))
+    result, placed = [], set()
+    for row, score in ranked:
+        if row in placed:
+            continue
+        chunk = chunks[row]
+        member = best_member.get((chunk.path, chunk.qualified_name)) if chunk.kind == "class" else None
+        if member is not None and member[0] not in placed and score - member[1] <= margin:
+            result.append((member[0], score))
+            placed.add(member[0])
+        result.append((row, score))
+        placed.add(row)
+    return result
 
 
 def lexical_weight(query: str) -> float:

@@ -28,6 +28,15 @@ def endpoint_path(home: Path, root: Path) -> Path:
     return home / "servers" / f"{root.name}-{digest}.json"
 
 
+def endpoint_above(home: Path, path: Path) -> Path | None:
+    """The endpoint file of the nearest folder holding `path` that a server serves."""
+    for folder in path.resolve().parents:
+        candidate = endpoint_path(home, folder)
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def write_endpoint(path: Path, port: int, token: str) -> None:
     """Create the endpoint file (replacing one left by a server that is gone), user-only."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -116,9 +116,6 @@ def test_read_source_keeps_unicode(tmp_path):
 
 def test_complete_has_no_time_budget_unless_given_and_explains_an_empty_answer():
     from codeassist.cli import _build_parser, why_empty
-    from completion.types import Completion
 
     assert _build_parser().parse_args(["complete", "f.py:1:1"]).time_budget_ms is None
-    empty = Completion(text="", tokens=1, prompt_tokens=9, prompt_ms=1.0, decode_ms=1.0,
-                       stop_reason="end_of_line", model="m", multiline=False)
-    assert why_empty(empty) == "the model's first token ends the line (stop reason end_of_line, 1 tokens generated)"
+    assert why_empty("end_of_line", 1) == "the model's first token ends the line (stop reason end_of_line, 1 tokens generated)"

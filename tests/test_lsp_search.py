@@ -171,3 +171,19 @@ async def test_the_cli_searches_through_the_running_server(indexed):
     writer.write(json.dumps({"token": "guess", "command": "search", "arguments": {"query": "x"}}).encode() + b"\n")
     assert await reader.read() == b""
     writer.close()
+
+
+async def test_the_cli_completes_through_the_running_server(indexed, tiny_model_dir):
+    _, _, root = indexed
+    model = ("--model", str(tiny_model_dir("qwen2.5-coder")), "--device", "cpu")
+    location = (f"{root / 'geometry' / 'shapes.py'}:13:12", "--json", "--max-tokens", "4")
+    code, out, err = await _cli("complete", *location, *model, "--dtype", "fp32")
+    assert code == 0 and "answered by the running codeassist server" in err, err
+    served = json.loads(out)
+    assert served["server"] is True and served["timings"]["load_ms"] is None and served["tokens"] >= 1
+    code, out, err = await _cli("complete", *location, *model, "--dtype", "fp32", "--no-server")
+    assert code == 0 and "answered by" not in err
+    assert json.loads(out)["text"] == served["text"]  # greedy: the same text either way
+    # Another model than the server's: loaded in the CLI's process.
+    code, out, err = await _cli("complete", *location, *model, "--dtype", "bf16")
+    assert code == 0 and "answered by" not in err and json.loads(out)["server"] is False

@@ -89,3 +89,23 @@ def test_the_number_of_results_a_client_asks_for_is_bounded():
     for k in (0, -1, MAX_RESULTS + 1, 10**9):
         with pytest.raises(ValueError, match="k must be within"):
             validate("query", k)
+
+
+def test_a_method_close_to_its_class_goes_above_it():
+    from retrieval.types import Chunk
+
+    def chunk(kind, symbol, scope="", path="geo.py"):
+        return Chunk(path, "python", kind, symbol, scope, 1, 2, "", ())
+
+    chunks = [chunk("class", "Circle"), chunk("method", "area", "Circle"), chunk("method", "contains", "Circle"),
+              chunk("function", "other"), chunk("method", "contains", "Circle", path="elsewhere.py"),
+              chunk("class", "Square"), chunk("method", "side", "Square")]
+    snapshot = Snapshot("fake", 2, chunks, ["h"] * 7, [""] * 7, np.zeros((7, 2), np.float32), {})
+    ranked = [(0, 0.70), (3, 0.68), (4, 0.67), (2, 0.66), (1, 0.60), (5, 0.5), (6, 0.3)]
+    # Circle's best method (contains, 0.04 below) goes just above it, with the class's score; a
+    # method of another file's Circle, and Square's method 0.2 below, stay where they are.
+    assert search.members_first(snapshot, ranked, 0.05) == [
+        (2, 0.70), (0, 0.70), (3, 0.68), (4, 0.67), (1, 0.60), (5, 0.5), (6, 0.3)]
+    assert search.members_first(snapshot, ranked, 0.0) == ranked
+    # A method already above its class stays where it is.
+    assert search.members_first(snapshot, [(2, 0.8), (0, 0.7)], 0.05) == [(2, 0.8), (0, 0.7)]

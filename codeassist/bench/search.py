@@ -26,7 +26,7 @@ from completion.syntax import language_for
 from retrieval import CodeIndex, IndexConfig
 from retrieval.chunking import chunk_file
 from retrieval.indexer import embed
-from retrieval.search import rank
+from retrieval.search import MEMBER_MARGIN, rank
 from retrieval.store import Snapshot, build_vector_index
 
 from .report import BenchResult, machine_info
@@ -34,6 +34,7 @@ from .report import BenchResult, machine_info
 _SKIP_DIRS = {"test", "tests", "idlelib", "lib2to3", "pydoc_data", "encodings", "turtledemo",
               "site-packages", "__pycache__", "ensurepip", "tkinter"}
 _LATENCY_SIZES = (10_000, 100_000)
+MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2)  # a method within this of its class's score goes above it
 
 
 def run_bench(args) -> BenchResult:
@@ -53,6 +54,8 @@ def run_bench(args) -> BenchResult:
     snapshot = index.snapshot
     vectors = {q: encoder.encode_query(q) for q, _ in queries}
     rows = [_quality(snapshot, queries, vectors, mode, "sea") for mode in ("bm25", "dense", "hybrid", "rrf")]
+    rows += [{**_quality(snapshot, queries, vectors, "hybrid", "sea", margin), "measure": "member margin",
+              "margin": margin} for margin in MARGINS]
     truncated = _without_sea(snapshot, work / "repo", encoder)
     rows += [_quality(truncated, queries, vectors, mode, "first block") for mode in ("dense", "hybrid")]
     rows += _latencies(snapshot, encoder, quick)
@@ -75,8 +78,9 @@ def run_bench(args) -> BenchResult:
                           "vector perturbed with Gaussian noise (sigma 0.02 per dim) and renormalised",
         **_summary_headlines(rows),
     }
-    columns = ["measure", "mode", "variant", "project", "coverage", "weight", "chunks", "index",
-               "mrr_at_10", "recall_at_1", "recall_at_10", "p50_ms", "p95_ms", "build_s"]
+    columns = ["measure", "mode", "variant", "project", "coverage", "weight", "margin", "chunks", "index",
+               "mrr_at_10", "recall_at_1", "recall_at_10", "class_mrr_at_10", "function_mrr_at_10",
+               "p50_ms", "p95_ms", "build_s"]
     return BenchResult(summary, rows, columns, machine_info(), _plot(rows))
 
 
@@ -156,24 +160,28 @@ def _build_corpus(source: Path, target: Path, max_chunks: int, max_queries: int)
 
 
 def _strip_docstrings(text: str) -> tuple[str, list[tuple[str, str]]]:
-    """The source without function/method docstrings, and (first sentence, qualified name)."""
+    """The source without class, function and method docstrings, and (first sentence,
+    qualified name) of each."""
     tree = ast.parse(text)
     lines = text.split("\n")
     found, cuts = [], []
 
+    def cut_docstring(child, name: str) -> None:
+        docstring = ast.get_docstring(child)
+        first = child.body[0]
+        if docstring and isinstance(first, ast.Expr):
+            sentence = _first_sentence(docstring)
+            if len(sentence.split()) >= 3:
+                found.append((sentence, name))
+            cuts.append((first.lineno, first.end_lineno, len(child.body) == 1, first.col_offset))
+
     def visit(node, scope: list[str], in_function: bool):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef) and not in_function:
+                cut_docstring(child, ".".join(scope + [child.name]))
                 visit(child, scope + [child.name], False)
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and not in_function:
-                docstring = ast.get_docstring(child)
-                first = child.body[0]
-                if docstring and isinstance(first, ast.Expr):
-                    sentence = _first_sentence(docstring)
-                    if len(sentence.split()) >= 3:
-                        found.append((sentence, ".".join(scope + [child.name])))
-                    cuts.append((first.lineno, first.end_lineno, len(child.body) == 1,
-                                 first.col_offset))
+                cut_docstring(child, ".".join(scope + [child.name]))
                 visit(child, scope, True)
 
     visit(tree, [], False)
@@ -188,22 +196,28 @@ def _first_sentence(docstring: str) -> str:
 
 
 # --- measurements -------------------------------------------------------------------------
-def _quality(snapshot: Snapshot, queries, vectors, mode: str, variant: str) -> dict:
+def _quality(snapshot: Snapshot, queries, vectors, mode: str, variant: str,
+             member_margin: float = MEMBER_MARGIN) -> dict:
+    """MRR@10 and recall; MRR@10 also of the queries for classes and for functions/methods."""
     where = {}
     for row, chunk in enumerate(snapshot.chunks):
         where.setdefault((chunk.path, chunk.qualified_name), set()).add(row)
-    reciprocal, at1, at10 = [], 0, 0
+    reciprocal, at1, at10, of_class = [], 0, 0, []
     for query, key in queries:
-        ranked = [row for row, _ in rank(snapshot, query, 10, mode, vectors.__getitem__)]
+        ranked = [row for row, _ in rank(snapshot, query, 10, mode, vectors.__getitem__, member_margin)]
         relevant = where.get(key, set())
         position = next((i for i, row in enumerate(ranked) if row in relevant), None)
         reciprocal.append(0.0 if position is None else 1.0 / (position + 1))
+        of_class.append(any(snapshot.chunks[row].kind == "class" for row in relevant))
         at1 += position == 0
         at10 += position is not None
     n = max(len(queries), 1)
+    reciprocal, of_class = np.asarray(reciprocal), np.asarray(of_class, bool)
     return {"measure": "quality", "mode": mode, "variant": variant,
-            "mrr_at_10": round(float(np.mean(reciprocal)), 4), "recall_at_1": round(at1 / n, 4),
-            "recall_at_10": round(at10 / n, 4)}
+            "mrr_at_10": round(float(np.mean(reciprocal)), 4) if len(reciprocal) else 0.0,
+            "recall_at_1": round(at1 / n, 4), "recall_at_10": round(at10 / n, 4),
+            "class_mrr_at_10": round(float(reciprocal[of_class].mean()), 4) if of_class.any() else None,
+            "function_mrr_at_10": round(float(reciprocal[~of_class].mean()), 4) if (~of_class).any() else None}
 
 
 def _without_sea(snapshot: Snapshot, root: Path, encoder) -> Snapshot:

@@ -45,7 +45,7 @@ def run_bench(args) -> BenchResult:
     work = Path(tempfile.mkdtemp(prefix="codeassist-bench-search-"))
     queries, paths = _build_corpus(source, work / "repo", 1200 if quick else 2500, 300 if quick else 800)
     encoder_options = {"encoder": args.encoder} if getattr(args, "encoder", None) else {}
-    index = CodeIndex(work / "repo", IndexConfig(index_dir=str(work / "index"), **encoder_options,
+    index = CodeIndex(work / "repo", IndexConfig(location="workspace", **encoder_options,
                                                  trust_remote_code=getattr(args, "trust_remote_code", False)))
     encoder = index.encoder
     start = time.perf_counter()
@@ -60,6 +60,8 @@ def run_bench(args) -> BenchResult:
     rows += [_quality(truncated, queries, vectors, mode, "first block") for mode in ("dense", "hybrid")]
     rows += _latencies(snapshot, encoder, quick)
     reindex_ms = _reindex_one_file(index, work / "repo")
+    if not encoder_options:  # the server indexes with its default encoder
+        rows += _cli_latencies(work / "repo", queries, work, args, 3 if quick else 8)
     if args.summaries > 0:
         rows += _summary_rows(args, work, queries, paths, encoder, quick)
     summary = {
@@ -74,6 +76,8 @@ def run_bench(args) -> BenchResult:
         **{f"query_{p}_ms_{r['chunks'] // 1000}k{'' if r['index'] == 'flat' else '_hnsw'}": r[f"{p}_ms"]
            for r in rows if r["measure"] == "latency" for p in ("p50", "p95")},
         "reindex_one_file_ms": round(reindex_ms, 1),
+        **{f"cli_search_p50_s_{r['variant'].replace(' ', '_')}": r["p50_ms"] / 1000
+           for r in rows if r["measure"] == "cli latency"},
         "latency_corpus": "real chunk vectors and BM25 documents replicated to size; each copy's "
                           "vector perturbed with Gaussian noise (sigma 0.02 per dim) and renormalised",
         **_summary_headlines(rows),
@@ -270,6 +274,54 @@ def _latencies(snapshot: Snapshot, encoder, quick: bool) -> list[dict]:
     return rows
 
 
+def _cli_latencies(root: Path, queries, work: Path, args, runs: int) -> list[dict]:
+    """`codeassist search` from the shell, as a user runs it: in its own process (imports,
+    encoder, index, refresh), then answered by a running server of the folder."""
+    import itertools
+    import subprocess
+    import sys
+
+    from .lsp_process import LspProcess, notification, request
+
+    def timed(extra: list[str]) -> list[float]:
+        times = []
+        for query, _ in queries[:runs]:
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "codeassist", "search", query, "--dir", str(root),
+                                   "--in-workspace", "--json", *extra], capture_output=True, text=True, check=True)
+            times.append((time.perf_counter() - start) * 1000)
+            if ("answered by the running" in done.stderr) != (not extra):
+                raise RuntimeError(f"the search went another way than asked: {done.stderr[-300:]}")
+        return times
+
+    rows = [_latency_row("in the process", timed(["--no-server"]))]
+    server = LspProcess(work / "cli-server.log", ["--model", args.model, "--device", args.device, "--dtype", args.dtype])
+    try:
+        ids = itertools.count(1)
+        options = {"indexEnabled": True, "indexLocation": "workspace", "indexSummaries": False,
+                   "hoverSummaries": False, "warmUp": False}
+        server.send(request(0, "initialize", {"processId": None, "rootUri": root.as_uri(), "capabilities": {},
+                                              "initializationOptions": options}))
+        server.answer(0)
+        server.send(notification("initialized", {}))
+        server.wait_until_ready(ids)
+        while True:
+            msg_id = next(ids)
+            server.send(request(msg_id, "workspace/executeCommand", {"command": "codeassist.status", "arguments": []}))
+            if server.answer(msg_id)["result"]["indexStatus"] == "ready":
+                break
+            time.sleep(0.5)
+        rows.append(_latency_row("through a server", timed([])))
+    finally:
+        server.close()
+    return rows
+
+
+def _latency_row(variant: str, times: list[float]) -> dict:
+    return {"measure": "cli latency", "mode": "hybrid", "variant": variant,
+            "p50_ms": round(float(np.percentile(times, 50)), 1), "p95_ms": round(float(np.percentile(times, 95)), 1)}
+
+
 def _reindex_one_file(index: CodeIndex, root: Path) -> float:
     """Median ms to re-index one edited file of median size (a function appended), 3 edits."""
     files = sorted(root.rglob("*.py"), key=lambda p: p.stat().st_size)
@@ -286,17 +338,33 @@ def _reindex_one_file(index: CodeIndex, root: Path) -> float:
 def _plot(rows: list[dict]):
     def draw(figure) -> None:
         quality = [r for r in rows if r["measure"] == "quality"]
-        left = figure.add_subplot(1, 2, 1)
+        summaries = [r for r in rows if r["measure"] == "summaries"]
+        panels = 3 if summaries else 2
+        left = figure.add_subplot(1, panels, 1)
         labels = [f"{r['mode']}\n{r['variant']}" for r in quality]
         x = np.arange(len(quality))
         for offset, metric in zip((-0.27, 0, 0.27), ("mrr_at_10", "recall_at_1", "recall_at_10")):
             left.bar(x + offset, [r[metric] for r in quality], 0.27, label=metric)
         left.set_xticks(x, labels, fontsize=8)
         left.set_ylim(0, 1)
-        left.set_title("docstring -> function (stdlib)")
+        left.set_title("docstring -> definition (stdlib)")
         left.legend(fontsize=8)
+        if summaries:
+            from retrieval.store import SUMMARY_WEIGHT
+
+            middle = figure.add_subplot(1, panels, 2)
+            for project in dict.fromkeys(r["project"] for r in summaries):
+                for mode in ("bm25", "dense", "hybrid"):
+                    line = [r for r in summaries if r["project"] == project and r["mode"] == mode
+                            and r["weight"] == SUMMARY_WEIGHT]
+                    middle.plot([r["coverage"] for r in line], [r["mrr_at_10"] for r in line], marker="o",
+                                label=f"{project} {mode}")
+            middle.set_xlabel("share of definitions summarized")
+            middle.set_ylabel("MRR@10")
+            middle.set_title("with the model's summaries")
+            middle.legend(fontsize=7)
         latency = [r for r in rows if r["measure"] == "latency"]
-        right = figure.add_subplot(1, 2, 2)
+        right = figure.add_subplot(1, panels, panels)
         x = np.arange(len(latency))
         right.bar(x - 0.2, [r["p50_ms"] for r in latency], 0.4, label="p50")
         right.bar(x + 0.2, [r["p95_ms"] for r in latency], 0.4, label="p95")

@@ -33,6 +33,26 @@ def test_index_then_search(tmp_path, capsys, monkeypatch):
     assert not (root / ".codeassist").exists() and (tmp_path / "home" / "indexes").is_dir()
 
 
+def test_index_with_summaries_then_search_finds_them(tmp_path, capsys, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("CODEASSIST_HOME", str(tmp_path / "home"))
+    root = write_repo(tmp_path / "repo")
+    model = ("--model", str(tiny_model_dir("qwen2.5-coder")), "--device", "cpu", "--dtype", "fp32")
+    code, out, _ = _run(capsys, "index", str(root))
+    assert code == 0 and out.splitlines()[-1] == "summaries: 0 of 6 definitions"
+    code, out, _ = _run(capsys, "index", str(root), "--summaries", *model)
+    assert code == 0 and out.splitlines()[-1] == "summaries: 6 of 6 definitions"
+    # The summaries are the hovers' cache entries, and the index holds them.
+    from retrieval import CodeIndex
+
+    index = CodeIndex(root)
+    stored = json.loads(index.summaries_path.read_text())["summaries"]
+    assert set(index.snapshot.summaries) - {""} <= set(stored.values()) and len(stored) == 6
+    # A second run has nothing left to write.
+    code, out, _ = _run(capsys, "index", str(root), "--summaries", *model)
+    assert out.splitlines()[-1] == "summaries: 6 of 6 definitions"
+    assert json.loads(index.summaries_path.read_text())["summaries"] == stored
+
+
 def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
     root = write_repo(tmp_path / "repo")
 

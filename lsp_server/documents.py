@@ -12,6 +12,7 @@ import re
 from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 
+from . import pygls_adapter
 from .positions import offset_at
 
 logger = logging.getLogger(__name__)
@@ -49,9 +50,11 @@ class LspWorkspace(Workspace):
     @classmethod
     def like(cls, workspace: Workspace) -> LspWorkspace:
         """A new, empty workspace with `workspace`'s root, folders, sync kind and encoding."""
-        return cls(workspace.root_uri, workspace._sync_kind, list(workspace.folders.values()),
+        return cls(workspace.root_uri, pygls_adapter.sync_kind(workspace), list(workspace.folders.values()),
                    workspace.position_encoding)
 
     def _create_text_document(self, doc_uri, source=None, version=None, language_id=None) -> TextDocument:
+        # (pygls_adapter.CREATE_TEXT_DOCUMENT: the factory pygls calls for every opened document)
         return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
-                               sync_kind=self._sync_kind, position_codec=self._position_codec)
+                               sync_kind=pygls_adapter.sync_kind(self),
+                               position_codec=pygls_adapter.position_codec(self))

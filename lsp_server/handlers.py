@@ -12,6 +12,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 
 from retrieval.search import validate
 
+from . import pygls_adapter
 from .documents import LspWorkspace
 from .positions import offset_at, position_of
 from .server import CodeassistServer, PreparedRequest
@@ -30,7 +31,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
     def initialize(ls: CodeassistServer, params: types.InitializeParams) -> None:
         # pygls has just made the (still empty) workspace: its documents must count lines as
         # the client does (documents.py).
-        ls.protocol._workspace = LspWorkspace.like(ls.workspace)
+        pygls_adapter.replace_workspace(ls.protocol, LspWorkspace.like(ls.workspace))
         ls.apply_settings(params.initialization_options)
 
     @server.feature(types.INITIALIZED)

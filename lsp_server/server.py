@@ -26,9 +26,10 @@ from completion.summarize import Summarizer
 from completion.syntax import language_for
 from retrieval.files import read_text
 
+from . import pygls_adapter
+from .cli_requests import CliRequests
 from .client import ClientChannel
 from .hover import HoverProvider
-from .cli_requests import CliRequests
 from .index_summaries import IndexSummaries
 from .positions import is_word_char, offset_at
 from .repo_context import CompletionContext
@@ -108,7 +109,7 @@ class AnsweringProtocol(LanguageServerProtocol):
             if isinstance(data, dict) and "id" in data and "method" in data:
                 logger.warning("malformed %s request %s answered with %s",
                                data.get("method"), data["id"], type(error).__name__)
-                self._send_response(data["id"], error=error.to_response_error())
+                pygls_adapter.send_error_response(self, data["id"], error.to_response_error())
             raise
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol
 
+from . import pygls_adapter
 from .framing import PARSE_ERROR, BufferedByteReader, frame, parse_body, read_message, read_messages
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ class Transport:
         """One framed body: checked, then handed to pygls; anything wrong is answered,
         never dropped. False when the body is not JSON (the reader resynchronises)."""
         protocol = self._protocol()
-        message, error = parse_body(body, lambda msg_id: msg_id in protocol._request_futures,
-                                    protocol._shutdown)
+        message, error = parse_body(body, lambda msg_id: pygls_adapter.is_pending_request(protocol, msg_id),
+                                    pygls_adapter.is_shut_down(protocol))
         if error is None and message.get("method") == "initialize":
             error = self._check_initialize(message)
         if error is not None:

@@ -116,7 +116,7 @@ def _summary_rows(args, work: Path, queries, paths: list[str], encoder, quick: b
         present = {c.path for c in index.snapshot.chunks}
         subset = [(q, key) for q, key in project_queries if key[0] in present]
         vectors = {q: encoder.encode_query(q) for q, _ in subset}
-        rows += coverage_rows(index.snapshot, subset, vectors, _quality, project)
+        rows += coverage_rows(index.snapshot, subset, vectors, _quality, project, MARGINS)
     return rows
 
 

@@ -27,7 +27,7 @@ COVERAGES = (0.0, 0.25, 0.5, 1.0)
 WEIGHTS = (0.3, 0.5, 0.7)
 MODES = ("bm25", "dense", "hybrid")
 
-Quality = Callable[[Snapshot, list, dict, str, str], dict]  # search._quality
+Quality = Callable[..., dict]  # search._quality(snapshot, queries, vectors, mode, variant[, margin])
 
 
 def summarized_subset(corpus: Path, paths: list[str], definitions: int, work: Path,
@@ -68,9 +68,10 @@ def summarized_subset(corpus: Path, paths: list[str], definitions: int, work: Pa
 
 
 def coverage_rows(snapshot: Snapshot, queries: list, vectors: dict, quality: Quality,
-                  project: str) -> list[dict]:
+                  project: str, margins: tuple[float, ...] = ()) -> list[dict]:
     """Search quality over `snapshot` with a random share of its summaries kept, for each
-    coverage and blend weight (BM25 does not depend on the weight)."""
+    coverage and blend weight (BM25 does not depend on the weight); then, with every summary,
+    for each member margin (retrieval.search.members_first)."""
     summarized = snapshot.summarized_rows
     rows = []
     for coverage in COVERAGES:
@@ -83,6 +84,11 @@ def coverage_rows(snapshot: Snapshot, queries: list, vectors: dict, quality: Qua
                 row = quality(masked, queries, vectors, mode, "sea")
                 rows.append({**row, "measure": "summaries", "project": project, "coverage": coverage,
                              "weight": weight, "chunks": len(snapshot), "queries": len(queries)})
+    full = _with_only(snapshot, set(summarized), SUMMARY_WEIGHT)
+    for margin in margins:
+        row = quality(full, queries, vectors, "hybrid", "sea", margin)
+        rows.append({**row, "measure": "member margin", "project": project, "coverage": 1.0, "margin": margin,
+                     "chunks": len(snapshot), "queries": len(queries)})
     return rows
 
 

@@ -4,9 +4,9 @@ One worker thread runs index updates in order (the first indexes the whole works
 $/progress; later ones re-index saved or changed files). Each encoder batch runs in the
 engine host's background lane, with one torch thread: only while no completion or warm-up
 waits, stopped before the next encoder layer when one arrives and run again at the next
-turn. Searches read the current snapshot (the CLI's too, through cli_requests.py, while the index is
-ready). When an update is done, `summaries` (index_summaries.py)
-looks at what it changed.
+turn. Searches read the current snapshot (the CLI's too, through cli_requests.py, while the
+index is ready). When an update is done, `summaries` (index_summaries.py) looks at what it
+changed.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CLI_SESSION = "codeassist:cli"  # the KV session and host key of the CLI's completions (never a URI)
 
+
 def _word_start(text: str, cursor: int) -> int:
     """Offset where the identifier that ends at `cursor` starts (runs on every keystroke)."""
     start = cursor

@@ -363,11 +363,17 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
+    # transformers reads these when it is imported (by the commands that load a model; importing
+    # it here cost every command, `search` through a running server too, 1.2 s).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if not verbose:
-        transformers.utils.logging.disable_progress_bar()
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        if not verbose:
+            transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,7 @@ class ServerSettings:
     max_document_chars: int = 1_000_000  # larger documents stay in sync but get no model work
     hover_summaries: bool = True  # LLM summaries in hovers (signature + docstring always)
     summary_budget_ms: float = 3000.0  # a hover waits this long for a summary not cached yet
-    index_summaries: bool = True  # the model summarizes every indexed definition while idle (search by what code does)
+    index_summaries: bool = False  # the model summarizes every indexed definition while idle, for search
     warm_up: bool = True  # encode the prompt where the cursor rests, before the first key
 
     @property

@@ -25,11 +25,12 @@ KEYWORD_LEXICAL_WEIGHT = 0.3
 # Identifier shapes: snake_case, dotted.name, call(, Scope::name, camelCase.
 _CODE_SHAPE = re.compile(r"\w_|_\w|\w\.\w|\w\(|::|[a-z][A-Z]")
 _SNIPPET_LINES = 12
-# A class and one of its methods both match a query: the method is the more specific answer
-# ("is a point inside the circle": Circle.contains, not Circle). The best method scoring
-# within this much of its class is put just above it (dense and hybrid; chosen with
-# `codeassist bench search`, whose queries are class docstrings as well as methods').
-MEMBER_MARGIN = 0.05
+# A class and one of its methods both match a query: the method may be the more specific
+# answer ("is a point inside the circle": Circle.contains, not Circle). The best method
+# scoring within this much of its class can be put just above it (dense and hybrid). Off:
+# `codeassist bench search` (class docstrings as well as methods' as queries) sweeps it, and
+# every margin above 0 cost class queries more than it gained function queries.
+MEMBER_MARGIN = 0.0
 
 
 def validate(query: str, k: int, mode: str = "hybrid") -> None:

@@ -38,9 +38,9 @@ APPROXIMATE_ABOVE = 100_000
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 96
 # A summarized chunk's search vector: (1 - SUMMARY_WEIGHT) * its code vector + SUMMARY_WEIGHT
-# * its summary's vector, so its dense score is that weighted sum of cosines (chosen with
-# `codeassist bench search --summaries`).
-SUMMARY_WEIGHT = 0.5
+# * its summary's vector, so its dense score is that weighted sum of cosines. Chosen on the
+# stdlib part of `codeassist bench search --summaries` (0.3, 0.5, 0.7 swept; 0.3 best there).
+SUMMARY_WEIGHT = 0.3
 
 
 class CorruptIndexError(Exception):

@@ -36,11 +36,18 @@ def test_a_summary_joins_its_chunks_terms_and_vector_and_survives_a_restart(repo
     index.update()
     assert index.summary_coverage() == (0, 6)  # four in shapes.py, ParseHeader, renderPage
     assert not index.search("trigonometry wizardry", k=3, mode="bm25")
+    query = "trigonometry wizardry for disks"
+
+    def dense_score(index) -> float:
+        return next(h.score for h in index.search(query, k=20, mode="dense") if h.qualified_name == "Circle.area")
+
+    before = dense_score(index)
     attached = index.add_summaries([_summary(repo, "Circle.area", "Trigonometry wizardry for disks.", 8)])
     assert attached == 1 and index.summary_coverage() == (1, 6)
     assert index.unsummarized(SHAPES) == {"Circle", "Circle.__init__", "perimeter_of_square"}
     assert index.search("trigonometry wizardry", k=3, mode="bm25")[0].qualified_name == "Circle.area"
-    assert index.search("trigonometry wizardry for disks", k=3, mode="dense")[0].qualified_name == "Circle.area"
+    # The summary is the query: its cosine is 1, so the chunk's dense score gains w * (1 - code cosine).
+    assert dense_score(index) > before + store_module.SUMMARY_WEIGHT * 0.5
     row = _row(index, "Circle.area")
     expected = (1 - store_module.SUMMARY_WEIGHT) * index.snapshot.vectors[row] \
         + store_module.SUMMARY_WEIGHT * FakeEncoder()._vector("Trigonometry wizardry for disks.")
@@ -48,7 +55,7 @@ def test_a_summary_joins_its_chunks_terms_and_vector_and_survives_a_restart(repo
 
     reopened = _index(repo)
     assert reopened.snapshot.summaries[_row(reopened, "Circle.area")] == "Trigonometry wizardry for disks."
-    assert reopened.search("trigonometry wizardry for disks", k=1, mode="dense")[0].qualified_name == "Circle.area"
+    assert dense_score(reopened) == pytest.approx(dense_score(index))
 
 
 def test_an_edit_drops_the_summary_of_the_changed_definition_only(repo):

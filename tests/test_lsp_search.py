@@ -19,7 +19,7 @@ from tests.retrieval_helpers import write_repo
 async def indexed(tmp_path, tiny_model_dir):
     root = write_repo(tmp_path / "search_repo")
     options = {"model": str(tiny_model_dir("qwen2.5-coder")), "device": "cpu", "dtype": "fp32",
-               "indexEnabled": True, "indexLocation": "workspace"}
+               "indexEnabled": True, "indexLocation": "workspace", "indexSummaries": True}
     client, result = await start_server(root, tmp_path / "server.log", options)
 
     async def index_ready():

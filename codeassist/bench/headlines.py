@@ -55,9 +55,11 @@ def headlines() -> str:
         f"- Code search (`bench search`, docstring queries over code without docstrings): hybrid MRR@10"
         f" {search['mrr_at_10_hybrid']:.2f} on {search['chunks']:,} stdlib chunks; with the model's summaries"
         f" {search['mrr_at_10_hybrid_with_summaries_stdlib']:.2f} vs"
-        f" {search['mrr_at_10_hybrid_without_summaries_stdlib']:.2f} without (stdlib part),"
+        f" {search['mrr_at_10_hybrid_without_summaries_stdlib']:.2f} without (a stdlib part,"
+        f" {search['summaries_stdlib_queries']} queries),"
         f" {search['mrr_at_10_hybrid_with_summaries_huggingface_hub']:.2f} vs"
-        f" {search['mrr_at_10_hybrid_without_summaries_huggingface_hub']:.2f} (huggingface_hub, never tuned on);"
+        f" {search['mrr_at_10_hybrid_without_summaries_huggingface_hub']:.2f} (a huggingface_hub part,"
+        f" {search['summaries_huggingface_hub_queries']} queries, never tuned on);"
         f" `codeassist search` p50 {search['cli_search_p50_s_through_a_server']:.1f} s with a server running,"
         f" {search['cli_search_p50_s_in_the_process']:.1f} s without.",
     ]

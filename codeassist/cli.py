@@ -155,21 +155,15 @@ def _complete_through_server(args: argparse.Namespace, path: Path, request: dict
     """The completion from a running server of the file's folder that runs this model; None
     when there is none."""
     from completion.home import codeassist_home
-    from retrieval.search_endpoint import NoServer, ask, endpoint_above
+    from retrieval.search_endpoint import endpoint_above
 
-    endpoint = endpoint_above(codeassist_home(), path)
-    if endpoint is None:
-        return None
+    from .running_server import answer_from_server
+
     arguments = {**request, "model": args.model, "device": args.device, "dtype": args.dtype,
                  "max_tokens": args.max_tokens, "context_tokens": args.context_tokens,
                  "time_budget_ms": args.time_budget_ms}
-    try:
-        answer = ask(endpoint, "complete", arguments)
-    except NoServer as reason:
-        logger.debug("completing in this process: %s", reason)
-        return None
-    print("answered by the running codeassist server", file=sys.stderr)
-    return {**answer, "server": True, "load_ms": None}
+    answer = answer_from_server(endpoint_above(codeassist_home(), path), "complete", arguments)
+    return None if answer is None else {**answer, "server": True, "load_ms": None}
 
 
 def _complete_here(args: argparse.Namespace, text: str, cursor: int, language: str | None,

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 def add_commands(commands) -> None:
@@ -177,20 +174,16 @@ def _search_through_server(args: argparse.Namespace, root: Path) -> list[dict] |
     None when there is none (or the options ask for something else: search here)."""
     from completion.home import codeassist_home
     from retrieval.files import DEFAULT_MAX_BYTES
-    from retrieval.search_endpoint import NoServer, ask, endpoint_path
+    from retrieval.search_endpoint import endpoint_path
+
+    from .running_server import answer_from_server
 
     if args.exclude or args.max_file_bytes != DEFAULT_MAX_BYTES or args.trust_remote_code:
         return None
     arguments = {"query": args.query, "k": args.k, "mode": args.mode, "encoder": args.encoder,
                  "in_workspace": args.in_workspace,
                  "index_dir": str(Path(args.index_dir).expanduser().resolve()) if args.index_dir else None}
-    try:
-        hits = ask(endpoint_path(codeassist_home(), root), "search", arguments)
-    except NoServer as reason:
-        logger.debug("searching in this process: %s", reason)
-        return None
-    print("answered by the running codeassist server", file=sys.stderr)
-    return hits
+    return answer_from_server(endpoint_path(codeassist_home(), root), "search", arguments)
 
 
 def _shown(path: Path, cwd: Path) -> str:

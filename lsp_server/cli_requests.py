@@ -7,7 +7,6 @@ declined, and the CLI does the work in its own process."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 from dataclasses import replace
@@ -77,7 +76,6 @@ class CliRequests:
         if result is None:
             raise Unavailable(f"the model is {server.model_status}")
         loaded = getattr(server.engine, "loaded", None)
-        return {**{f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-                   if f.name in ("text", "tokens", "prompt_tokens", "prompt_ms", "decode_ms", "stop_reason",
-                                 "multiline", "model")},
+        return {**{name: getattr(result, name) for name in ("text", "tokens", "prompt_tokens", "prompt_ms",
+                                                            "decode_ms", "stop_reason", "multiline", "model")},
                 "device": str(loaded.device) if loaded else None, "dtype": loaded.dtype_name if loaded else None}

@@ -105,8 +105,7 @@ class HoverProvider:
         finder = self.files.finder(self._index())
         defs = finder.definitions_of(relative, text)[:BACKGROUND_PER_DOCUMENT]
         for definition in defs:
-            self.worker.submit(_job_id(definition), _preparer(definition, finder, summarizer),
-                               summarizer, self.cache(), BACKGROUND)
+            self.queue_summary(definition, finder)
         return len(defs)
 
     def queue_summary(self, definition: Definition, finder: DefinitionFinder) -> Future | None:

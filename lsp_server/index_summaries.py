@@ -49,9 +49,12 @@ class IndexSummaries:
 
     # --- from the event loop ---------------------------------------------------------
     async def start(self, index: CodeIndex, settings: ServerSettings) -> None:
-        """Summarize the definitions of `index` (just built) that have no summary."""
+        """Summarize the definitions of `index` that have no summary, unless this pass already
+        does (`files_changed` brings it what changes); stop when the settings turn it off."""
         if not settings.index_summaries:
             self.stop()
+            return
+        if self._index is index:
             return
         done, total = await asyncio.get_running_loop().run_in_executor(None, index.summary_coverage)
         progress = await self._client.progress("Summarizing definitions") if done < total else None

@@ -77,7 +77,6 @@ class WorkspaceSearch:
         self.index: CodeIndex | None = None
         self.status = "off"  # off | indexing | ready | failed
         self._key = None
-        self._settings: ServerSettings | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="indexer")
         self.summaries = None  # an IndexSummaries, told when an update is done
 
@@ -85,11 +84,9 @@ class WorkspaceSearch:
     async def start(self, settings: ServerSettings, root: str | None) -> None:
         """(Re)open the workspace index for these settings and index it all."""
         root = root if settings.index_enabled else None
-        summaries_turned = self._settings is not None and settings.index_summaries != self._settings.index_summaries
-        self._settings = settings
         if (settings.index_key, root) == self._key:
-            if summaries_turned and self.summaries is not None and self.status == "ready":
-                await self.summaries.start(self.index, settings)
+            if self.summaries is not None and self.status == "ready":
+                await self.summaries.start(self.index, settings)  # `indexSummaries` may have changed
             return
         self._key = (settings.index_key, root)
         self.index, self.status = None, "off"
@@ -103,9 +100,9 @@ class WorkspaceSearch:
         except ValueError as error:
             self.client.tell(logging.WARNING, f"codeassist: code search is off: {error}")
             return
-        await self._index_all(self.index)
+        await self._index_all(self.index, settings)
 
-    async def _index_all(self, index: CodeIndex) -> None:
+    async def _index_all(self, index: CodeIndex, settings: ServerSettings) -> None:
         self.status = "indexing"
         progress = await self.client.progress("Indexing workspace")
         future = self._worker.submit(index.update, None, _reporter(progress), functools.partial(self._on_host, index))
@@ -125,7 +122,7 @@ class WorkspaceSearch:
             self.client.tell(logging.INFO, f"codeassist: indexed {index.root}: {message}")
         progress.end(message)
         if self.index is index and self.status == "ready" and self.summaries is not None:
-            await self.summaries.start(index, self._settings)
+            await self.summaries.start(index, settings)
 
     def _on_host(self, index: CodeIndex, encode_batch):
         """Run one encoder batch of `index` in the host's background lane (on the indexing

@@ -131,9 +131,13 @@ class CodeIndex:
             if store.current_generation(self.folder) != self.snapshot.generation:
                 self._snapshot = self._load()
             snapshot = self.snapshot
+            definitions: dict[tuple[str, str], list[int]] = {}
+            for row, chunk in enumerate(snapshot.chunks):
+                if chunk.kind in SUMMARIZED_KINDS:
+                    definitions.setdefault((chunk.path, chunk.qualified_name), []).append(row)
             rows = {}
             for summary in found:
-                row = _row_of(snapshot, summary)
+                row = _row_of(snapshot, definitions, summary)
                 if row is not None:
                     rows[row] = summary.text
             if not rows:
@@ -202,13 +206,13 @@ class CodeIndex:
         return [search.hit(snapshot, row, scores.get(row, 0.0)) for row in rows[:k]]
 
 
-def _row_of(snapshot: store.Snapshot, summary: DefinitionSummary) -> int | None:
-    """The row of the chunk `summary` describes; None when the indexed file is not the text
-    the summary was made from, or holds no such definition."""
+def _row_of(snapshot: store.Snapshot, definitions: dict[tuple[str, str], list[int]],
+            summary: DefinitionSummary) -> int | None:
+    """The row of the chunk `summary` describes (`definitions`: rows by path and qualified
+    name); None when the indexed file is not the text the summary was made from, or holds no
+    such definition."""
     record = snapshot.files.get(summary.path)
     if record is None or record.sha != summary.file_sha:
         return None
-    rows = [row for row, chunk in enumerate(snapshot.chunks)
-            if chunk.path == summary.path and chunk.qualified_name == summary.qualified_name
-            and chunk.kind in SUMMARIZED_KINDS]
+    rows = definitions.get((summary.path, summary.qualified_name), [])
     return min(rows, key=lambda row: abs(snapshot.chunks[row].start_line - summary.start_line), default=None)

@@ -157,7 +157,7 @@ def _assemble(snapshot: Snapshot, replaced: set[str], new_chunks: list[Chunk], n
     keep = [row for row, chunk in enumerate(snapshot.chunks) if chunk.path not in replaced]
     new_summaries = [summaries.get(h, ("", None)) for h in new_hashes]
     kept_summaries = [snapshot.summaries[r] for r in keep]
-    kept_vectors = _summary_vectors_of(snapshot, keep)
+    kept_vectors = snapshot.summary_vectors_of(keep)
     return Snapshot(
         snapshot.encoder, snapshot.dim,
         [snapshot.chunks[r] for r in keep] + [_without_blocks(c) for c in new_chunks],
@@ -168,13 +168,6 @@ def _assemble(snapshot: Snapshot, replaced: set[str], new_chunks: list[Chunk], n
         summaries=kept_summaries + [s for s, _ in new_summaries],
         summary_vectors=np.concatenate([kept_vectors] + [v[None] for s, v in new_summaries if s]).astype(np.float32),
     )
-
-
-def _summary_vectors_of(snapshot: Snapshot, rows: list[int]) -> np.ndarray:
-    """The summary vectors of those of `rows` that have a summary, in their order."""
-    position = {row: i for i, row in enumerate(snapshot.summarized_rows)}
-    picks = [position[row] for row in rows if row in position]
-    return np.asarray(snapshot.summary_vectors[picks], np.float32).reshape(len(picks), snapshot.dim)
 
 
 def _reused_summaries(snapshot: Snapshot, hashes: list[str]) -> dict[str, tuple[str, np.ndarray]]:

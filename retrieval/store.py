@@ -90,9 +90,15 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.chunks)
 
-    @property
+    @cached_property
     def summarized_rows(self) -> list[int]:
         return [row for row, summary in enumerate(self.summaries) if summary]
+
+    def summary_vectors_of(self, rows: list[int]) -> np.ndarray:
+        """The summary vectors of those of `rows` that have a summary, in their order."""
+        position = {row: i for i, row in enumerate(self.summarized_rows)}
+        picks = [position[row] for row in rows if row in position]
+        return np.asarray(self.summary_vectors[picks], np.float32).reshape(len(picks), self.dim)
 
     @cached_property
     def search_vectors(self) -> np.ndarray:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from retrieval import CodeIndex, IndexConfig
 from retrieval.definitions import DefinitionFinder
@@ -94,10 +93,8 @@ def coverage_rows(snapshot: Snapshot, queries: list, vectors: dict, quality: Qua
 
 def _with_only(snapshot: Snapshot, kept: set[int], weight: float) -> Snapshot:
     """`snapshot` with only the summaries of the `kept` rows, blended at `weight`."""
-    position = {row: i for i, row in enumerate(snapshot.summarized_rows)}
     summaries = [text if row in kept else "" for row, text in enumerate(snapshot.summaries)]
-    picks = [position[row] for row, text in enumerate(summaries) if text]
-    vectors = np.asarray(snapshot.summary_vectors, np.float32)[picks].reshape(len(picks), snapshot.dim)
+    vectors = snapshot.summary_vectors_of(sorted(kept))
     terms = [chunk_terms(chunk, text) for chunk, text in zip(snapshot.chunks, summaries)]
     return Snapshot(snapshot.encoder, snapshot.dim, snapshot.chunks, snapshot.hashes, terms,
                     snapshot.vectors, snapshot.files, summaries=summaries, summary_vectors=vectors,

@@ -12,7 +12,7 @@ way, ~62 ms with the copies. The outputs agree with transformers' path to float 
 A single query row (a decode step) is two batched matrix products and a softmax over the
 grouped heads (`_one_row`): ~80 us a layer over 512 cached tokens, against ~130-200 us for
 torch's flash-attention kernel, whose setup dominates at one row. Where the model was given
-the compiled kernels (kernels/cpu_gemm.cpp `attend_rows`), single rows and verify rows take
+the compiled kernels (kernels/cpu/layers.cpp `attend_rows`), single rows and verify rows take
 one call a layer instead, with the same row-by-row property.
 
 Passes over a few new tokens (speculative verify passes, up to ROWWISE_MAX_ROWS rows) go one

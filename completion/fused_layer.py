@@ -2,7 +2,7 @@
 
 With the lean forwards (lean_forward.py), a decode step of Qwen2.5-Coder-0.5B still spent
 ~3 ms of ~20 ms on the project's CPU in Python and small torch calls around its ~170 kernel
-calls (py-spy). `decoder_layer_rows` (kernels/cpu_gemm.cpp) runs a whole layer in one call:
+calls (py-spy). `decoder_layer_rows` (kernels/cpu/layers.cpp) runs a whole layer in one call:
 the calls the lean forward makes, in the same order, with the new keys and values written
 straight into the growing cache's buffers, so its outputs are bit for bit the lean forward's.
 It takes a pass of one sequence over at most ROWWISE_MAX_ROWS new tokens whose cache layer is

@@ -3,7 +3,7 @@
 Outside its matmuls, a decode step of Qwen2.5-Coder-0.5B spent ~24 ms in small torch calls
 on the project's CPU: RMS norm (seven tensor operations, ~65 us a call, 49 calls) and the
 rotary embedding (~80 us a layer) among the largest. These forwards do the same arithmetic in
-one kernel call each (kernels/cpu_gemm.cpp) for fp32 CPU tensors of one sequence, and hand
+one kernel call each (kernels/cpu/layers.cpp) for fp32 CPU tensors of one sequence, and hand
 anything else to transformers' own code. Each decoder layer calls its parts' forwards
 directly, without nn.Module's call machinery. The arithmetic is otherwise transformers'
 Qwen2/Llama decoder layer: norm, projections, rotary embedding, cache update, the model's

@@ -1,5 +1,5 @@
 """Numeric kernels: RoPE re-rotation of cached keys; small-batch CPU linear layers over fp32
-or GGUF-packed weights (cpu_gemm.cpp, packed_linear.py); GGUF block formats and their torch
+or GGUF-packed weights (kernels/cpu/, packed_linear.py); GGUF block formats and their torch
 dequantization (gguf_blocks.py); the packed matmul for CUDA in Triton (triton_packed.py,
 imported only when used; tested under TRITON_INTERPRET=1 on CPU, not measured on a GPU). Each kernel has a torch reference the tests compare it with.
 

@@ -1,4 +1,4 @@
-"""Build and load the small-batch CPU kernels (cpu_gemm.cpp) with the system C++ compiler.
+"""Build and load the small-batch CPU kernels (kernels/cpu/) with the system C++ compiler.
 
 Besides the linear layers, the library holds the RMS norm, the rotary embedding and the
 attention of a decode or verify pass, one call each instead of several torch operations.
@@ -7,6 +7,8 @@ The library is compiled once per source version and instruction set into a cache
 caller names and loaded with ctypes (no torch headers: it builds in a few seconds). Three
 builds exist, chosen from the CPU's flags at run time: AVX-512 with VNNI, AVX2/FMA, and
 portable C++ vectors (any CPU, slower, the same summation order as AVX2 in the fp32 path).
+Each build is `layers.cpp` (the entry points) plus its instruction set's own int8 source;
+the block layouts come from `gguf_blocks.c_header()`, written beside the library.
 Where a build fails the next one is tried; where there is no compiler or none builds, `load`
 returns None and logs why; the caller then keeps torch's own paths. Calls release the
 GIL (ctypes does) and run on `torch.get_num_threads()` threads.
@@ -26,11 +28,16 @@ from pathlib import Path
 
 import torch
 
-from .gguf_blocks import BlockFormat, row_bytes
+from .gguf_blocks import BlockFormat, c_header, row_bytes
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_gemm.cpp")
+SOURCES = Path(__file__).with_name("cpu")
+ISA_SOURCES = {  # every build: layers.cpp and the headers; plus its own int8 path
+    "avx512": "int8_avx512.cpp",
+    "avx2": "int8_avx2.cpp",
+    "portable": "int8_portable.cpp",
+}
 COMMON_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=off", "-Wno-psabi"]
 ISA_FLAGS = {
     "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"],
@@ -43,18 +50,18 @@ ISA_CPU_FLAGS = {
     "avx2": {"avx2", "fma", "f16c"},
     "portable": set(),
 }
-MAX_ROWS = 64  # kMaxRows in cpu_gemm.cpp
+MAX_ROWS = 64  # kMaxRows in cpu/common.h
 _PTR, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
 class PackedMatrix(ctypes.Structure):
-    """cpu_gemm.cpp's PackedMatrix: one packed weight of a decoder layer."""
+    """cpu/layers.cpp's PackedMatrix: one packed weight of a decoder layer."""
 
     _fields_ = [("data", _PTR), ("bias", _PTR), ("format", _LONG), ("rows", _LONG)]
 
 
 class DecoderLayerWeights(ctypes.Structure):
-    """cpu_gemm.cpp's DecoderLayer. It holds raw pointers: whoever builds one keeps the tensors
+    """cpu/layers.cpp's DecoderLayer. It holds raw pointers: whoever builds one keeps the tensors
     it points into alive."""
 
     _fields_ = [("norm_in", _PTR), ("norm_post", _PTR), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
@@ -242,6 +249,15 @@ def cpu_supports(isa: str) -> bool:
     return isa == "portable" or (isa == "avx2" and capability in ("AVX2", "AVX512"))
 
 
+def why_not_run(isa: str) -> str | None:
+    """None where this CPU runs the `isa` build, else the reason (the flags it lacks)."""
+    if cpu_supports(isa):
+        return None
+    flags = _cpu_flags()
+    missing = sorted(ISA_CPU_FLAGS[isa] - flags) if flags is not None else ["(no /proc/cpuinfo)"]
+    return f"the {isa} build cannot run on this CPU (lacks {', '.join(missing)})"
+
+
 def cpu_supports_avx2() -> bool:
     return cpu_supports("avx2")
 
@@ -280,25 +296,34 @@ def load(build_dir: Path, isa: str | None = None) -> SmallBatchGemm | None:
     return None
 
 
+def build_sources(isa: str) -> list[Path]:
+    """The files one build compiles (headers included, for the cache key)."""
+    return [*sorted(SOURCES.glob("*.h")), SOURCES / "layers.cpp", SOURCES / ISA_SOURCES[isa]]
+
+
 def _load_build(build_dir: Path, isa: str, compiler: str) -> SmallBatchGemm | None:
     flags = COMMON_FLAGS + ISA_FLAGS[isa]
     try:
-        digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+        sources = build_sources(isa)
+        header = c_header()
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources) + header.encode()
+                                + " ".join(flags).encode()).hexdigest()[:16]
         library = build_dir / f"cpu_gemm-{isa}-{digest}.so"
         if not library.exists():
-            _build(compiler, flags, library)
+            _build(compiler, flags, [path for path in sources if path.suffix == ".cpp"], header, library)
         return SmallBatchGemm(ctypes.CDLL(str(library)), isa)
     except (OSError, subprocess.SubprocessError) as error:
         logger.warning("small-batch kernels: the %s build is unavailable: %s", isa, error)
         return None
 
 
-def _build(compiler: str, flags: list[str], library: Path) -> None:
+def _build(compiler: str, flags: list[str], sources: list[Path], header: str, library: Path) -> None:
     library.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename: a concurrent process never loads a half-written file.
     with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+        (Path(scratch) / "block_layouts.h").write_text(header)
         partial = Path(scratch) / library.name
-        result = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(partial)],
+        result = subprocess.run([compiler, *flags, f"-I{scratch}", *map(str, sources), "-o", str(partial)],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise OSError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")

@@ -1,4 +1,4 @@
-"""fp32 linear layers on CPU: the AVX2 kernel of cpu_gemm.cpp or oneDNN for small batches,
+"""fp32 linear layers on CPU: the AVX2 kernel of kernels/cpu/ or oneDNN for small batches,
 oneDNN or the default GEMM for large ones.
 
 Decoding feeds 1 to ~32 rows through every linear layer. On the project's CPU (AVX2, MKL)

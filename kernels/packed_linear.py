@@ -1,7 +1,7 @@
 """Linear and embedding layers over GGUF-packed weights, kept packed in memory.
 
 `PackedLinear` multiplies fp32 activations with the packed rows:
-- up to MAX_ROWS rows (decode and verify passes): the C++ kernel of cpu_gemm.cpp (AVX-512
+- up to MAX_ROWS rows (decode and verify passes): the C++ kernels of kernels/cpu/ (AVX-512
   and AVX2 builds: activations quantized to int8 per block against the packed blocks;
   portable build: four weight rows dequantized at a time into cache), which sums every
   output in the same order whatever the row count (verify passes reproduce single-token

@@ -52,3 +52,11 @@ def embedded_loaded():
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which CPU kernel builds this machine could not run: their tests were skipped."""
+    from tests.kernel_builds import builds_not_run
+
+    for line in builds_not_run():
+        terminalreporter.write_line(f"kernel builds not tested here: {line}")

@@ -10,6 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from completion import load_model
 from completion.attention import NAME, grouped_sdpa_forward
 from kernels import cpu_gemm
+from tests.kernel_builds import every_build
 
 
 def test_grouped_attention_with_a_mask_equals_transformers_sdpa():
@@ -111,7 +112,7 @@ def test_one_query_row_equals_torch_attention():
         torch.testing.assert_close(_one_row(query, key, value, 0.3), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("isa", cpu_gemm.supported_isas())
+@pytest.mark.parametrize("isa", every_build())
 def test_attend_rows_kernel_equals_torch_and_rows_are_independent(tmp_path, isa):
     gemm = cpu_gemm.load(tmp_path, isa)
     torch.manual_seed(2)

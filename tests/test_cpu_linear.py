@@ -55,7 +55,7 @@ def test_inference_takes_onednn_although_parameters_require_grad():
     assert not takes_onednn(torch.randn(1, MAX_ROWS + 1, 16), layer.weight.detach())
 
 
-# The AVX2 small-batch GEMM (kernels/cpu_gemm.cpp), built with the system compiler.
+# The AVX2 small-batch GEMM (kernels/cpu/layers.cpp), built with the system compiler.
 needs_gemm = pytest.mark.skipif(not cpu_gemm.cpu_supports_avx2() or not cpu_gemm.find_compiler(),
                                 reason="no AVX2 or no C++ compiler: the kernel is not built here")
 
@@ -122,7 +122,7 @@ def test_a_failing_compiler_leaves_onednn(monkeypatch, tmp_path, caplog, compile
 
 
 def test_a_missing_kernel_source_leaves_onednn(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(cpu_gemm, "SOURCE", tmp_path / "missing.cpp")  # an install without it
+    monkeypatch.setattr(cpu_gemm, "SOURCES", tmp_path / "missing")  # an install without the sources
     assert cpu_gemm.load(tmp_path) is None
     if cpu_gemm.cpu_supports_avx2() and cpu_gemm.find_compiler():
         assert "keeping torch's GEMM" in caplog.text

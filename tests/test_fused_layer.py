@@ -1,5 +1,5 @@
 """The one-call decoder layer (completion/fused_layer.py, `decoder_layer_rows` in
-kernels/cpu_gemm.cpp) computes bit for bit what the lean forward computes, for a short
+kernels/cpu/layers.cpp) computes bit for bit what the lean forward computes, for a short
 prompt, decode steps and a tree verify pass, on every build this CPU runs; passes it does not
 take (a cache that is not a growing one) go the lean way."""
 
@@ -12,6 +12,7 @@ from completion.gguf_file import read_gguf
 from completion.gguf_model import build_packed_model, packed_config
 from completion.growing_cache import GrowingLayer, growing_cache
 from kernels import cpu_gemm
+from tests.kernel_builds import every_build
 from tests.tiny_gguf import write_tiny_gguf
 
 
@@ -50,7 +51,7 @@ def run_passes(model, cache) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "llama"])
-@pytest.mark.parametrize("isa", cpu_gemm.supported_isas())  # every build this CPU runs
+@pytest.mark.parametrize("isa", every_build())  # builds this CPU cannot run: skipped, named
 def test_fused_layers_equal_the_lean_forward_bit_for_bit(tmp_path, kernel_dir, monkeypatch, architecture, isa):
     write_tiny_gguf(architecture, tmp_path / "tiny.gguf")
     parsed = read_gguf(tmp_path / "tiny.gguf")

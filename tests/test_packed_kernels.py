@@ -1,5 +1,6 @@
 """Packed (GGUF block) weights: the torch reference against gguf-py's dequantizer, the C++
-kernels (every build this CPU runs: AVX-512, AVX2, portable) against the reference bit for
+kernels (every build: AVX-512, AVX2, portable; those this CPU cannot run are reported as
+skipped, and each is at least compiled) against the reference bit for
 bit, rows independent of how many are passed together, and the packed layers on every path
 (kernel, prefill tiles, no kernel)."""
 
@@ -10,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from kernels import cpu_gemm
-from kernels.gguf_blocks import FORMATS, block_format, dequantize, row_bytes
+from kernels.gguf_blocks import FORMATS, block_format, c_header, dequantize, row_bytes
 from kernels.packed_linear import PackedEmbedding, PackedLinear
+from tests.kernel_builds import every_build
 
 QUANTIZED = [name for name in FORMATS if name not in ("F32", "F16")]
-_SCALE_OFFSETS = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}  # fp16 scales in each block
 
 
 def random_packed(name: str, out_features: int, in_features: int, seed: int = 0) -> torch.Tensor:
@@ -26,14 +27,15 @@ def random_packed(name: str, out_features: int, in_features: int, seed: int = 0)
         return values.to(torch.float32 if name == "F32" else torch.float16).view(torch.uint8).contiguous()
     data = torch.randint(0, 256, (out_features, row_bytes(fmt, in_features)), dtype=torch.uint8, generator=generator)
     blocks = data.view(-1, fmt.block_bytes)
-    for offset in _SCALE_OFFSETS.get(name, (0,)):
+    for offset in (fmt.offset(field) for field, _ in fmt.fields if field in ("d", "dmin")):  # fp16 scales
         scales = ((torch.rand(len(blocks), generator=generator) - 0.5) * 0.02).half()
         blocks[:, offset:offset + 2] = scales.view(torch.uint8).reshape(-1, 2)
     return data
 
 
 def builds():
-    isas = cpu_gemm.supported_isas()[::-1]  # portable first, the best build last
+    """The builds this CPU runs: portable first, the best last."""
+    isas = cpu_gemm.supported_isas()[::-1]
     return isas if cpu_gemm.find_compiler() else []
 
 
@@ -59,8 +61,26 @@ def test_reference_refuses_wrong_shapes():
         dequantize(torch.zeros(3, 10, dtype=torch.uint8), block_format("Q8_0"), 3, 32)
 
 
-@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
-@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_layouts_agree_with_gguf_py(name):
+    fmt = block_format(name)
+    quantization = getattr(gguf.GGMLQuantizationType, name)
+    assert (fmt.type_id, (fmt.block_weights, fmt.block_bytes)) == (quantization.value, gguf.GGML_QUANT_SIZES[quantization])
+    assert f"struct {name} {{ static constexpr long kType = {fmt.type_id}, kWeights = {fmt.block_weights}, " \
+           f"kBytes = {fmt.block_bytes}" in c_header()
+
+
+@pytest.mark.skipif(not cpu_gemm.find_compiler(), reason="no C++ compiler: the kernels are not built here")
+@pytest.mark.parametrize("isa", list(cpu_gemm.ISA_FLAGS))
+def test_every_build_compiles_here(tmp_path, isa):
+    """Builds this CPU cannot run are still compiled, so a broken AVX-512 source fails on any machine."""
+    sources = [path for path in cpu_gemm.build_sources(isa) if path.suffix == ".cpp"]
+    cpu_gemm._build(cpu_gemm.find_compiler(), cpu_gemm.COMMON_FLAGS + cpu_gemm.ISA_FLAGS[isa], sources, c_header(),
+                    tmp_path / "library.so")
+    assert (tmp_path / "library.so").stat().st_size > 0
+
+
+@pytest.mark.parametrize("isa", every_build())
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_kernel_dequantizes_like_the_reference_bit_for_bit(kernel_dir, isa, name):
     gemm = cpu_gemm.load(kernel_dir, isa)
@@ -79,8 +99,7 @@ def int8_activations(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(blocks * inverse) * scale).reshape(x.shape)
 
 
-@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
-@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("isa", every_build())
 @pytest.mark.parametrize("name", list(FORMATS))
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 9, 64])
 @pytest.mark.parametrize("long_rows", [False, True])
@@ -112,8 +131,7 @@ def test_packed_gemm_matches_linear(kernel_dir, isa, name, rows, long_rows):
         assert torch.equal(out, gemm(x, weight, bias))
 
 
-@pytest.mark.skipif(not builds(), reason="no C++ compiler: the kernels are not built here")
-@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("isa", every_build())
 @pytest.mark.parametrize("name", ["Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"])
 @pytest.mark.parametrize("long_rows", [False, True])
 def test_packed_rows_equal_single_row_passes_bit_for_bit(kernel_dir, isa, name, long_rows):
@@ -154,7 +172,7 @@ def test_packed_linear_every_path(kernel_dir, with_kernel, rows):
         torch.testing.assert_close(layer(x), F.linear(seen, weight, bias), atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("isa", [None, *builds()])  # None: the torch reference
+@pytest.mark.parametrize("isa", [None, *every_build()])  # None: the torch reference
 @pytest.mark.parametrize("name", ["Q5_0", "Q8_0", "Q6_K"])
 def test_packed_embedding_dequantizes_the_rows_looked_up(kernel_dir, isa, name):
     data = random_packed(name, 50, 256, seed=2)
@@ -164,7 +182,7 @@ def test_packed_embedding_dequantizes_the_rows_looked_up(kernel_dir, isa, name):
     assert torch.equal(PackedEmbedding(data, block_format(name), 256, gemm)(ids), F.embedding(ids, table))
 
 
-@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("isa", every_build())
 def test_rms_norm_rows_match_transformers(kernel_dir, isa):
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
@@ -179,7 +197,7 @@ def test_rms_norm_rows_match_transformers(kernel_dir, isa):
     assert torch.equal(out, single)  # each row alone, whatever else is in the call
 
 
-@pytest.mark.parametrize("isa", builds())
+@pytest.mark.parametrize("isa", every_build())
 def test_rope_rows_equal_transformers_bit_for_bit(kernel_dir, isa):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 

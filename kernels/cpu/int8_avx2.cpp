@@ -1,0 +1,200 @@
+// The AVX2 build's int8 path (also the AVX-VNNI-less CPUs' best): 32 weights at a time,
+// signed bytes through maddubs with the sign moved onto the activations, 8 int32 sums per
+// slice. Built with -mavx2 -mfma -mf16c.
+#include "x86_int8.h"
+
+namespace codeassist {
+namespace {
+
+// 16 bytes -> 32 nibbles as bytes: the low nibbles first, then the high ones.
+inline __m256i nibbles_32(const uint8_t* p) {
+    const __m128i v = _mm_loadu_si128((const __m128i*)p), mask = _mm_set1_epi8(0xF);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+}
+
+// Byte j is 0xFF where bit j of the 32 bits at p is set (ggml's bytes_from_bits_32).
+inline __m256i bits_32(const uint8_t* p) {
+    uint32_t bits;
+    std::memcpy(&bits, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    return _mm256_cmpeq_epi8(_mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+                             _mm256_set1_epi64x(-1));
+}
+
+
+struct QuantizedRows {  // m_len rows of k_len int8 values, one scale and sum per 32
+    std::vector<int8_t> q;
+    std::vector<float> scale;
+    std::vector<float> sum;  // sum of the block's q, as float (for the mins of Q4_K / Q5_K)
+};
+
+// Quantizes x into `rows` (a per-thread buffer reused across calls: no allocation per call).
+void quantize_rows(const float* x, long m_len, long k_len, QuantizedRows& rows) {
+    rows.q.resize(m_len * k_len);
+    rows.scale.resize(m_len * k_len / 32);
+    rows.sum.resize(m_len * k_len / 32);
+    for (long b = 0; b < m_len * k_len / 32; ++b)
+        rows.scale[b] = quantize_block(x + 32 * b, &rows.q[32 * b], &rows.sum[b]);
+}
+
+// 32 weights of one row, as bytes: signed (w) or unsigned (q, with a per-slice min).
+struct Slice {
+    __m256i w;
+    __m256 scale;  // per int32 lane (each lane sums 4 consecutive weights)
+    float min;     // Q4_K / Q5_K: weight = scale * q - min
+};
+
+struct DecodeQ8_0 : layout::Q8_0 {
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        s[0] = {_mm256_loadu_si256((const __m256i*)(b + qs)), _mm256_set1_ps(half_to_float(b + d)), 0.0f};
+    }
+};
+
+struct DecodeQ4_0 : layout::Q4_0 {
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        s[0] = {_mm256_sub_epi8(nibbles_32(b + qs), _mm256_set1_epi8(8)), _mm256_set1_ps(half_to_float(b + d)), 0.0f};
+    }
+};
+
+struct DecodeQ5_0 : layout::Q5_0 {
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        const __m256i q = _mm256_or_si256(nibbles_32(b + qs), _mm256_and_si256(bits_32(b + qh), _mm256_set1_epi8(0x10)));
+        s[0] = {_mm256_sub_epi8(q, _mm256_set1_epi8(16)), _mm256_set1_ps(half_to_float(b + d)), 0.0f};
+    }
+};
+
+template <typename L>
+struct DecodeK : L {  // Q4_K, Q5_K
+    static constexpr bool kFive = L::kType == Q5_K;
+    static constexpr bool kSigned = false, kHasMin = true;
+    static void decode(const uint8_t* b, Slice* s) {
+        __m256 scales, mins;
+        k_scales_times<L>(b, &scales, &mins);
+        float min[8];
+        _mm256_storeu_ps(min, mins);
+        const uint8_t* qs = b + L::qs;
+        const __m256i mask = _mm256_set1_epi8(0xF), one = _mm256_set1_epi8(1);
+        __m256i qh = _mm256_setzero_si256();
+        if constexpr (kFive) qh = _mm256_loadu_si256((const __m256i*)(b + L::qh));
+        for (int chunk = 0; chunk < 4; ++chunk) {
+            const __m256i v = _mm256_loadu_si256((const __m256i*)(qs + 32 * chunk));
+            for (int half = 0; half < 2; ++half) {
+                const int j = 2 * chunk + half;
+                __m256i q = _mm256_and_si256(half ? _mm256_srli_epi16(v, 4) : v, mask);
+                if (kFive) {
+                    const __m256i bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j)), one);
+                    q = _mm256_or_si256(q, _mm256_slli_epi16(bit, 4));
+                }
+                s[j] = {q, _mm256_permutevar8x32_ps(scales, _mm256_set1_epi32(j)), min[j]};
+            }
+        }
+    }
+};
+
+struct DecodeQ6_K : layout::Q6_K {
+    static constexpr bool kSigned = true, kHasMin = false;
+    static void decode(const uint8_t* b, Slice* s) {
+        const float scale = half_to_float(b + d);
+        const int8_t* sub_scales = (const int8_t*)(b + scales);
+        const __m256i mask4 = _mm256_set1_epi8(0xF), mask2 = _mm256_set1_epi8(3), offset = _mm256_set1_epi8(32);
+        for (int half = 0; half < 2; ++half) {
+            const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b + ql + 64 * half));
+            const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b + ql + 64 * half + 32));
+            const __m256i high = _mm256_loadu_si256((const __m256i*)(b + qh + 32 * half));
+            const __m256i low[4] = {ql0, ql1, _mm256_srli_epi16(ql0, 4), _mm256_srli_epi16(ql1, 4)};
+            for (int part = 0; part < 4; ++part) {
+                const __m256i h = _mm256_and_si256(_mm256_srli_epi16(high, 2 * part), mask2);
+                const __m256i q = _mm256_or_si256(_mm256_and_si256(low[part], mask4), _mm256_slli_epi16(h, 4));
+                const int8_t* sc = sub_scales + 8 * half + 2 * part;  // lanes 0-3: first 16 weights
+                s[4 * half + part] = {_mm256_sub_epi8(q, offset),
+                                      _mm256_set_m128(_mm_set1_ps(scale * (float)sc[1]), _mm_set1_ps(scale * (float)sc[0])),
+                                      0.0f};
+            }
+        }
+    }
+};
+
+// C input rows times one packed weight row: out[c] = dot(x row c, w row), each output
+// accumulating its slices in k order whatever C. (Tiles of several weight rows, as the fp32
+// path uses, spill registers here and ran 2x slower on the project's CPU.)
+template <typename D, int C>
+inline void dot_row(const uint8_t* w, long k_len, const int8_t* const* xq, const float* const* xd,
+                    const float* const* xs, float* out) {
+    constexpr int kSlices = D::kWeights / 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[C];
+    float min_acc[C];
+    for (int c = 0; c < C; ++c) { acc[c] = _mm256_setzero_ps(); min_acc[c] = 0.0f; }
+    Slice slices[kSlices];
+    for (long block = 0; block < k_len / D::kWeights; ++block) {
+        D::decode(w + block * D::kBytes, slices);
+        for (int s = 0; s < kSlices; ++s) {
+            const long xb = block * kSlices + s;
+            const Slice& slice = slices[s];
+            const __m256i magnitude = D::kSigned ? _mm256_sign_epi8(slice.w, slice.w) : slice.w;
+            for (int c = 0; c < C; ++c) {
+                __m256i x = _mm256_loadu_si256((const __m256i*)(xq[c] + 32 * xb));
+                if (D::kSigned) x = _mm256_sign_epi8(x, slice.w);
+                const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, x), ones);
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(slice.scale, _mm256_set1_ps(xd[c][xb])),
+                                         acc[c]);
+                if (D::kHasMin) min_acc[c] += slice.min * xd[c][xb] * xs[c][xb];
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c) out[c] = lane_sum(acc[c]) - min_acc[c];
+}
+
+template <typename D>
+void int8_rows(const QuantizedRows& x, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
+               long k_len, long begin, long end) {
+    const long blocks = k_len / 32;
+    weight_rows(w, k_len / D::kWeights * D::kBytes, bias, out, m_len, n_len, begin, end,
+                [&](const uint8_t* row, long m, auto rows, float* acc) {
+                    constexpr int C = decltype(rows)::value;
+                    const int8_t* xq[C];
+                    const float *xd[C], *xs[C];
+                    for (int c = 0; c < C; ++c) {
+                        xq[c] = &x.q[(m + c) * k_len];
+                        xd[c] = &x.scale[(m + c) * blocks];
+                        xs[c] = &x.sum[(m + c) * blocks];
+                    }
+                    dot_row<D, C>(row, k_len, xq, xd, xs, acc);
+                });
+}
+
+// Returns false where the format has no int8 path (the float path is used).
+template <typename Body>
+bool with_decoder(int format, Body body) {
+    switch (format) {
+        case Q4_0: body(DecodeQ4_0{}); return true;
+        case Q5_0: body(DecodeQ5_0{}); return true;
+        case Q8_0: body(DecodeQ8_0{}); return true;
+        case Q4_K: body(DecodeK<layout::Q4_K>{}); return true;
+        case Q5_K: body(DecodeK<layout::Q5_K>{}); return true;
+        case Q6_K: body(DecodeQ6_K{}); return true;
+        default: return false;
+    }
+}
+
+}  // namespace
+
+bool int8_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
+               long k_len, int threads) {
+    static thread_local QuantizedRows buffer;
+    const QuantizedRows& xq = buffer;  // a reference: OpenMP workers must read the caller's buffer
+    return with_decoder(format, [&](auto decoder) {
+        using D = decltype(decoder);
+        quantize_rows(x, m_len, k_len, buffer);
+        parallel_rows(n_len, threads, [&](long begin, long end) {
+            int8_rows<D>(xq, w, bias, out, m_len, n_len, k_len, begin, end);
+        });
+    });
+}
+
+}  // namespace codeassist

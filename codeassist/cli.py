@@ -169,7 +169,8 @@ def _complete_through_server(args: argparse.Namespace, path: Path, request: dict
 def _complete_here(args: argparse.Namespace, text: str, cursor: int, language: str | None,
                    relative: str, repo_name: str) -> dict:
     """The completion from a model (or remote engine) loaded in this process."""
-    from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+    from completion import CompletionRequest, EngineSettings
+    from completion.open_engine import open_engine
 
     settings = EngineSettings(
         max_new_tokens=args.max_tokens,
@@ -177,15 +178,11 @@ def _complete_here(args: argparse.Namespace, text: str, cursor: int, language: s
         max_prompt_tokens=args.context_tokens,
     )
     request = CompletionRequest(text, cursor, language, path=relative, repo_name=repo_name)
-    if args.engine != "local":
-        from completion.remote_engine import open_remote_engine
-
-        engine = open_remote_engine(args.engine, args.engine_model, os.environ.get(args.engine_api_key_env), settings)
-        loaded = None
-    else:
-        loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-        draft = load_model(args.draft_model, device=args.device, dtype=args.dtype) if args.draft_model else None
-        engine = CompletionEngine(loaded, settings, draft=draft)
+    api_key = os.environ.get(args.engine_api_key_env) if args.engine != "local" else None
+    engine = open_engine(settings, model=args.model, device=args.device, dtype=args.dtype,
+                         draft_model=args.draft_model or "", engine=args.engine, engine_model=args.engine_model,
+                         api_key=api_key)
+    loaded = getattr(engine, "loaded", None)  # a remote engine has no local model
     result = engine.complete(request)
     return {
         "text": result.text, "tokens": result.tokens, "prompt_tokens": result.prompt_tokens,

@@ -72,9 +72,9 @@ class CliRequests:
                                         path=str(arguments.get("path", "")), repo_name=str(arguments.get("repo_name", "")))
         except (TypeError, ValueError) as error:
             raise ValueError(f"bad complete arguments: {error}") from None
-        result = await server.complete_text(request, settings)
+        result = await server.completions.complete_text(request, settings)
         if result is None:
-            raise Unavailable(f"the model is {server.model_status}")
+            raise Unavailable(f"the model is {server.models.status}")
         loaded = getattr(server.engine, "loaded", None)
         return {**{name: getattr(result, name) for name in ("text", "tokens", "prompt_tokens", "prompt_ms",
                                                             "decode_ms", "stop_reason", "multiline", "model")},

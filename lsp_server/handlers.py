@@ -15,7 +15,8 @@ from retrieval.search import validate
 from . import pygls_adapter
 from .documents import LspWorkspace
 from .positions import offset_at, position_of
-from .server import CodeassistServer, PreparedRequest
+from .completions import PreparedRequest
+from .server import CodeassistServer
 from .settings import ServerSettings
 from .warm_up import CURSOR_NOTIFICATION, OPEN_DELAY_S, identifier_occurrences
 
@@ -56,7 +57,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
         ls.remember_document(document.uri)  # draft source: repository n-grams
         # Where the cursor is comes next (documentHighlight, the cursor notification); until
         # then the top of the file is the best guess.
-        ls.hint_cursor(document.uri, types.Position(0, 0), OPEN_DELAY_S)
+        ls.completions.hint_cursor(document.uri, types.Position(0, 0), OPEN_DELAY_S)
         # Hover summaries, made when the model idles (parsing the file is off the event loop).
         await asyncio.get_running_loop().run_in_executor(None, ls.hovers.precompute, document.uri,
                                                          document.text, ls.settings)
@@ -98,7 +99,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
         document = ls.workspace.text_documents.get(uri)
         if document is None or ls.too_large(uri, document.source):
             return []
-        ls.hint_cursor(uri, params.position)
+        ls.completions.hint_cursor(uri, params.position)
         text, encoding = document.source, ls.position_encoding
         try:
             cursor = offset_at(text, params.position.line, params.position.character, encoding)
@@ -119,7 +120,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             logger.info("%s without textDocument.uri and position ignored", CURSOR_NOTIFICATION)
             return
         if isinstance(uri, str) and isinstance(line, int) and isinstance(character, int) and line >= 0 <= character:
-            ls.hint_cursor(uri, types.Position(line, character))
+            ls.completions.hint_cursor(uri, types.Position(line, character))
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: CodeassistServer, params: types.HoverParams) -> types.Hover | None:
@@ -155,7 +156,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
         engine = ls.engine
         info = {
             "model": ls.settings.model if ls.settings.engine == "local" else ls.settings.engine_model or None,
-            "modelStatus": ls.model_status,
+            "modelStatus": ls.models.status,
             "engine": "local" if ls.settings.engine == "local" else {"url": ls.settings.engine},
             "device": None, "dtype": None, "ngramCacheTokens": 0, "kvSessions": None, "speculation": None,
             "maxConcurrentGenerations": ls.scheduler.max_concurrent,
@@ -164,7 +165,7 @@ def build_server(settings: ServerSettings = ServerSettings()) -> CodeassistServe
             "oversizedDocuments": len(ls.oversized),
             "summaries": ls.hovers.stats(),
             "indexSummaries": ls.index_summaries.status(),
-            "warmUp": ls.warm_up.status(),
+            "warmUp": ls.completions.warm_up.status(),
         }
         if engine is not None:
             info.update(engine.status())
@@ -195,10 +196,10 @@ async def _suggest(ls: CodeassistServer, uri: str, position: types.Position, alt
     """(prepared request, the suggestions: the engine's first, then up to `alternatives`
     others; none when there is nothing to suggest) for `position` in `uri`; logs timings."""
     start = time.perf_counter()
-    prepared = ls.prepare(uri, position)
+    prepared = ls.completions.prepare(uri, position)
     if prepared is None:
         return None, []
-    result = await ls.complete(prepared, alternatives)
+    result = await ls.completions.complete(prepared, alternatives)
     texts = [t for t in (result.text, *result.alternatives) if t] if result is not None else []
     logger.info(
         "request %s v%s %d:%d -> %d suggestions, %d chars in %.0f ms (%s)", uri, prepared.version, position.line,

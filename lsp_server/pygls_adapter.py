@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pygls.protocol import LanguageServerProtocol
+
 
 def sync_kind(workspace) -> Any:
     """The text document sync kind the workspace was made with."""
@@ -33,6 +35,23 @@ def is_shut_down(protocol) -> bool:
 
 def send_error_response(protocol, msg_id, error) -> None:
     protocol._send_response(msg_id, error=error)
+
+
+def send_raw(protocol, message: dict) -> None:
+    """Write an already-built JSON-RPC message (an error for input pygls never saw)."""
+    protocol._send_data(message)
+
+
+class RequestHookProtocol(LanguageServerProtocol):
+    """pygls' protocol calling `request_read` as each request is read, before pygls runs
+    its handler (an async handler runs only after later messages were handled)."""
+
+    def request_read(self, params) -> None:
+        pass
+
+    def _handle_request(self, msg_id, method_name, params):
+        self.request_read(params)
+        super()._handle_request(msg_id, method_name, params)
 
 
 # The document factory pygls' Workspace calls; documents.py overrides it.

@@ -59,6 +59,24 @@ class ServerSettings:
         return (self.model, self.device, self.dtype, self.draft_model, self.engine, self.engine_model,
                 self.engine_api_key_env)
 
+    def engine_settings(self):
+        """What the engine takes from these settings, as `EngineSettings` (ValueError when one
+        is invalid); they travel with each request."""
+        from completion.types import EngineSettings  # loads torch: only where an engine runs
+
+        return EngineSettings(
+            max_new_tokens=self.max_new_tokens,
+            time_budget_ms=self.time_budget_ms,
+            max_prompt_tokens=self.context_tokens,
+            first_window_tokens=self.first_window_tokens,
+            context_budget_tokens=self.repo_context_tokens,
+            kv_mode=self.kv_mode,
+            speculative=self.speculative,
+            draft_sources=tuple(name.strip() for name in self.draft_sources.split(",") if name.strip()),
+            max_draft_tokens=self.max_draft_tokens,
+            token_healing=self.token_healing,
+        )
+
 
 # camelCase (what editors send) -> field name: every setting a client may change
 _KEYS = {

@@ -127,7 +127,7 @@ class Transport:
         if error is not None:
             logger.warning("LSP input refused: %s", error["error"]["message"])
             if message is None or "id" in message:  # requests, and bodies that do not parse
-                protocol._send_data(error)
+                pygls_adapter.send_raw(protocol, error)
             return error["error"]["code"] != PARSE_ERROR
         if "method" in message:
             message.setdefault("params", None)  # optional in JSON-RPC; pygls' types require the key

@@ -38,5 +38,14 @@ def test_the_protocol_members():
 
     protocol.set_writer(Writer())
     pygls_adapter.send_error_response(protocol, 7, types.ResponseError(code=-32600, message="bad"))
+    pygls_adapter.send_raw(protocol, {"jsonrpc": "2.0", "id": 8, "error": {"code": -32700, "message": "x"}})
     body = b"".join(w if isinstance(w, bytes) else w.encode() for w in written)
-    assert b'"id": 7' in body and b'"code": -32600' in body
+    assert b'"id": 7' in body and b'"code": -32600' in body and b'"id": 8' in body
+
+
+def test_the_request_hook_runs_before_the_handler():
+    from pygls.protocol import LanguageServerProtocol
+
+    assert callable(getattr(LanguageServerProtocol, "_handle_request"))  # what RequestHookProtocol overrides
+    server = build_server()
+    assert isinstance(server.protocol, pygls_adapter.RequestHookProtocol)

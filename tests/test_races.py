@@ -28,7 +28,7 @@ def forced_engine(tiny_model_dir):
 @pytest.fixture
 def server(forced_engine):
     server = CodeassistServer()
-    server.engine = forced_engine
+    server.models.engine = forced_engine
     yield server
     server.close()
 
@@ -77,7 +77,7 @@ def test_ngram_updates_from_other_threads_land_on_the_worker(server, forced_engi
             job, decoding = _running_completion(server, forced_engine, "file:///a.py", request)
             decoding.wait(30)
             for file in range(10):
-                server._remember_text(forced_engine, f"file:///f{file}.py", f"values = {index}\n" * 50)
+                server.ngrams._remember_text(forced_engine, f"file:///f{file}.py", f"values = {index}\n" * 50)
             job.future.result(timeout=30)
         server.scheduler.run_soon(lambda: None).result(timeout=30)
     finally:

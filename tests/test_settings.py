@@ -31,19 +31,17 @@ def test_model_key_names_what_needs_a_reload():
 
 
 def test_speculation_settings_reach_the_engine():
-    from lsp_server.server import CodeassistServer
-
     settings, problems = merge_settings(
         ServerSettings(), {"speculative": False, "draftSources": "prompt, repo", "maxDraftTokens": 8})
     assert problems == []
-    engine_settings = CodeassistServer._engine_settings(settings)
+    engine_settings = settings.engine_settings()
     assert not engine_settings.speculative
     assert engine_settings.draft_sources == ("prompt", "repo") and engine_settings.max_draft_tokens == 8
     bad, _ = merge_settings(ServerSettings(), {"draftSources": "prompt,telepathy"})
     import pytest
 
     with pytest.raises(ValueError, match="telepathy.*valid: recycle, prompt, repo, model"):
-        CodeassistServer._engine_settings(bad)
+        bad.engine_settings()
 
 
 def test_settings_out_of_range_are_rejected_and_the_old_ones_kept():

@@ -1,13 +1,14 @@
 """Numbers in the docs written from the stored runs in docs/benchmarks/*.json, so they cannot
-drift from them: the README's performance headlines and the search tables of
-docs/benchmarks.md. `python -m codeassist.bench.headlines` rewrites each part between its
+drift from them: the README's performance headlines and the tables of docs/benchmarks.md
+(doc_tables.py). `python -m codeassist.bench.headlines` rewrites each part between its
 markers; a test checks that the files hold what it would write."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from . import doc_tables
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,12 +21,8 @@ def end(part: str) -> str:
     return f"<!-- end of {part} -->"
 
 
-def _stored(name: str) -> dict:
-    return json.loads((ROOT / "docs" / "benchmarks" / f"{name}.json").read_text())
-
-
 def _summary(name: str) -> dict:
-    return _stored(name)["summary"]
+    return doc_tables.stored(name)["summary"]
 
 
 def _grouped(value: float) -> str:
@@ -66,64 +63,23 @@ def headlines() -> str:
     return "\n".join(lines)
 
 
-def search_tables() -> str:
-    """docs/benchmarks.md's search tables: rankings, summaries by coverage, the member margin."""
-    stored = _stored("search")
-    rows, summary = stored["rows"], stored["summary"]
-    out = [f"{summary['queries']} docstring queries (classes, functions, methods) over {summary['chunks']:,} chunks"
-           f" of {summary['files']} standard-library modules, encoder {summary['encoder']}:", "",
-           "| ranking | MRR@10 | Recall@1 | Recall@10 | MRR@10 of class queries | of function queries |",
-           "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["measure"] == "quality":
-            out.append(f"| {r['mode']} ({r['variant']}) | {r['mrr_at_10']:.3f} | {r['recall_at_1']:.3f} | "
-                       f"{r['recall_at_10']:.3f} | {_or_dash(r.get('class_mrr_at_10'))} | {_or_dash(r.get('function_mrr_at_10'))} |")
-    margins = [r for r in rows if r["measure"] == "member margin"]
-    if margins:
-        out += ["", "A class's best method put above it when within the margin (hybrid; stdlib: the whole index"
-                " without summaries; the projects' summarized parts with every summary):", "",
-                "| corpus | margin | MRR@10 | of class queries | of function queries |", "|---|---:|---:|---:|---:|"]
-        out += [f"| {r.get('project', 'stdlib, whole')} | {r['margin']:.2f} | {r['mrr_at_10']:.3f} | "
-                f"{_or_dash(r['class_mrr_at_10'])} | {_or_dash(r['function_mrr_at_10'])} |" for r in margins]
-    summarized = [r for r in rows if r["measure"] == "summaries"]
-    if summarized:
-        out += ["", "With the model's summaries (MRR@10; part of each project, every definition summarized, then a"
-                " random share kept; blend weight w):", "",
-                "| project | chunks | queries | coverage | w | BM25 | dense | hybrid |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        cells: dict[tuple, dict] = {}
-        for r in summarized:
-            cells.setdefault((r["project"], r["coverage"], r["weight"]), {})[r["mode"]] = r
-        bm25 = {(r["project"], r["coverage"]): r for r in summarized if r["mode"] == "bm25"}
-        for (project, coverage, weight), modes in cells.items():
-            first = next(iter(modes.values()))
-            out.append(f"| {project} | {first['chunks']} | {first['queries']} | {coverage:.0%} | {weight} | "
-                       f"{bm25[(project, coverage)]['mrr_at_10']:.3f} | {modes['dense']['mrr_at_10']:.3f} | "
-                       f"{modes['hybrid']['mrr_at_10']:.3f} |")
-    latency = {(r["chunks"], r["index"]): r for r in rows if r["measure"] == "latency"}
-    cli = {r["variant"]: r for r in rows if r["measure"] == "cli latency"}
-    out += ["", f"Index build {summary['index_chunks_per_s']} chunks/s; a query (encoding, BM25, faiss on one"
-            " thread, fusion) p50/p95 " + ", ".join(
-                f"{chunks // 1000}k chunks {kind} {r['p50_ms']:.0f}/{r['p95_ms']:.0f} ms"
-                for (chunks, kind), r in latency.items())
-            + f"; re-indexing one changed file {summary['reindex_one_file_ms']:.0f} ms."]
-    if cli:
-        out.append("`codeassist search` from a shell, p50/p95: " + ", ".join(
-            f"{variant} {r['p50_ms'] / 1000:.2f}/{r['p95_ms'] / 1000:.2f} s" for variant, r in cli.items()) + ".")
-    return "\n".join(out)
-
-
-def _or_dash(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-PARTS = {"README.md": {"headlines": headlines}, "docs/benchmarks.md": {"search tables": search_tables}}
+PARTS = {
+    "README.md": {"headlines": headlines},
+    "docs/benchmarks.md": {
+        "quality table": doc_tables.quality_table, "decode table": doc_tables.decode_table,
+        "edits table": doc_tables.edits_table, "packed edits table": doc_tables.edits_packed_table,
+        "speculative table": doc_tables.speculative_table, "search tables": doc_tables.search_tables,
+    },
+}
 
 
 def rewritten(text: str, parts: dict) -> str:
-    """`text` with each of its generated parts replaced by what the stored runs say."""
+    """`text` with each of its generated parts replaced by what the stored runs say (the end
+    marker indented as the begin marker is, so that a part inside a list item stays in it)."""
     for part, write in parts.items():
         start, stop = text.index(begin(part)), text.index(end(part)) + len(end(part))
-        text = text[:start] + "\n".join([begin(part), write(), end(part)]) + text[stop:]
+        indent = text[text.rfind("\n", 0, start) + 1:start]
+        text = text[:start] + "\n".join([begin(part), write(), indent + end(part)]) + text[stop:]
     return text
 
 

@@ -69,6 +69,7 @@ class Transport:
         async def serve() -> None:
             nonlocal listening
             listening = await asyncio.start_server(connection, host, port)
+            logger.info("listening on %s:%d", host, port)  # clients (and tests) may connect from here on
             async with listening:
                 try:
                     await listening.serve_forever()

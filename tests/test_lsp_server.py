@@ -193,8 +193,7 @@ async def test_configuration_changes(server, workspace):
     inline = await client.text_document_inline_completion_async(_inline(uri, 1, 15))
     assert (inline.items[0].insert_text if inline.items else "") == want
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-        settings={"inlineCompletion": False}))
-    await asyncio.sleep(0.2)
+        settings={"inlineCompletion": False}))  # applied in message order: before the next request
     assert await client.text_document_inline_completion_async(_inline(uri, 1, 15)) is None
 
 

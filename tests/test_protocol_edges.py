@@ -172,10 +172,9 @@ def tcp_server(tiny_model_dir, tmp_path):
 
     deadline = time.monotonic() + 60
     while not token_file.exists() or not (tmp_path / "server.log").exists() \
-            or "TCP clients must send" not in (tmp_path / "server.log").read_text():
+            or "listening on 127.0.0.1" not in (tmp_path / "server.log").read_text():
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.1)
-    time.sleep(0.5)  # listening after the log line
     yield port, token_file.read_text().strip(), process
     process.kill()
     process.wait(10)
@@ -337,7 +336,10 @@ def test_a_tcp_connection_without_initialize_changes_nothing(tcp_server, tmp_pat
     owner = TcpClient(port)  # the real client is served while the idle one waits
     assert "result" in _initialize(owner, tmp_path, token)
     idle.close()  # a stranger closing does not end the session
-    time.sleep(1)
+    log, deadline = tmp_path / "server.log", time.monotonic() + 30
+    while log.read_text().count("a TCP connection closed before its initialize") < 2:  # both strangers seen
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     owner.send(_status_request(6))
     assert "result" in owner.answer(6)
     assert process.poll() is None

@@ -9,6 +9,7 @@ jina-embeddings-v2-base-code, CodeRankEmbed) need `trust_remote_code=True`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -95,6 +96,46 @@ class Encoder:
         vectors = encode(texts, batch_size=len(texts), convert_to_numpy=True,
                          normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class LazyEncoder:
+    """The encoder `name`, loaded (by `load`) on first use. Its name, an index's key, is known
+    before; a query asked before then is encoded in numpy where the model is a plain
+    mean-pooled BERT (numpy_bert.py: the default is), so a process that only searches never
+    imports torch or sentence-transformers. Everything else is the loaded encoder's."""
+
+    def __init__(self, name: str | None, load: Callable[[], Encoder], trust_remote_code: bool = False):
+        self.name = name or DEFAULT_ENCODER
+        self._load = load
+        self._loaded: Encoder | None = None
+        self._lock = threading.Lock()
+        self._queries = None if trust_remote_code else _UNSET  # numpy query encoder, looked for once
+
+    def loaded(self) -> Encoder:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._load()
+            return self._loaded
+
+    def __getattr__(self, attribute: str):
+        return getattr(self.loaded(), attribute)
+
+    def encode_query(self, query: str) -> np.ndarray:
+        if self._loaded is None:
+            if self._queries is _UNSET:
+                from .numpy_bert import NumpyBertEncoder
+
+                try:
+                    source = resolve_encoder(self.name)
+                except ValueError:
+                    source = None
+                self._queries = NumpyBertEncoder.load(source) if source and Path(source).is_dir() else None
+            if self._queries is not None:
+                return self._queries.encode_query(query)
+        return self.loaded().encode_query(query)
+
+
+_UNSET = object()
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from . import indexer, search, store
-from .encoder import DEFAULT_ENCODER, Encoder, load_encoder
+from .encoder import DEFAULT_ENCODER, Encoder, LazyEncoder, load_encoder
 from .files import FileFilter
 from .index_folder import check_index_folder, claim_index_folder
 from .types import DefinitionSummary, IndexStats, SearchHit
@@ -71,20 +71,20 @@ class CodeIndex:
         self.config = config
         self.folder = config.folder_for(self.root)
         check_index_folder(self.folder, self.root, _home())
-        self._encoder = encoder
-        self._encoder_lock = threading.Lock()
+        self._encoder = encoder or LazyEncoder(config.encoder, self._load_encoder, config.trust_remote_code)
         self._update_lock = threading.Lock()
         self._snapshot: store.Snapshot | None = None
 
     # --- the encoder and the snapshot ------------------------------------------------
     @property
-    def encoder(self) -> Encoder:
-        with self._encoder_lock:
-            if self._encoder is None:
-                self._encoder = load_encoder(self.config.encoder, threads=self.config.threads,
-                                             trust_remote_code=self.config.trust_remote_code)
-                self._encoder.batch_tokens = self.config.batch_tokens
-            return self._encoder
+    def encoder(self) -> Encoder | LazyEncoder:
+        return self._encoder
+
+    def _load_encoder(self) -> Encoder:
+        encoder = load_encoder(self.config.encoder, threads=self.config.threads,
+                               trust_remote_code=self.config.trust_remote_code)
+        encoder.batch_tokens = self.config.batch_tokens
+        return encoder
 
     @property
     def snapshot(self) -> store.Snapshot:

@@ -144,6 +144,7 @@ def _run_complete(args: argparse.Namespace) -> int:
                 "load_ms": round(answer["load_ms"], 1) if answer.get("load_ms") is not None else None,
                 "prompt_ms": round(answer["prompt_ms"], 1),
                 "decode_ms": round(answer["decode_ms"], 1),
+                "stages_ms": answer.get("stages_ms", {}),  # where the time went (completion/stages.py)
             },
         }, indent=2))
     else:
@@ -189,6 +190,7 @@ def _complete_here(args: argparse.Namespace, text: str, cursor: int, language: s
         "stop_reason": result.stop_reason, "multiline": result.multiline, "model": result.model,
         "device": str(loaded.device) if loaded else None, "dtype": loaded.dtype_name if loaded else None,
         "load_ms": loaded.load_ms if loaded else None, "prompt_ms": result.prompt_ms, "decode_ms": result.decode_ms,
+        "stages_ms": result.stages,
         "error": engine.status()["engine"]["lastError"] if result.stop_reason == "engine_down" else None,
     }
 

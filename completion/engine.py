@@ -33,6 +33,7 @@ from .speculative.ngram import NgramCache
 from .speculative.registry import DraftRequest, DraftSourceRegistry
 from .speculative.sources import PromptLookup, RecycledSuggestion, RepoLookup
 from .speculative.verify import supports_trees
+from .stages import Stages
 from .stops import StopPolicy, check_text, decide_policy, finalize
 from .suggestion_memory import Recall, SuggestionMemory
 from .types import Completion, CompletionRequest, EngineSettings
@@ -146,6 +147,7 @@ class CompletionEngine:
         many other suggestions too (not from a recycled one)."""
         settings = settings or self.settings
         start = time.perf_counter()
+        stages = Stages(start)
         policy = decide_policy(request.text, request.cursor, request.language, settings.max_lines)
         recall = self.memory.recall(session_key, request)
         recycled = recall.rest if settings.speculative and "recycle" in settings.draft_sources else ""
@@ -154,9 +156,11 @@ class CompletionEngine:
             # the cursor mid-line: the answer ends with that line).
             direct = finalize(check_text(recycled, policy).text, policy)
             if direct:
-                return self._answer_rest(session_key, request, recall, direct, start)
+                stages.lap("plan")
+                return replace(self._answer_rest(session_key, request, recall, direct, start), stages=stages.as_dict())
         if settings.token_healing:
             recall = self.memory.align(recall, request, self.decode)
+        stages.lap("plan")
         prompt, healing, head, base = self._prompt_for(request, recall, settings)
         window = "full"
         if self._far_from_warm(session_key, prompt, recall, settings):
@@ -166,19 +170,24 @@ class CompletionEngine:
             window = "short"
             logger.info("complete %s: far from the warm session: the first %d of %d prompt tokens answer first",
                         request.path or "<buffer>", len(prompt.ids), full_tokens)
+        stages.lap("prompt")
         try:
             built = self.kv.build(session_key, prompt.ids, settings, cancelled)
         except EncodingCancelled as stopped:
             logger.info("complete %s: %s", request.path or "<buffer>", stopped)
+            stages.lap("encode")
             return Completion(text="", tokens=0, prompt_tokens=len(prompt.ids),
                               prompt_ms=(time.perf_counter() - start) * 1000, decode_ms=0.0,
-                              stop_reason="cancelled", model=self.loaded.name, multiline=policy.multiline)
+                              stop_reason="cancelled", model=self.loaded.name, multiline=policy.multiline,
+                              stages=stages.as_dict())
+        stages.lap("encode")
         drafter = self._drafter(session_key, built, recall, recycled, healing, policy, settings)
         decode_start = time.perf_counter()
         prompt_ms = (decode_start - start) * 1000
         decoded = self.decoder.run(built, policy, settings, decode_start, cancelled, drafter, healing)
         if drafter is not None:
             drafter.finish()
+        stages.lap("decode")
         final = finalize(decoded.text, policy) if decoded.reason != "cancelled" else ""
         others = self._alternatives(built, decoded, final, alternatives, policy, settings, cancelled, healing) \
             if alternatives and decoded.ids and decoded.reason != "cancelled" else ()
@@ -186,8 +195,9 @@ class CompletionEngine:
         ids = (recall.typed.tokens if recall.typed else []) + decoded.ids  # the stream after `head`
         self.memory.remember(session_key, request, recall, final, head, base, ids)
         self._remember_suggestion(ids, settings)
+        stages.lap("finish")
         return replace(self._result(request, final, decoded, built, policy, drafter, start, prompt_ms),
-                       window=window, alternatives=others)
+                       window=window, alternatives=others, stages=stages.as_dict())
 
     def _alternatives(self, built: PromptCache, decoded: Decoded, final: str, count: int, policy: StopPolicy,
                       settings: EngineSettings, cancelled: Callable[[], bool] | None,

@@ -104,3 +104,4 @@ class Completion:
     spec: dict = field(default_factory=dict, compare=False)
     window: str = "full"  # "short": answered from the first window (EngineSettings)
     alternatives: tuple[str, ...] = ()  # other suggestions, when asked for (distinct, not empty)
+    stages: dict = field(default_factory=dict, compare=False)  # ms per stage (completion/stages.py)

@@ -78,4 +78,5 @@ class CliRequests:
         loaded = getattr(server.engine, "loaded", None)
         return {**{name: getattr(result, name) for name in ("text", "tokens", "prompt_tokens", "prompt_ms",
                                                             "decode_ms", "stop_reason", "multiline", "model")},
+                "stages_ms": result.stages,
                 "device": str(loaded.device) if loaded else None, "dtype": loaded.dtype_name if loaded else None}

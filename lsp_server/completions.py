@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from lsprotocol import types
 
 from completion import Completion, CompletionRequest, Engine
+from completion.stages import Stages
 from completion.syntax import language_for
 
 from .idle_refresh import IdleRefresh
@@ -84,9 +86,16 @@ class CompletionService:
         self.idle_refresh.cancel(prepared.uri)
         self.warm_up.cancel()  # a request says where the cursor is: a pending guess is out of date
 
+        submitted = time.perf_counter()
+
         def work(cancelled):
-            return engine.complete(self._with_context(prepared), cancelled, session_key=prepared.uri,
-                                   settings=prepared.settings.engine_settings(), alternatives=alternatives)
+            stages = Stages(submitted)
+            stages.lap("wait")  # behind other work on the engine host
+            request = self._with_context(prepared)
+            stages.lap("context")
+            result = engine.complete(request, cancelled, session_key=prepared.uri,
+                                     settings=prepared.settings.engine_settings(), alternatives=alternatives)
+            return replace(result, stages={**stages.as_dict(), **result.stages})
 
         # Ghost text and menu items asked for one keystroke share one computation.
         identity = (prepared.version, prepared.request.cursor, prepared.settings, alternatives)
@@ -112,8 +121,13 @@ class CompletionService:
         if engine is None:
             return None
 
+        submitted = time.perf_counter()
+
         def work(cancelled):
-            return engine.complete(request, cancelled, session_key=CLI_SESSION, settings=settings.engine_settings())
+            stages = Stages(submitted)
+            stages.lap("wait")
+            result = engine.complete(request, cancelled, session_key=CLI_SESSION, settings=settings.engine_settings())
+            return replace(result, stages={**stages.as_dict(), **result.stages})
 
         job = self.server.scheduler.submit(CLI_SESSION, work, (request.text, request.cursor, settings))
         return await asyncio.wrap_future(job.future)

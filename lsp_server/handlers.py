@@ -202,9 +202,10 @@ async def _suggest(ls: CodeassistServer, uri: str, position: types.Position, alt
     result = await ls.completions.complete(prepared, alternatives)
     texts = [t for t in (result.text, *result.alternatives) if t] if result is not None else []
     logger.info(
-        "request %s v%s %d:%d -> %d suggestions, %d chars in %.0f ms (%s)", uri, prepared.version, position.line,
-        position.character, len(texts), len(texts[0]) if texts else 0, (time.perf_counter() - start) * 1000,
-        result.stop_reason if result else "none",
+        "request %s v%s %d:%d -> %d suggestions, %d chars in %.0f ms (%s; ms: %s)", uri, prepared.version,
+        position.line, position.character, len(texts), len(texts[0]) if texts else 0,
+        (time.perf_counter() - start) * 1000, result.stop_reason if result else "none",
+        " ".join(f"{stage} {ms:.0f}" for stage, ms in result.stages.items()) if result else "-",
     )
     return prepared, texts
 

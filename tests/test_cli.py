@@ -78,7 +78,11 @@ def test_complete_json_with_a_local_model(tiny_model_dir, source_file):
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) >= {"text", "tokens", "prompt_tokens", "timings", "model", "stop_reason"}
-    assert set(data["timings"]) == {"load_ms", "prompt_ms", "decode_ms"}
+    assert set(data["timings"]) == {"load_ms", "prompt_ms", "decode_ms", "stages_ms"}
+    stages = data["timings"]["stages_ms"]
+    assert list(stages) == ["plan", "prompt", "encode", "decode", "finish"]  # in the order they ran
+    assert all(ms >= 0 for ms in stages.values())
+    assert sum(stages.values()) <= data["timings"]["prompt_ms"] + data["timings"]["decode_ms"] + 1
     assert 1 <= data["tokens"] <= 4 and data["model"] == str(model) and data["dtype"] == "float32"
 
 

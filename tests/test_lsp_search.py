@@ -181,6 +181,7 @@ async def test_the_cli_completes_through_the_running_server(indexed, tiny_model_
     assert code == 0 and "answered by the running codeassist server" in err, err
     served = json.loads(out)
     assert served["server"] is True and served["timings"]["load_ms"] is None and served["tokens"] >= 1
+    assert list(served["timings"]["stages_ms"])[:3] == ["wait", "plan", "prompt"]
     code, out, err = await _cli("complete", *location, *model, "--dtype", "fp32", "--no-server")
     assert code == 0 and "answered by" not in err
     assert json.loads(out)["text"] == served["text"]  # greedy: the same text either way

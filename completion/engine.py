@@ -63,8 +63,10 @@ class CompletionEngine:
         self.repo_ngrams = NgramCache(settings.repo_cache_tokens)  # open files
         self.past_ngrams = NgramCache(settings.repo_cache_tokens)  # past suggestions
         self._past_suggestions = 0
-        # Token healing needs every token's text: built at its first use (once per tokenizer).
-        self._vocabulary: Vocabulary | None = None
+        # Token healing needs every token's text (~1 s for 152k tokens, once per tokenizer): built
+        # here when the settings heal, so that the first request does not pay it; otherwise at
+        # the first request whose settings turn healing on.
+        self._vocabulary: Vocabulary | None = Vocabulary.of(loaded.tokenizer) if settings.token_healing else None
         self.draft: DraftModel | None = None
         if draft is not None:
             self.draft = DraftModel(draft, settings.kv_budget_mb)

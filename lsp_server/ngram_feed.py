@@ -1,7 +1,7 @@
 """Open documents, and once per folder their sibling files of the same kind, given to the
 engine's repository n-gram cache (a draft source of speculative decoding). Files are
 tokenized on a thread of their own, off the event loop and the engine host; the cache itself
-changes on the engine host."""
+changes on the engine host, in its background lane."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ class NgramFeed:
 
     def _remember_text(self, engine: Engine, key: str, text: str) -> None:
         ids = engine.encode([text])[0] if text else []
-        self.scheduler.run_soon(lambda: engine.remember_tokens(key, ids))
+        # The background lane: a request never waits behind the feed of a newly opened
+        # folder (up to 17 files, a few ms each on the engine host).
+        self.scheduler.background(f"ngrams:{key}", lambda cancelled: engine.remember_tokens(key, ids))
 
     def _remember_siblings(self, engine: Engine, path: Path, limit: int = 16, max_bytes: int = 256_000) -> None:
         """Files next to `path` with its extension, newest first."""

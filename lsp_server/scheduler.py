@@ -17,8 +17,9 @@ only when every waiter has cancelled it. Different documents are served in arriv
 Nothing here knows about LSP.
 
 The worker is the one owner of the engine's state: changes to it from other threads (a
-document closed, a file's tokens for the n-gram cache) are queued with `run_soon` and run on
-the worker between jobs, in the order they were queued, before any job still waiting.
+document closed) are queued with `run_soon` and run on the worker between jobs, in the order
+they were queued, before any job still waiting; changes nobody waits for (a file's tokens
+for the n-gram cache) go to lane 3 instead.
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def test_ngram_updates_from_other_threads_land_on_the_worker(server, forced_engi
             for file in range(10):
                 server.ngrams._remember_text(forced_engine, f"file:///f{file}.py", f"values = {index}\n" * 50)
             job.future.result(timeout=30)
-        server.scheduler.run_soon(lambda: None).result(timeout=30)
+        # Background jobs run in the order they were queued: this one runs after the feed's.
+        server.scheduler.background("barrier", lambda cancelled: None).future.result(timeout=30)
     finally:
         del forced_engine.repo_ngrams.add
     assert owners == {"model-worker"}

@@ -118,6 +118,8 @@ class LazyEncoder:
             return self._loaded
 
     def __getattr__(self, attribute: str):
+        if attribute.startswith("_"):  # not set yet (e.g. while copying): never load for it
+            raise AttributeError(attribute)
         return getattr(self.loaded(), attribute)
 
     def encode_query(self, query: str) -> np.ndarray:

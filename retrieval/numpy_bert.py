@@ -51,8 +51,8 @@ class NumpyBertEncoder:
                 logger.debug("%s is not a plain mean-pooled BERT: queries go through sentence-transformers", folder)
                 return None
             return cls(folder, config, int(st_config.get("max_seq_length") or 512))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.debug("no numpy query encoder for %s: %s", folder, error)
+        except Exception as error:  # unreadable or damaged files: sentence-transformers says what is wrong
+            logger.info("no numpy query encoder for %s: %s", folder, error)
             return None
 
     def encode_query(self, query: str) -> np.ndarray:

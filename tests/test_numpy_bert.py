@@ -43,6 +43,12 @@ def test_other_encoders_are_declined(tmp_path):
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
     assert NumpyBertEncoder.load(folder) is None  # CLS pooling: not this shape
+    (folder / "1_Pooling" / "config.json").unlink()
+    (folder / "1_Pooling").rmdir()
+    (folder / "1_Pooling").symlink_to(source / "1_Pooling")
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    assert NumpyBertEncoder.load(folder) is None  # damaged weights: declined, not raised
 
 
 def test_a_search_over_an_existing_index_imports_no_torch(tmp_path):

@@ -158,6 +158,10 @@ def test_used_names_give_calls_dotted_owners_and_references():
     keyword = used_names("f(key=mod.VALUE)\n", "python", 1, 1)
     assert ("VALUE", "mod") in {(u.name, u.owner) for u in keyword} and \
         "key" not in {u.name for u in keyword}
+    first = used_names(text, "python", 6, 11)
+    first.sort(key=lambda u: -u.line)  # callers sort their list (the answers are kept)
+    first.clear()
+    assert {(u.name, u.owner, u.line, u.call) for u in used_names(text, "python", 6, 11)} == uses
 
 
 def test_finder_follows_base_classes_dotted_modules_and_does_not_guess(inheriting):

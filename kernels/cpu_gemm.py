@@ -304,17 +304,22 @@ def build_sources(isa: str) -> list[Path]:
 def _load_build(build_dir: Path, isa: str, compiler: str) -> SmallBatchGemm | None:
     flags = COMMON_FLAGS + ISA_FLAGS[isa]
     try:
-        sources = build_sources(isa)
-        header = c_header()
-        digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources) + header.encode()
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in build_sources(isa)) + c_header().encode()
                                 + " ".join(flags).encode()).hexdigest()[:16]
         library = build_dir / f"cpu_gemm-{isa}-{digest}.so"
         if not library.exists():
-            _build(compiler, flags, [path for path in sources if path.suffix == ".cpp"], header, library)
+            compile_build(isa, library, compiler)
         return SmallBatchGemm(ctypes.CDLL(str(library)), isa)
     except (OSError, subprocess.SubprocessError) as error:
         logger.warning("small-batch kernels: the %s build is unavailable: %s", isa, error)
         return None
+
+
+def compile_build(isa: str, library: Path, compiler: str) -> None:
+    """Compile the `isa` build into `library` (OSError with the compiler's message when it
+    fails). Any machine compiles every build: the tests compile those its CPU cannot run."""
+    sources = [path for path in build_sources(isa) if path.suffix == ".cpp"]
+    _build(compiler, COMMON_FLAGS + ISA_FLAGS[isa], sources, c_header(), library)
 
 
 def _build(compiler: str, flags: list[str], sources: list[Path], header: str, library: Path) -> None:

@@ -14,7 +14,6 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from completion import Engine
-from completion.summarize import Summarizer
 
 from .cli_requests import CliRequests
 from .client import ClientChannel
@@ -57,7 +56,7 @@ class CodeassistServer(LanguageServer):
         self.files = WorkspaceFiles(lambda: self.workspace)
         self.ngrams = NgramFeed(self.files, self.scheduler)
         self.code_search = WorkspaceSearch(self.client, self.scheduler)
-        self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.summarizer, self.scheduler)
+        self.hovers = HoverProvider(self.files, lambda: self.code_search.index, self.models.summarizer, self.scheduler)
         self.index_summaries = IndexSummaries(self.code_search, self.hovers, self.files, self.client)
         self.code_search.summaries = self.index_summaries
         self.context = CompletionContext(self.files, lambda: self.code_search.index)
@@ -70,9 +69,6 @@ class CodeassistServer(LanguageServer):
     @property
     def engine(self) -> Engine | None:
         return self.models.engine
-
-    def summarizer(self) -> Summarizer | None:
-        return self.models.summarizer()
 
     def tell_client(self, level: int, message: str) -> None:
         """Log `message` here and in the client's log (window/logMessage)."""

@@ -6,11 +6,11 @@ markers; a test checks that the files hold what it would write."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from . import doc_tables
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = doc_tables.ROOT
+
 
 
 def begin(part: str) -> str:

@@ -82,9 +82,10 @@ inline void dequant_q8_0(const uint8_t* b, float* y) {
     for (int j = 0; j < 32; ++j) y[j] = d * (float)(int8_t)b[L::qs + j];
 }
 
-// Q4_K and Q5_K (kFive: L has the fifth bits, qh): sub-block j holds 32 weights d * scale_j * q - dmin * min_j.
-template <typename L, bool kFive>
+// Q4_K and Q5_K (which has the fifth bits, qh): sub-block j holds 32 weights d * scale_j * q - dmin * min_j.
+template <typename L>
 inline void dequant_k(const uint8_t* b, float* y) {
+    constexpr bool kFive = L::kType == Q5_K;
     const float d = half_to_float(b + L::d), dmin = half_to_float(b + L::dmin);
     uint8_t six[16];  // the scales, then the mins
     k_scale_bytes(b + L::scales, six);
@@ -138,8 +139,8 @@ inline void dequant_row(int format, const uint8_t* row, long k_len, float* y) {
         case Q4_0: dequant_blocks<layout::Q4_0>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_q4_0(b, o); }); break;
         case Q5_0: dequant_blocks<layout::Q5_0>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_q5_0(b, o); }); break;
         case Q8_0: dequant_blocks<layout::Q8_0>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_q8_0(b, o); }); break;
-        case Q4_K: dequant_blocks<layout::Q4_K>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_k<layout::Q4_K, false>(b, o); }); break;
-        case Q5_K: dequant_blocks<layout::Q5_K>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_k<layout::Q5_K, true>(b, o); }); break;
+        case Q4_K: dequant_blocks<layout::Q4_K>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_k<layout::Q4_K>(b, o); }); break;
+        case Q5_K: dequant_blocks<layout::Q5_K>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_k<layout::Q5_K>(b, o); }); break;
         case Q6_K: dequant_blocks<layout::Q6_K>(row, k_len, y, [](const uint8_t* b, float* o) { dequant_q6_k(b, o); }); break;
     }
 }

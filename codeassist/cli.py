@@ -78,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="a smaller run (a few minutes)")
     bench.add_argument("--contexts", help="comma-separated prompt budgets, e.g. 512,2048")
     bench.add_argument("--keystrokes", type=int, help="characters typed in the typing trace")
+    bench.add_argument("--holes", type=int, help="quality: single-line holes (half as many blocks and spans; "
+                       "default 40, the first N of the same draw)")
     bench.add_argument("--minutes", type=float, help="soak: how long the editing session runs (default 10)")
     bench.add_argument("--margin", type=int, help="pie: tokens re-encoded after each change")
     bench.add_argument("--dir", help="search: folder of Python sources to evaluate on (default: the stdlib)")
@@ -106,8 +108,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_summarize(commands)  # summarize FILE:LINE
 
-    models = commands.add_parser("models", help="list embedded models and their install/cache state")
+    models = commands.add_parser("models", help="list embedded models, their install/cache state, and "
+                                 "which one this machine runs by default and why")
     models.add_argument("--json", action="store_true")
+    models.add_argument("--device", default="auto", help="the device the default is chosen for (default: auto)")
     models.set_defaults(run=_run_models)
     return parser
 
@@ -304,26 +308,32 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     if args.name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {args.name!r}; valid: {', '.join(BENCHMARKS)}")
+    from completion.model_choice import resolve_model
+
     bench = importlib.import_module(f"{__package__}.bench.{args.name}")
+    args.model = resolve_model(args.model, args.device)  # reports name the model that ran
     result = bench.run_bench(args)
     print_table(result.rows, result.columns)
     print()
     for key, value in result.summary.items():
         print(f"{key:>45}  {value}")
     json_path, png_path = write_report(
-        args.name, Path(args.out), result.summary, result.rows, result.machine, result.plot
+        result.name or args.name, Path(args.out), result.summary, result.rows, result.machine, result.plot
     )
     print(f"\nwrote {json_path} and {png_path}")
     return 0
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    from completion.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_dir, cached_dtypes, is_installed
+    from completion.embedded import EMBEDDED_MODELS, cache_dir, cached_dtypes, is_installed
+    from completion.model_choice import choose_for_device
 
+    choice = choose_for_device(args.device)
     rows = [
         {
             "name": m.name,
-            "default": m.name == DEFAULT_MODEL,
+            "default": m.name == choice.name,
+            "why": choice.reason if m.name == choice.name else "",
             "installed": is_installed(m),
             "cached": cached_dtypes(m),
             "size_mb": round(m.size / 1e6),
@@ -343,7 +353,7 @@ def _run_models(args: argparse.Namespace) -> int:
             f"{row['name'] + mark:<22} {'yes' if row['installed'] else 'no':<10} "
             f"{','.join(row['cached']) or 'no':<18} {row['size_mb']:>8}  {row['description']}"
         )
-    print("* default")
+    print(f"* default here (--model auto, --device {args.device}): {choice.reason}")
     for row in rows:
         if not row["installed"]:
             print(f"to install {row['name']}: {row['install']}")

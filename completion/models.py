@@ -94,7 +94,7 @@ def _source(spec: str, dtype: torch.dtype) -> tuple[Path | str, dict]:
     if spec.count("/") == 1 and not path.exists():
         return spec, {}  # a hub id: served from the local HF cache when offline
     raise ModelUnavailableError(
-        f"unknown model {spec!r}: give an embedded name ({', '.join(EMBEDDED_MODELS)}), "
+        f"unknown model {spec!r}: give auto, an embedded name ({', '.join(EMBEDDED_MODELS)}), "
         "a .gguf file, a local model directory or a hub id (owner/name)"
     )
 
@@ -108,15 +108,21 @@ def _gguf_file(spec: str) -> Path | None:
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load `spec` for inference. Never runs remote code, never unpickles weights.
+    """Load `spec` for inference ("auto": the embedded model this machine runs best,
+    completion/model_choice.py). Never runs remote code, never unpickles weights.
 
     GGUF models run packed on CPU ("auto") or wherever "packed" is asked for; other
     formats, other dtypes and architectures without a packed path load through transformers.
     """
     from .gguf_model import PackedUnsupported
+    from .model_choice import AUTO, choose_for_device
 
     start = time.perf_counter()
     torch_device = resolve_device(device)
+    if spec == AUTO:
+        choice = choose_for_device(device)
+        logger.info("model auto: %s (%s)", choice.name, choice.reason)
+        spec = choice.name
     resolve_dtype(dtype, torch_device)  # validates the name
     wants_packed = dtype == "packed" or (dtype == "auto" and torch_device.type == "cpu")
     gguf = _gguf_file(spec) if wants_packed else None

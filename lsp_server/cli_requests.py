@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from completion import CompletionRequest
 from completion.home import codeassist_home
+from completion.model_choice import resolve_model
 
 from .local_endpoint import LocalEndpoint, Unavailable
 
@@ -58,8 +59,11 @@ class CliRequests:
     async def _complete(self, arguments: dict) -> dict:
         server = self._server
         settings = server.settings
-        wanted = (arguments.get("model"), arguments.get("device"), arguments.get("dtype"))
-        if settings.engine != "local" or wanted != (settings.model, settings.device, settings.dtype):
+        device = arguments.get("device")
+        wanted = (resolve_model(arguments.get("model"), device if isinstance(device, str) else "auto"), device,
+                  arguments.get("dtype"))
+        if settings.engine != "local" or wanted != (resolve_model(settings.model, settings.device),
+                                                    settings.device, settings.dtype):
             raise Unavailable("the server runs another model")
         text, cursor = arguments.get("text"), arguments.get("cursor")
         if not isinstance(text, str) or not isinstance(cursor, int) or not 0 <= cursor <= len(text):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from completion import Engine
+from completion.model_choice import AUTO
 from completion.open_engine import open_engine
 from completion.summarize import Summarizer
 
@@ -48,7 +49,8 @@ class ModelHost:
         self._loaded_key = settings.model_key
         self.status = "loading"
         self._settled.clear()
-        what = settings.model if settings.engine == "local" else f"the engine at {settings.engine}"
+        what = (("the default model" if settings.model == AUTO else settings.model) if settings.engine == "local"
+                else f"the engine at {settings.engine}")
         progress = await self.client.progress(f"Loading {what}")
         start = time.perf_counter()
         try:
@@ -78,7 +80,7 @@ class ModelHost:
         self.on_ready(engine)
         loaded = getattr(engine, "loaded", None)
         where = f"{loaded.device} ({loaded.dtype_name})" if loaded else "a remote engine"
-        self.client.tell(logging.INFO, f"codeassist: {what} ready on {where} in {time.perf_counter() - start:.1f} s")
+        self.client.tell(logging.INFO, f"codeassist: {loaded.name if loaded else what} ready on {where} in {time.perf_counter() - start:.1f} s")
         progress.end("ready")
 
     def _open(self, settings: ServerSettings) -> Engine:

@@ -10,13 +10,13 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from completion.embedded import DEFAULT_MODEL
+from completion.model_choice import AUTO
 from retrieval.encoder import DEFAULT_ENCODER
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    model: str = DEFAULT_MODEL
+    model: str = AUTO  # the embedded model this machine runs best (completion/model_choice.py)
     engine: str = "local"  # "local" (the model in this process) or an engine's URL (/v1/completions)
     engine_model: str = ""  # the served model's name ("" = the engine's default)
     # The environment variable holding the engine's API key: from the command line only.

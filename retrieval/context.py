@@ -11,7 +11,8 @@ For the function (or class, or the lines around the cursor outside any), most us
 2. one line (the signature) per other workspace name the file uses, the most used in the
    file first;
 3. one line per top-level name of the workspace modules the scope uses as `module.name`;
-4. the chunks the index finds for the code above the cursor (other files only).
+4. the chunks the index finds for the code above the cursor (other files only), those
+   scoring at least MIN_HIT_SCORE.
 
 The budget (completion/context.py) cuts this list from the end. The choice is kept per
 (document, scope) until the cursor leaves the scope or a file a snippet came from changes,
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 _AROUND_LINES = 12  # outside any definition: the lines either side of the cursor
 _QUERY_LINES = 12  # lines above the cursor (within the scope) in the search query
 _SEARCH_K = 6
+# A search hit is shown only at this hybrid score or above (cosine of all-MiniLM-L6-v2 plus a
+# small BM25 share). Chosen with `codeassist bench context`'s holes: below it hits rarely
+# show the called definition and fill the budget with unrelated files.
+MIN_HIT_SCORE = 0.6
 _SHORT_LINES = 8  # definitions up to this long are shown whole
 _DOC_LINES = 3  # docstring lines kept in a cut definition
 _MEMBERS = 6  # method signatures listed under a class (__init__ and public ones first)
@@ -118,6 +123,9 @@ class RepoContext:
         covered = [(d.path, d.start_line, d.end_line) for d in found]
         snippets = []
         for hit in hits:
+            if hit.score < MIN_HIT_SCORE:
+                logger.debug("context: %s:%d below the relevance floor (%.2f)", hit.path, hit.start_line, hit.score)
+                continue
             if hit.path == path or any(p == hit.path and a <= hit.start_line <= b for p, a, b in covered):
                 continue
             code = _hit_code(finder, hit.path, hit.start_line, hit.end_line)

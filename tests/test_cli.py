@@ -94,10 +94,12 @@ def test_models_lists_embedded_models(run_cli):
     result = run_cli("models", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["qwen2.5-coder-0.5b"]["default"] and rows["qwen2.5-coder-0.5b"]["installed"]
-    assert "qwen2.5-coder-1.5b" in rows
-    table = run_cli("models")
-    assert "qwen2.5-coder-0.5b *" in table.stdout
+    assert rows["qwen2.5-coder-0.5b"]["installed"] and "qwen2.5-coder-1.5b" in rows
+    # Without a CUDA GPU the 0.5B is the default, and the listing says why.
+    assert rows["qwen2.5-coder-0.5b"]["default"] and "CPU" in rows["qwen2.5-coder-0.5b"]["why"]
+    assert not rows["qwen2.5-coder-1.5b"]["default"]
+    table = run_cli("models", "--device", "cpu")
+    assert "qwen2.5-coder-0.5b *" in table.stdout and "default here (--model auto, --device cpu): CPU" in table.stdout
 
 
 def test_location_parsing_is_one_based(tmp_path):

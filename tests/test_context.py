@@ -236,3 +236,33 @@ def test_prompt_with_context_holds_the_other_file_and_keeps_the_fim_budget(repo,
     off = engine.build_prompt(CompletionRequest(text, cursor, "python", "pkg/app.py", "demo",
                                                 context=snippets))
     assert off.ids == plain.ids
+
+
+class _ScoredIndex:
+    """An index whose search finds two chunks of other files, one scoring below the floor."""
+
+    def __init__(self, low: float):
+        self.low = low
+
+    def symbols(self, name, k=50):
+        return []
+
+    def search(self, query, k=10, mode="hybrid"):
+        from retrieval.types import SearchHit
+
+        return [SearchHit("pkg/geometry.py", 4, 6, "function", "circle_area", "", 0.72, ""),
+                SearchHit("pkg/geometry.py", 9, 13, "class", "Box", "", self.low, "")]
+
+
+def test_search_hits_below_the_relevance_floor_are_left_out(repo):
+    from retrieval.context import MIN_HIT_SCORE
+
+    text = "def tally(items):\n    total = 0\n    for item in items:\n        total += item\n"
+    (repo / "pkg/tally.py").write_text(text)
+    cursor = len(text)
+    shown = RepoContext().snippets("doc", DefinitionFinder(repo, _ScoredIndex(MIN_HIT_SCORE - 0.01)),
+                                   "pkg/tally.py", text, cursor)
+    assert [s.content.split("\n", 1)[0] for s in shown] == ["def circle_area(radius):"]
+    both = RepoContext().snippets("doc", DefinitionFinder(repo, _ScoredIndex(MIN_HIT_SCORE)),
+                                  "pkg/tally.py", text, cursor)
+    assert [s.content.split("\n", 1)[0] for s in both] == ["def circle_area(radius):", "class Box:"]

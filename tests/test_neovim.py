@@ -110,9 +110,14 @@ def test_neovim_plugin_ghost_text_typed_into_dismissed_and_accepted(tmp_path, ti
     assert got["choices"] >= 1 and got["back_choice"] == asked
     if got["choices"] > 1:
         assert got["next_choice"] != asked
-    # <M-Right> inserts the first word; the rest stays shown, and <Tab> inserts it.
+    # <M-Right> inserts the first word, <C-l> the rest of its line (on an empty line: the next
+    # line); what is left stays shown, and <Tab> inserts it.
     word = re.match(r"\s*(\w+|[^\w\s]+)", asked, re.ASCII)
-    assert got["rest_after_word"] == (asked[word.end():] if word and word.end() < len(asked) else None)
+    rest = asked[word.end():] if word and word.end() < len(asked) else None
+    assert got["rest_after_word"] == rest
+    if rest is not None:
+        line_end = rest.find("\n", 1 if rest.startswith("\n") else 0)
+        assert got["rest_after_line"] == (rest[line_end:] if line_end >= 0 else None)
     inserted = (want[0] if typed_first else "") + asked
     assert got["buffer"] == text + inserted and got["after_accept"] == []
     inserted_lines = inserted.split("\n")

@@ -25,18 +25,25 @@ def _share(value: float) -> str:
 QUALITY_KINDS = {"single_line": "single lines", "multi_line": "blocks of 2-4 lines", "random_span": "random spans"}
 
 
+QUALITY_RUNS = (("0.5B", "quality"), ("1.5B", "quality_1.5b"))  # (model, stored run)
+
+
 def quality_table() -> str:
-    run = stored("quality")
-    summary, rows = run["summary"], run["rows"]
-    lines = ["| holes | codeassist as delivered | codeassist first line | llama-server | p50 codeassist / llama-server |",
-             "|---|---:|---:|---:|---:|"]
-    for kind, label in QUALITY_KINDS.items():
-        holes = len({r["hole"] for r in rows if r["kind"] == kind.replace("_", "-") and r["engine"] == "codeassist"})
-        ours, theirs = summary[f"{kind}_codeassist_passes"], summary[f"{kind}_llama_server_passes"]
-        delivered = f"**{_share(ours)}**" if ours > theirs else _share(ours)
-        lines.append(f"| {holes} {label} | {delivered} | {_share(summary[f'{kind}_codeassist_first_line_passes'])} | "
-                     f"{_share(theirs)} | {summary[f'{kind}_codeassist_p50_ms'] / 1000:.1f} s / "
-                     f"{summary[f'{kind}_llama_server_p50_ms'] / 1000:.1f} s |")
+    lines = ["| model | holes | codeassist as delivered | codeassist first line | llama-server | "
+             "p50 codeassist / llama-server |", "|---|---|---:|---:|---:|---:|"]
+    for size, name in QUALITY_RUNS:
+        if not (ROOT / "docs" / "benchmarks" / f"{name}.json").is_file():
+            continue
+        run = stored(name)
+        summary, rows = run["summary"], run["rows"]
+        for kind, label in QUALITY_KINDS.items():
+            holes = len({r["hole"] for r in rows if r["kind"] == kind.replace("_", "-") and r["engine"] == "codeassist"})
+            ours, theirs = summary[f"{kind}_codeassist_passes"], summary[f"{kind}_llama_server_passes"]
+            delivered = f"**{_share(ours)}**" if ours > theirs else _share(ours)
+            lines.append(f"| {size} | {holes} {label} | {delivered} | "
+                         f"{_share(summary[f'{kind}_codeassist_first_line_passes'])} | {_share(theirs)} | "
+                         f"{summary[f'{kind}_codeassist_p50_ms'] / 1000:.1f} s / "
+                         f"{summary[f'{kind}_llama_server_p50_ms'] / 1000:.1f} s |")
     return _indented(lines)
 
 

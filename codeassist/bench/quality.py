@@ -120,7 +120,7 @@ def passes(hole: Hole, suggestion: str) -> bool:
 def run_bench(args) -> BenchResult:
     from completion.embedded import EMBEDDED_MODELS, ensure_gguf
 
-    per_kind = 6 if args.quick else 40
+    per_kind = args.holes or (6 if args.quick else 40)  # single-line holes; half as many of the others
     problems = load_problems()
     holes = [hole for kind in KINDS for hole in cut_holes(problems, per_kind if kind == "single-line"
                                                           else per_kind // 2, kind)]
@@ -149,7 +149,17 @@ def run_bench(args) -> BenchResult:
     machine = {**machine_info(), "model": args.model, "gguf": str(gguf), "llama_server": str(binary),
                "holes_per_kind": {kind: sum(h.kind == kind for h in holes) for kind in KINDS}}
     columns = ["hole", "task", "kind", "engine", "passes", "first_line_passes", "exact", "ms", "empty", "leak"]
-    return BenchResult(summarize(rows), rows, columns, machine, _plot(rows))
+    return BenchResult(summarize(rows), rows, columns, machine, _plot(rows), result_name(args.model))
+
+
+def result_name(model: str) -> str:
+    """quality.json for the default model, quality_1.5b.json (the size) for another embedded one."""
+    from completion.embedded import DEFAULT_MODEL
+
+    if model == DEFAULT_MODEL:
+        return "quality"
+    size = re.search(r"(\d+(?:\.\d+)?b)$", model.lower())
+    return f"quality_{size.group(1)}" if size else f"quality_{re.sub(r'[^A-Za-z0-9.]+', '_', Path(model).stem)}"
 
 
 class _LspAsker:

@@ -19,6 +19,7 @@ class BenchResult:
     columns: list[str]  # the row keys printed in the table
     machine: dict[str, Any]  # machine_info(...)
     plot: Callable[[Any], None]  # draws into a matplotlib figure
+    name: str | None = None  # the files' name when not the benchmark's (e.g. another model's run)
 
 
 def machine_info(loaded=None) -> dict[str, Any]:

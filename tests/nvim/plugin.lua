@@ -1,6 +1,6 @@
 -- Headless Neovim with the codeassist plugin (editors/nvim), driven by typed keys: ghost text
 -- after typing, its rest kept while typing into it, dismiss, ask again (and cycle through
--- the alternatives), accept one word with <M-Right>, the rest with <Tab>.
+-- the alternatives), accept one word with <M-Right>, one line with <C-l>, the rest with <Tab>.
 -- Run with `nvim --headless --clean -S`: the script is a coroutine that types with
 -- nvim_input and yields to Neovim's main loop, which handles the keys as a user's.
 -- Inputs come from the environment; what the buffer showed is written as JSON to OUT.
@@ -98,7 +98,13 @@ coroutine.wrap(function()
   out.back_choice = codeassist.suggestion() or vim.NIL
   type_keys("<M-Right>")
   out.rest_after_word = codeassist.suggestion() or vim.NIL
-  type_keys("<Tab>")
+  if out.rest_after_word ~= vim.NIL then
+    type_keys("<C-l>") -- one line of the rest (all of it when it is one line)
+    out.rest_after_line = codeassist.suggestion() or vim.NIL
+  end
+  if codeassist.suggestion() then
+    type_keys("<Tab>")
+  end
   out.buffer = table.concat(vim.api.nvim_buf_get_lines(buf, 0, -1, true), "\n")
   out.cursor = vim.api.nvim_win_get_cursor(0)
   out.after_accept = ghost()

@@ -72,6 +72,12 @@ def open_document(client, path: Path, text: str, language: str = "python", versi
 
 def expected_text(model_dir: Path, text: str, cursor: int, path: str, repo: str, **settings) -> str:
     """What the engine answers in this process for the same request (the oracle)."""
+    return expected_completion(model_dir, text, cursor, path, repo, **settings).text
+
+
+def expected_completion(model_dir: Path, text: str, cursor: int, path: str, repo: str, alternatives: int = 0,
+                        **settings):
+    """The engine's whole answer in this process, with up to `alternatives` others."""
     engine = CompletionEngine(load_model(str(model_dir), device="cpu", dtype="fp32"),
                               EngineSettings(**settings))
-    return engine.complete(CompletionRequest(text, cursor, "python", path, repo)).text
+    return engine.complete(CompletionRequest(text, cursor, "python", path, repo), alternatives=alternatives)

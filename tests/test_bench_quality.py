@@ -30,3 +30,28 @@ def test_summary_per_kind_and_engine():
     assert summary["single_line_codeassist_passes"] == 0.5
     assert summary["single_line_codeassist_first_line_passes"] == 1.0
     assert summary["single_line_codeassist_leaks"] == 1 and summary["single_line_codeassist_p50_ms"] == 200.0
+
+
+def test_result_names_per_model():
+    from codeassist.bench.quality import result_name
+
+    assert result_name("qwen2.5-coder-0.5b") == "quality"
+    assert result_name("qwen2.5-coder-1.5b") == "quality_1.5b"
+    assert result_name("/models/My Coder.gguf") == "quality_My_Coder"
+
+
+def test_llama_server_gets_the_window_the_engine_prompt_holds(tiny_model_dir):
+    """bench context gives llama-server the prefix and suffix text of the engine's FIM prompt."""
+    from codeassist.bench.context import _window
+    from completion import CompletionEngine, EngineSettings, load_model
+
+    engine = CompletionEngine(load_model(str(tiny_model_dir("qwen2.5-coder")), device="cpu", dtype="fp32"),
+                              EngineSettings(max_prompt_tokens=64))
+    prefix = "".join(f"line_{i} = {i}\n" for i in range(40)) + "total = line_"
+    suffix = "\n" + "".join(f"after_{i} = {i}\n" for i in range(40))
+    kept_prefix, kept_suffix = _window(engine, prefix, suffix)
+    # whole lines nearest the cursor, within the budget (a quarter of it for the suffix)
+    assert prefix.endswith(kept_prefix) and kept_prefix.endswith("line_39 = 39\ntotal = line_")
+    assert suffix.startswith(kept_suffix) and kept_suffix.startswith("\nafter_0 = 0\n")
+    assert len(kept_prefix) < len(prefix) and len(kept_suffix) < len(suffix)
+    assert len(engine.encode([kept_prefix + kept_suffix])[0]) <= 64

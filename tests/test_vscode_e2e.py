@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from codeassist.bench.code_server import CodeServer, ToolsUnavailable, Workbench, install_tools
-from tests.lsp_helpers import expected_text
+from tests.lsp_helpers import expected_completion
 from tests.scripts import console_script
 from tests.tiny_models import build_plain_text_model
 
@@ -101,8 +101,14 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
     }
     typed = " + "
     text = SHAPES.rstrip("\n") + typed
-    want = expected_text(model, text, len(text), "pkg/shapes.py", "shapes_repo", time_budget_ms=5000)
+    answer = expected_completion(model, text, len(text), "pkg/shapes.py", "shapes_repo", alternatives=2,
+                                 time_budget_ms=5000)
+    want = answer.text
     assert len(want) > 3
+    first_line = want.split("\n", 1)[0]
+    # An explicit request (Alt+\\) gets the alternatives too; the first whose first line differs
+    # is what Alt+] shows.
+    other = next(a.split("\n", 1)[0] for a in answer.alternatives if a.split("\n", 1)[0] != first_line)
     home = tmp_path / "home"
     server, workbench = _open_vscode(tools, browser, tmp_path, settings, {"CODEASSIST_HOME": str(home)})
     try:
@@ -115,10 +121,19 @@ def test_ghost_text_tab_hover_and_search_in_vscode(tools, browser, tmp_path, pla
         page.keyboard.press("Control+End")
         page.keyboard.press("Backspace")  # the file's final newline: type at the end of its last line
         page.keyboard.insert_text(typed)  # one edit, so one request
-        first_line = want.split("\n", 1)[0]
         assert workbench.wait_ghost_text(120, first_line) == first_line
         assert workbench.wait_status(r"codeassist: \d+ ms", 30)
         _screenshot(workbench, "tiny-ghost-text")
+
+        # Dismissed, then asked for explicitly: VS Code cycles the alternatives with its own keys.
+        page.keyboard.press("Escape")
+        workbench.wait_no_ghost_text(10)
+        page.keyboard.press("Alt+Backslash")
+        assert workbench.wait_ghost_text(60, first_line) == first_line
+        page.keyboard.press("Alt+BracketRight")
+        assert workbench.wait_ghost_text(30, other) == other
+        page.keyboard.press("Alt+BracketLeft")
+        assert workbench.wait_ghost_text(30, first_line) == first_line
 
         # Typing the suggestion's first characters keeps the rest on screen.
         page.keyboard.type(first_line[:2])

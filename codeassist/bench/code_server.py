@@ -217,6 +217,13 @@ class Workbench:
                 raise TimeoutError("no ghost text appeared")
             time.sleep(0.02)
 
+    def wait_no_ghost_text(self, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.ghost_text():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ghost text stayed: {self.ghost_text()!r}")
+            time.sleep(0.02)
+
     def cursor_position(self) -> tuple[int, int]:
         """(line, column), 1-based, from the status bar's "Ln L, Col C"."""
         for text in self.page.locator(".statusbar-item").all_inner_texts():

@@ -2,8 +2,10 @@
 
 1. Accuracy: holes in standard-library package lines that call a function defined in
    another file of the package (context_set.py); exact match and edit similarity of the
-   first suggested line, without and with repository context (same engine, same budgets).
-   "call" holes start at the called name, "args" holes after its "(" (reported apart).
+   first suggested line, without and with repository context (same engine, same budgets),
+   and llama-server /infill on the same GGUF given the same prefix and suffix window as the
+   engine without context (stop at the newline). "call" holes start at the called name,
+   "args" holes after its "(" (reported apart; llama-server answers the call holes).
 2. Latency: typing traces (the expected line typed character by character at a hole, KV
    reuse on) without and with context; time to first token includes gathering the context.
 3. Summaries: cold (generated) and cached latency, and a sample to read.
@@ -12,9 +14,11 @@
 from __future__ import annotations
 
 import difflib
+import json
 import statistics
 import tempfile
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,10 +26,11 @@ from completion import CompletionEngine, CompletionRequest, EngineSettings, load
 from completion.summarize import Summarizer
 from completion.summary_cache import SummaryCache
 from retrieval import CodeIndex, IndexConfig
-from retrieval.context import RepoContext
+from retrieval.context import MIN_HIT_SCORE, RepoContext
 from retrieval.definitions import DefinitionFinder
 
 from .context_set import PACKAGES, QUICK_PACKAGES, Hole, argument_holes, copy_packages, find_holes
+from .llama_server import llama_server, llama_server_binary
 from .report import BenchResult, machine_info
 
 MODES = ("none", "context")
@@ -55,6 +60,7 @@ def run_bench(args) -> BenchResult:
         holes = [h for package in used for h in find_holes(root, package, per_package)]
         arguments = argument_holes(holes)
         rows = _accuracy(engine, finder, holes + arguments)
+        rows += _llama_accuracy(args, loaded.name, engine, holes, Path(args.out))
         typing_holes = sorted(holes, key=lambda h: -len(h.expected))[:traces]
         rows += _typing(engine, finder, typing_holes, keystrokes)
         callees = list(dict.fromkeys(h.callee for h in holes))[: 4 if quick else 10]
@@ -108,6 +114,47 @@ def _accuracy(engine: CompletionEngine, finder: DefinitionFinder, holes: list[Ho
                 "expected": hole.expected, "got": got, "callee": hole.callee,
             })
     return rows
+
+
+def _llama_accuracy(args, model: str, engine: CompletionEngine, holes: list[Hole], out: Path) -> list[dict]:
+    """llama-server's first line at each call hole, from the window the engine's prompt holds
+    without context; none where there is no llama-server binary (said on stderr)."""
+    from completion.embedded import EMBEDDED_MODELS, ensure_gguf
+
+    binary = llama_server_binary(getattr(args, "llama_server", None))
+    gguf = ensure_gguf(EMBEDDED_MODELS[model]) if model in EMBEDDED_MODELS else Path(model)
+    if binary is None or gguf.suffix != ".gguf":
+        print("bench context: no llama-server binary or GGUF file; its rows are skipped")
+        return []
+    rows = []
+    with llama_server(binary, gguf, out / "context-llama-server.log") as url:
+        for hole in holes:
+            prefix, suffix = _window(engine, hole.text[: hole.cursor], hole.text[hole.cursor :])
+            body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": engine.settings.max_new_tokens,
+                    "top_k": 1, "temperature": 0.0, "cache_prompt": True, "stop": ["\n"]}
+            started = time.perf_counter()
+            call = urllib.request.Request(f"{url}/infill", json.dumps(body).encode(),
+                                          {"Content-Type": "application/json"})
+            with urllib.request.urlopen(call, timeout=600) as response:
+                got = json.load(response)["content"].split("\n", 1)[0].rstrip()
+            ms = (time.perf_counter() - started) * 1000
+            rows.append({
+                "kind": "hole", "mode": "llama-server", "path": hole.path, "line": hole.line,
+                "exact": got.strip() == hole.expected.strip(),
+                "edit_sim": difflib.SequenceMatcher(None, got.strip(), hole.expected.strip()).ratio(),
+                "ttft_ms": None, "total_ms": ms, "expected": hole.expected, "got": got, "callee": hole.callee,
+            })
+    return rows
+
+
+def _window(engine: CompletionEngine, prefix: str, suffix: str) -> tuple[str, str]:
+    """The prefix and suffix text the engine's FIM prompt keeps (no repository header)."""
+    from completion.prompt import PromptBudget, build_fim_prompt
+
+    budget = PromptBudget(engine.settings.max_prompt_tokens, engine.settings.suffix_share)
+    ids = build_fim_prompt(engine.fim, engine.encode, prefix, suffix, budget).ids
+    start = ids.index(engine.fim.suffix_id)  # [prefix marker, prefix, suffix marker, suffix, middle marker]
+    return engine.decode(ids[1:start]), engine.decode(ids[start + 1 : -1])
 
 
 def _selected(engine: CompletionEngine, request: CompletionRequest):
@@ -201,6 +248,16 @@ def _summary(rows: list[dict], budget: int) -> dict:
             sum(r["exact"] for r in holes) / max(len(holes), 1), 3)
         summary[f"args_edit_similarity_{label}"] = round(
             sum(r["edit_sim"] for r in holes) / max(len(holes), 1), 3)
+    llama = [r for r in rows if r["kind"] == "hole" and r["mode"] == "llama-server"]
+    if llama:
+        summary["exact_match_llama_server"] = round(sum(r["exact"] for r in llama) / len(llama), 3)
+        summary["edit_similarity_llama_server"] = round(sum(r["edit_sim"] for r in llama) / len(llama), 3)
+        summary["total_p50_ms_llama_server"] = _p50(r["total_ms"] for r in llama)
+    for mode in MODES:
+        holes = [r for r in rows if r["kind"] == "hole" and r["mode"] == mode]
+        summary[f"total_p50_ms_cold_{'with_context' if mode == 'context' else 'without_context'}"] = \
+            _p50(r["total_ms"] for r in holes)
+    summary["min_hit_score"] = MIN_HIT_SCORE
     with_context = [r for r in rows if r["kind"] == "hole" and r["mode"] == "context"]
     summary["context_tokens_p50"] = _p50(r["context_tokens"] for r in with_context)
     summary["callee_in_context"] = round(
@@ -221,11 +278,13 @@ def _summary(rows: list[dict], budget: int) -> dict:
 def _plot(rows: list[dict]):
     def draw(figure) -> None:
         left, right = figure.subplots(1, 2)
-        for mode in MODES:
+        for mode in (*MODES, "llama-server"):
             holes = [r for r in rows if r["kind"] == "hole" and r["mode"] == mode]
+            if not holes:
+                continue
             left.bar([f"{mode}\nexact", f"{mode}\nedit sim"],
-                     [sum(r["exact"] for r in holes) / max(len(holes), 1),
-                      sum(r["edit_sim"] for r in holes) / max(len(holes), 1)])
+                     [sum(r["exact"] for r in holes) / len(holes), sum(r["edit_sim"] for r in holes) / len(holes)])
+        for mode in MODES:
             typing = [r for r in rows if r["kind"] == "typing" and r["mode"] == mode]
             right.plot(range(len(typing)), [r["ttft_ms"] for r in typing], marker=".", label=mode)
         left.set_title("first line of the hole")

@@ -142,3 +142,39 @@ def search_tables() -> str:
 
 def _or_dash(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def context_table() -> str:
+    """docs/search.md's repository-context table: first lines of real-package holes without and
+    with context, and llama-server's on the same holes."""
+    run = stored("context")
+    summary, rows = run["summary"], run["rows"]
+
+    def exact(kind: str, mode: str) -> str:
+        mine = [r for r in rows if r["kind"] == kind and r["mode"] == mode]
+        if not mine:
+            return ""
+        hits = sum(r["exact"] for r in mine)
+        return f"{hits / len(mine):.3f} ({hits}/{len(mine)})"
+
+    def similarity(kind: str, mode: str) -> str:
+        mine = [r for r in rows if r["kind"] == kind and r["mode"] == mode]
+        return f"{sum(r['edit_sim'] for r in mine) / len(mine):.3f}" if mine else ""
+
+    def seconds(key: str) -> str:
+        value = summary.get(key)
+        return f"{value / 1000:.1f} s" if value is not None else ""
+
+    modes = ("none", "context", "llama-server")
+    lines = ["| | without context | with context | llama-server |", "|---|---|---|---|"]
+    for label, kind, measure in (("exact match, call holes (first line)", "hole", exact),
+                                 ("edit similarity, call holes", "hole", similarity),
+                                 ("exact match, argument holes", "args_hole", exact),
+                                 ("edit similarity, argument holes", "args_hole", similarity)):
+        lines.append(f"| {label} | " + " | ".join(measure(kind, mode) for mode in modes) + " |")
+    lines.append(f"| time to first token, typing trace (p50, KV reuse on) | "
+                 f"{summary['ttft_p50_ms_typing_without_context']:.0f} ms | "
+                 f"{summary['ttft_p50_ms_typing_with_context']:.0f} ms | |")
+    lines.append(f"| whole answer, cold prompt (p50) | {seconds('total_p50_ms_cold_without_context')} | "
+                 f"{seconds('total_p50_ms_cold_with_context')} | {seconds('total_p50_ms_llama_server')} |")
+    return "\n".join(lines)

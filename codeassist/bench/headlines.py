@@ -70,6 +70,7 @@ PARTS = {
         "edits table": doc_tables.edits_table, "packed edits table": doc_tables.edits_packed_table,
         "speculative table": doc_tables.speculative_table, "search tables": doc_tables.search_tables,
     },
+    "docs/search.md": {"context table": doc_tables.context_table},
 }
 
 

@@ -250,7 +250,9 @@ class _ScoredIndex:
     def search(self, query, k=10, mode="hybrid"):
         from retrieval.types import SearchHit
 
-        return [SearchHit("pkg/geometry.py", 4, 6, "function", "circle_area", "", 0.72, ""),
+        from retrieval.context import MIN_HIT_SCORE
+
+        return [SearchHit("pkg/geometry.py", 4, 6, "function", "circle_area", "", MIN_HIT_SCORE + 0.1, ""),
                 SearchHit("pkg/geometry.py", 9, 13, "class", "Box", "", self.low, "")]
 
 

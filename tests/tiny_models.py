@@ -100,17 +100,19 @@ def force_next_token(model, token_id: int) -> None:
     model.lm_head = head.to(model.device)
 
 
-def build_plain_text_model(directory: Path, letters: str = "x_") -> Path:
-    """A tiny qwen2.5-coder model that writes only the two single-byte tokens of `letters`
-    (which one follows the sign of one hidden unit), so its suggestions are printable: for
-    tests that read them off a screen. The other tokens' logits are zero, these two ±|h0|."""
+def build_plain_text_model(directory: Path, letters: str = "x_yz") -> Path:
+    """A tiny qwen2.5-coder model whose suggestions are printable, for tests that read them
+    off a screen: it writes the first or second single-byte token of `letters` (which one
+    follows the sign of one hidden unit: logits ±100·h0), and the third or fourth (±50·h0) is
+    always the runner-up, so alternatives branched at the first token are printable too. The
+    other tokens' logits are zero."""
     build_tiny_model("qwen2.5-coder", directory)
     model = Qwen2ForCausalLM.from_pretrained(directory)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-    first, second = tokenizer.convert_tokens_to_ids(list(letters))
+    ids = tokenizer.convert_tokens_to_ids(list(letters))
     with torch.no_grad():
         model.lm_head.weight.zero_()
-        model.lm_head.weight[first, 0] = 100.0
-        model.lm_head.weight[second, 0] = -100.0
+        for token, weight in zip(ids, (100.0, -100.0, 50.0, -50.0)):
+            model.lm_head.weight[token, 0] = weight
     model.save_pretrained(directory, safe_serialization=True)
     return directory

@@ -203,13 +203,13 @@ class Workbench:
         parts = self.page.locator(".monaco-editor.focused .ghost-text-decoration").all_inner_texts()
         return "".join(parts).replace("\u00a0", " ")
 
-    def wait_ghost_text(self, timeout_s: float = 60, want: str | None = None) -> str:
-        """The ghost text once one is shown (or once it equals `want`); the last one seen
-        when the time is up and one was shown."""
+    def wait_ghost_text(self, timeout_s: float = 60, want: str | None = None, prefix: str = "") -> str:
+        """The ghost text once one is shown (or once it equals `want`, or starts with
+        `prefix`); the last one seen when the time is up and one was shown."""
         deadline = time.monotonic() + timeout_s
         while True:
             text = self.ghost_text()
-            if text and want is None or text == want:
+            if text and (want is None or text == want) and text.startswith(prefix):
                 return text
             if time.monotonic() > deadline:
                 if text:

@@ -25,13 +25,17 @@ def _summary(name: str) -> dict:
     return doc_tables.stored(name)["summary"]
 
 
+def _holes(name: str, kind: str) -> int:
+    return len({r["hole"] for r in doc_tables.stored(name)["rows"] if r["kind"] == kind})
+
+
 def _grouped(value: float) -> str:
     return f"{value:,.0f}"
 
 
 def headlines() -> str:
-    engines, quality, decode, preemption, search = (
-        _summary(n) for n in ("engines", "quality", "decode", "preemption", "search"))
+    engines, quality, quality_large, decode, preemption, search = (
+        _summary(n) for n in ("engines", "quality", "quality_1.5b", "decode", "preemption", "search"))
     lines = [
         f"- Typing through a document (`bench engines`, 0.5B, AVX2 machine): a whole suggestion p50"
         f" {_grouped(engines['local_total_p50_ms'])} ms, llama-server {_grouped(engines['remote_total_p50_ms'])} ms;"
@@ -40,7 +44,10 @@ def headlines() -> str:
         f" single-line holes pass {quality['single_line_codeassist_passes']:.2f} as delivered, llama-server /infill"
         f" {quality['single_line_llama_server_passes']:.2f}; p50"
         f" {quality['single_line_codeassist_p50_ms'] / 1000:.1f} s and"
-        f" {quality['single_line_llama_server_p50_ms'] / 1000:.1f} s per fresh document.",
+        f" {quality['single_line_llama_server_p50_ms'] / 1000:.1f} s per fresh document; the 1.5B"
+        f" {quality_large['single_line_codeassist_passes']:.2f} and"
+        f" {quality_large['single_line_llama_server_passes']:.2f}"
+        f" ({_holes('quality_1.5b', 'single-line')} holes).",
         f"- Decode (`bench decode`, AVX-512 Zen 5): 0.5B {decode['decode_tok_s_0.5b_packed']:.1f} tokens/s packed,"
         f" llama.cpp {decode['decode_tok_s_0.5b_llamacpp']:.1f}; 1.5B {decode['decode_tok_s_1.5b_packed']:.1f} and"
         f" {decode['decode_tok_s_1.5b_llamacpp']:.1f}. Prompt encoding 0.5B"

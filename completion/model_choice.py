@@ -56,7 +56,7 @@ def choose_for_device(device: str = "auto") -> ModelChoice:
     if resolved.type == "cuda":
         try:
             free, _ = torch.cuda.mem_get_info(resolved)
-        except RuntimeError:  # a device that cannot be queried counts as too small
+        except (RuntimeError, AssertionError):  # no usable CUDA (a CPU build asserts): no room
             free = 0
     return choose_model(resolved.type, free)
 

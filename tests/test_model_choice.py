@@ -31,3 +31,14 @@ def test_a_cuda_gpu_short_of_memory_runs_the_small_model():
 def test_a_named_model_is_kept_and_auto_resolves_on_this_machine():
     assert resolve_model("/models/x.gguf", "cpu") == "/models/x.gguf"
     assert resolve_model("auto", "cpu") == DEFAULT_MODEL
+
+
+def test_a_cuda_device_this_torch_cannot_use_counts_as_no_room():
+    import pytest
+    import torch
+
+    from completion.model_choice import choose_for_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the choice follows its real memory")
+    assert choose_for_device("cuda").name == DEFAULT_MODEL

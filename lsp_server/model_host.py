@@ -80,7 +80,8 @@ class ModelHost:
         self.on_ready(engine)
         loaded = getattr(engine, "loaded", None)
         where = f"{loaded.device} ({loaded.dtype_name})" if loaded else "a remote engine"
-        self.client.tell(logging.INFO, f"codeassist: {loaded.name if loaded else what} ready on {where} in {time.perf_counter() - start:.1f} s")
+        name = loaded.name if loaded else what  # "auto" resolved: the model that runs
+        self.client.tell(logging.INFO, f"codeassist: {name} ready on {where} in {time.perf_counter() - start:.1f} s")
         progress.end("ready")
 
     def _open(self, settings: ServerSettings) -> Engine:

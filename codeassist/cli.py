@@ -308,7 +308,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     if args.name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {args.name!r}; valid: {', '.join(BENCHMARKS)}")
-    from completion.model_choice import resolve_model
+    from completion.models import resolve_model
 
     bench = importlib.import_module(f"{__package__}.bench.{args.name}")
     args.model = resolve_model(args.model, args.device)  # reports name the model that ran
@@ -326,7 +326,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 def _run_models(args: argparse.Namespace) -> int:
     from completion.embedded import EMBEDDED_MODELS, cache_dir, cached_dtypes, is_installed
-    from completion.model_choice import choose_for_device
+    from completion.models import choose_for_device
 
     choice = choose_for_device(args.device)
     rows = [

@@ -4,7 +4,9 @@ The rule follows what was measured (docs/benchmarks.md): on CPUs a new place cos
 prompt, and the 1.5B encodes prompts about 3x slower than the 0.5B, so its first key at a
 fresh place misses the session targets on every CPU measured (2-core Zen 1, Zen 4, Zen 5);
 on a CUDA GPU prompts cost milliseconds for either model, and the 1.5B doubles the share of
-held-out holes answered right. A model named explicitly is never second-guessed.
+held-out holes answered right. A model named explicitly is never second-guessed. The rule
+is pure; completion/models.py applies it to this machine's device (`choose_for_device`,
+`resolve_model`).
 """
 
 from __future__ import annotations
@@ -43,24 +45,3 @@ def choose_model(device_type: str, gpu_free_bytes: int = 0, large_installed: boo
                            f"({EMBEDDED_MODELS[LARGE_MODEL].install_hint})")
     return ModelChoice(LARGE_MODEL, "CUDA GPU: prompts cost milliseconds for either model, and the 1.5B "
                        "answers about twice as many held-out holes right")
-
-
-def choose_for_device(device: str = "auto") -> ModelChoice:
-    """choose_model for this machine with `device` ("auto", "cpu", "cuda", "mps")."""
-    import torch
-
-    from .models import resolve_device
-
-    resolved = resolve_device(device)
-    free = 0
-    if resolved.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(resolved)
-        except (RuntimeError, AssertionError):  # no usable CUDA (a CPU build asserts): no room
-            free = 0
-    return choose_model(resolved.type, free)
-
-
-def resolve_model(spec: str, device: str = "auto") -> str:
-    """`spec` itself, or for "auto" the embedded model this machine runs by default."""
-    return choose_for_device(device).name if spec == AUTO else spec

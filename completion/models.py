@@ -13,6 +13,7 @@ import torch
 
 from .embedded import DEFAULT_MODEL, EMBEDDED_MODELS, ModelUnavailableError, ensure_cached, ensure_gguf
 from .home import codeassist_home
+from .model_choice import AUTO, ModelChoice, choose_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,23 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
+
+
+def choose_for_device(device: str = "auto") -> ModelChoice:
+    """The embedded model `--model auto` runs with `device` on this machine, and why."""
+    resolved = resolve_device(device)
+    free = 0
+    if resolved.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(resolved)
+        except (RuntimeError, AssertionError):  # no usable CUDA (a CPU build asserts): no room
+            free = 0
+    return choose_model(resolved.type, free)
+
+
+def resolve_model(spec: str, device: str = "auto") -> str:
+    """`spec` itself, or for "auto" the embedded model this machine runs by default."""
+    return choose_for_device(device).name if spec == AUTO else spec
 
 
 def _cpu_has_bf16() -> bool:
@@ -115,7 +133,6 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     formats, other dtypes and architectures without a packed path load through transformers.
     """
     from .gguf_model import PackedUnsupported
-    from .model_choice import AUTO, choose_for_device
 
     start = time.perf_counter()
     torch_device = resolve_device(device)

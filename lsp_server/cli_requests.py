@@ -13,7 +13,6 @@ from dataclasses import replace
 
 from completion import CompletionRequest
 from completion.home import codeassist_home
-from completion.model_choice import resolve_model
 
 from .local_endpoint import LocalEndpoint, Unavailable
 
@@ -57,6 +56,8 @@ class CliRequests:
         raise ValueError(f"unknown command {command!r}")
 
     async def _complete(self, arguments: dict) -> dict:
+        from completion.models import resolve_model  # "auto" on both sides: compare what runs
+
         server = self._server
         settings = server.settings
         device = arguments.get("device")

@@ -1,7 +1,8 @@
 """`--model auto`: the embedded model a machine runs by default, and the reason given."""
 
 from completion.embedded import DEFAULT_MODEL
-from completion.model_choice import LARGE_MODEL, choose_model, resolve_model
+from completion.model_choice import LARGE_MODEL, choose_model
+from completion.models import resolve_model
 
 GIB = 1 << 30
 
@@ -37,7 +38,7 @@ def test_a_cuda_device_this_torch_cannot_use_counts_as_no_room():
     import pytest
     import torch
 
-    from completion.model_choice import choose_for_device
+    from completion.models import choose_for_device
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the choice follows its real memory")

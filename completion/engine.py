@@ -140,6 +140,25 @@ class CompletionEngine:
                     stats["rotated"], stats["encoded"])
         return {"tokens": len(built.ids), "finished": True, "ms": elapsed, **stats}
 
+    def grow(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+             session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
+        """`warm` for the whole prompt of a place answered from its first window, in a side
+        session: until it is finished, the session of `session_key` stays the window's, which
+        the keys typed meanwhile reuse (a stopped pass keeps the side session's prefix, and the
+        next `grow` goes on from it); finished, the whole prompt becomes `session_key`'s."""
+        if session_key is None:
+            return self.warm(request, cancelled, None, settings)
+        side = _whole_prompt_key(session_key)
+        window = self.kv.sessions.peek(session_key)
+        if self.kv.sessions.peek(side) is None and window is not None:
+            # The window's session, shared: building from it copies what it reuses, so the
+            # window's own cache stays as it is.
+            self.kv.sessions.put(side, window)
+        result = self.warm(request, cancelled, side, settings)
+        if result.get("finished"):
+            self.kv.move(side, session_key)
+        return result
+
     def complete(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
                  session_key: str | None = None, settings: EngineSettings | None = None,
                  alternatives: int = 0) -> Completion:
@@ -316,6 +335,7 @@ class CompletionEngine:
     def forget(self, session_key: str) -> None:
         """Free the KV sessions and the last suggestion of a closed document."""
         self.kv.forget(session_key)
+        self.kv.forget(_whole_prompt_key(session_key))
         self.memory.forget(session_key)
         if self.draft is not None:
             self.draft.forget(session_key)
@@ -399,3 +419,8 @@ def _describe_spec(spec: dict) -> str:
         return "plain"
     return (f"{spec['verify_steps']} passes, {spec['accepted']}/{spec['drafted']} drafted accepted "
             f"{spec['accepted_by_source']}")
+
+
+def _whole_prompt_key(session_key: str) -> str:
+    """The side session `grow` fills for `session_key`."""
+    return f"{session_key}\x00whole-prompt"

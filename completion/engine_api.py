@@ -23,6 +23,11 @@ class Engine(Protocol):
              session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
         """Encode the prompt of `request` ahead of the key that will need it (no decoding)."""
 
+    def grow(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+             session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
+        """Encode the whole prompt of a place answered from its first window, leaving the
+        window's session to the keys typed meanwhile until it is finished."""
+
     def forget(self, session_key: str) -> None:
         """Free what is kept for a closed document."""
 

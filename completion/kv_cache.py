@@ -133,6 +133,13 @@ class KvCacheManager:
     def forget(self, key: str) -> None:
         self.sessions.drop(key)
 
+    def move(self, source: str, target: str) -> None:
+        """The session of `source` becomes `target`'s (replacing it)."""
+        session = self.sessions.peek(source)
+        if session is not None:
+            self.sessions.drop(source)
+            self.sessions.put(target, session)
+
     def status(self) -> dict:
         sessions = self.sessions.snapshot()
         return {"documents": len(sessions), "tokens": sum(len(s) for s in sessions),

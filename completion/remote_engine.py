@@ -150,6 +150,10 @@ class RemoteEngine:
              session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
         return {"finished": False}  # the engine's prompt cache fills with the first request
 
+    def grow(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
+             session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
+        return {"finished": False}  # no first window here: the engine's prompt cache has it all
+
     def refresh(self, session_key: str, cancelled: Callable[[], bool] = lambda: False) -> bool:
         return False
 

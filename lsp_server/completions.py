@@ -110,7 +110,7 @@ class CompletionService:
             logger.info("completion for %s v%s superseded", prepared.uri, prepared.version)
             return None
         if result.window == "short":
-            self._queue_warm_up(prepared, engine)  # grow it to the whole prompt, in lane 2
+            self._queue_growth(prepared, engine)  # the whole prompt, in lane 2
         self.idle_refresh.after_completion(prepared.uri, engine, self.server.settings.kv_refresh_idle_ms)
         return result
 
@@ -169,6 +169,22 @@ class CompletionService:
             return result
 
         self.server.scheduler.warm(uri, work)
+
+    def _queue_growth(self, prepared: PreparedRequest, engine: Engine) -> None:
+        """Encode the whole prompt of a place answered from its first window, in lane 2, in a
+        side session: the keys typed meanwhile keep reusing the window's session, and stop
+        this between layers (it is not their session: another scheduler key)."""
+        uri = prepared.uri
+
+        def work(cancelled):
+            if self._stale(prepared):
+                return None
+            result = engine.grow(self._with_context(prepared), cancelled, session_key=uri,
+                                 settings=prepared.settings.engine_settings())
+            self.warm_up.record(result)
+            return result
+
+        self.server.scheduler.warm(f"{uri}#whole-prompt", work)
 
     def _stale(self, prepared: PreparedRequest) -> bool:
         """Whether the document was closed or changed since `prepared` was made."""

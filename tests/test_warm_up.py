@@ -304,8 +304,8 @@ def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
 
 def test_a_place_far_from_the_warm_session_answers_first_from_a_short_window(tiny_engine_model):
     """The first key at a place the session does not cover encodes only the window nearest
-    the cursor; growing it (a warm-up of the whole prompt) reuses that window, and the next
-    request there is answered from the whole prompt, as a cold engine answers it."""
+    the cursor; growing it (the whole prompt, in a side session) reuses that window, and the
+    next request there is answered from the whole prompt, as a cold engine answers it."""
     long_source = SOURCE * 12
     cursor = long_source.index("** 2", len(long_source) // 2) + 4
     request = CompletionRequest(long_source, cursor, "python", "shapes.py", "repo")
@@ -313,10 +313,35 @@ def test_a_place_far_from_the_warm_session_answers_first_from_a_short_window(tin
     engine = CompletionEngine(tiny_engine_model, settings)
     first = engine.complete(request, session_key="doc")
     assert first.window == "short" and first.prompt_tokens <= 300 and first.kv["encoded"] == first.prompt_tokens
-    grown = engine.warm(request, session_key="doc")
+    grown = engine.grow(request, session_key="doc")
     assert grown["finished"] and grown["reused"] > 100 and grown["tokens"] > 900
     engine.memory.forget("doc")  # a request not typed into the first suggestion
     again = engine.complete(request, session_key="doc")
     assert again.window == "full" and again.kv["encoded"] <= 1
     cold = CompletionEngine(tiny_engine_model, replace(settings, first_window_tokens=0)).complete(request)
     assert cold.prompt_tokens == again.prompt_tokens
+
+
+def test_keys_typed_while_the_whole_prompt_grows_reuse_the_window(tiny_engine_model):
+    """A growth stopped after its first pass leaves the document's session the window's: the
+    next key there is answered from the window, encoding only what changed; the next growth
+    goes on from the passes already encoded."""
+    long_source = SOURCE * 12
+    cursor = long_source.index("** 2", len(long_source) // 2) + 4
+    request = CompletionRequest(long_source, cursor, "python", "shapes.py", "repo")
+    settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=1024, first_window_tokens=256)
+    engine = CompletionEngine(tiny_engine_model, settings)
+    first = engine.complete(request, session_key="doc")
+    assert first.window == "short"
+    passes = iter([False, True])  # one encoding pass, then stopped
+    stopped = engine.grow(request, lambda: next(passes, True), session_key="doc")
+    assert not stopped["finished"]
+    engine.memory.forget("doc")
+    typed = CompletionRequest(long_source[:cursor] + " " + long_source[cursor:], cursor + 1, "python",
+                              "shapes.py", "repo")
+    again = engine.complete(typed, session_key="doc")
+    assert again.window == "short" and again.kv["encoded"] < 128  # the window, reused (but the edit's margin)
+    resumed = engine.grow(typed, session_key="doc")
+    assert resumed["finished"] and resumed["reused"] >= 256  # the first pass, kept
+    after = engine.complete(typed, session_key="doc")
+    assert after.window == "full" and after.kv["encoded"] <= 1

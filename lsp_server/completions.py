@@ -110,7 +110,7 @@ class CompletionService:
             logger.info("completion for %s v%s superseded", prepared.uri, prepared.version)
             return None
         if result.window == "short":
-            self._queue_growth(prepared, engine)  # the whole prompt, in lane 2
+            self._queue_warm_up(prepared, engine, whole_prompt=True)
         self.idle_refresh.after_completion(prepared.uri, engine, self.server.settings.kv_refresh_idle_ms)
         return result
 
@@ -157,34 +157,23 @@ class CompletionService:
         if prepared is not None:
             self._queue_warm_up(prepared, engine)
 
-    def _queue_warm_up(self, prepared: PreparedRequest, engine: Engine) -> None:
+    def _queue_warm_up(self, prepared: PreparedRequest, engine: Engine, whole_prompt: bool = False) -> None:
+        """Encode the prompt of `prepared`'s place in lane 2. `whole_prompt`: the place was
+        answered from its first window; its whole prompt grows in a side session, so the keys
+        typed meanwhile keep reusing the window's session and stop this between layers (it is
+        not their session: another scheduler key)."""
         uri = prepared.uri
+        encode = engine.grow if whole_prompt else engine.warm
 
         def work(cancelled):
             if self._stale(prepared):
                 return None
-            result = engine.warm(self._with_context(prepared), cancelled, session_key=uri,
-                                 settings=prepared.settings.engine_settings())
+            result = encode(self._with_context(prepared), cancelled, session_key=uri,
+                            settings=prepared.settings.engine_settings())
             self.warm_up.record(result)
             return result
 
-        self.server.scheduler.warm(uri, work)
-
-    def _queue_growth(self, prepared: PreparedRequest, engine: Engine) -> None:
-        """Encode the whole prompt of a place answered from its first window, in lane 2, in a
-        side session: the keys typed meanwhile keep reusing the window's session, and stop
-        this between layers (it is not their session: another scheduler key)."""
-        uri = prepared.uri
-
-        def work(cancelled):
-            if self._stale(prepared):
-                return None
-            result = engine.grow(self._with_context(prepared), cancelled, session_key=uri,
-                                 settings=prepared.settings.engine_settings())
-            self.warm_up.record(result)
-            return result
-
-        self.server.scheduler.warm(f"{uri}#whole-prompt", work)
+        self.server.scheduler.warm(f"{uri}#whole-prompt" if whole_prompt else uri, work)
 
     def _stale(self, prepared: PreparedRequest) -> bool:
         """Whether the document was closed or changed since `prepared` was made."""

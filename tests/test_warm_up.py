@@ -302,15 +302,21 @@ def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
     assert running.future.result(timeout=30) == "stopped" and seen == [True]
 
 
-def test_a_place_far_from_the_warm_session_answers_first_from_a_short_window(tiny_engine_model):
-    """The first key at a place the session does not cover encodes only the window nearest
-    the cursor; growing it (the whole prompt, in a side session) reuses that window, and the
-    next request there is answered from the whole prompt, as a cold engine answers it."""
+def _far_place(model):
+    """(source, cursor, request, settings, engine): a place mid-way through a long file, an
+    engine whose first window (256 tokens) is a quarter of its prompt budget."""
     long_source = SOURCE * 12
     cursor = long_source.index("** 2", len(long_source) // 2) + 4
     request = CompletionRequest(long_source, cursor, "python", "shapes.py", "repo")
     settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=1024, first_window_tokens=256)
-    engine = CompletionEngine(tiny_engine_model, settings)
+    return long_source, cursor, request, settings, CompletionEngine(model, settings)
+
+
+def test_a_place_far_from_the_warm_session_answers_first_from_a_short_window(tiny_engine_model):
+    """The first key at a place the session does not cover encodes only the window nearest
+    the cursor; growing it (the whole prompt, in a side session) reuses that window, and the
+    next request there is answered from the whole prompt, as a cold engine answers it."""
+    long_source, cursor, request, settings, engine = _far_place(tiny_engine_model)
     first = engine.complete(request, session_key="doc")
     assert first.window == "short" and first.prompt_tokens <= 300 and first.kv["encoded"] == first.prompt_tokens
     grown = engine.grow(request, session_key="doc")
@@ -326,11 +332,7 @@ def test_keys_typed_while_the_whole_prompt_grows_reuse_the_window(tiny_engine_mo
     """A growth stopped after its first pass leaves the document's session the window's: the
     next key there is answered from the window, encoding only what changed; the next growth
     goes on from the passes already encoded."""
-    long_source = SOURCE * 12
-    cursor = long_source.index("** 2", len(long_source) // 2) + 4
-    request = CompletionRequest(long_source, cursor, "python", "shapes.py", "repo")
-    settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=1024, first_window_tokens=256)
-    engine = CompletionEngine(tiny_engine_model, settings)
+    long_source, cursor, request, settings, engine = _far_place(tiny_engine_model)
     first = engine.complete(request, session_key="doc")
     assert first.window == "short"
     passes = iter([False, True])  # one encoding pass, then stopped

@@ -55,9 +55,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def choose_for_device(device: str = "auto") -> ModelChoice:
+def choose_for_device(device: str | torch.device = "auto") -> ModelChoice:
     """The embedded model `--model auto` runs with `device` on this machine, and why."""
-    resolved = resolve_device(device)
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
     free = 0
     if resolved.type == "cuda":
         try:
@@ -137,7 +137,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     start = time.perf_counter()
     torch_device = resolve_device(device)
     if spec == AUTO:
-        choice = choose_for_device(device)
+        choice = choose_for_device(torch_device)
         logger.info("model auto: %s (%s)", choice.name, choice.reason)
         spec = choice.name
     resolve_dtype(dtype, torch_device)  # validates the name

@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import difflib
-import json
 import statistics
 import tempfile
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from retrieval.context import MIN_HIT_SCORE, RepoContext
 from retrieval.definitions import DefinitionFinder
 
 from .context_set import PACKAGES, QUICK_PACKAGES, Hole, argument_holes, copy_packages, find_holes
-from .llama_server import llama_server, llama_server_binary
+from .llama_server import infill, llama_server, llama_server_binary
 from .report import BenchResult, machine_info
 
 MODES = ("none", "context")
@@ -130,14 +128,8 @@ def _llama_accuracy(args, model: str, engine: CompletionEngine, holes: list[Hole
     with llama_server(binary, gguf, out / "context-llama-server.log") as url:
         for hole in holes:
             prefix, suffix = _window(engine, hole.text[: hole.cursor], hole.text[hole.cursor :])
-            body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": engine.settings.max_new_tokens,
-                    "top_k": 1, "temperature": 0.0, "cache_prompt": True, "stop": ["\n"]}
-            started = time.perf_counter()
-            call = urllib.request.Request(f"{url}/infill", json.dumps(body).encode(),
-                                          {"Content-Type": "application/json"})
-            with urllib.request.urlopen(call, timeout=600) as response:
-                got = json.load(response)["content"].split("\n", 1)[0].rstrip()
-            ms = (time.perf_counter() - started) * 1000
+            content, ms = infill(url, prefix, suffix, engine.settings.max_new_tokens, 600, stop=["\n"])
+            got = content.split("\n", 1)[0].rstrip()
             rows.append({
                 "kind": "hole", "mode": "llama-server", "path": hole.path, "line": hole.line,
                 "exact": got.strip() == hole.expected.strip(),

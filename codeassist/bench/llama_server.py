@@ -35,6 +35,18 @@ def get_json(url: str, api_key: str | None = None) -> object:
         return json.load(response)
 
 
+def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout_s: float, **options) -> tuple[str, float]:
+    """llama-server's greedy `/infill` at the cursor between `prefix` and `suffix` (prompt
+    cache on; `options`: e.g. stop, n_indent): (its text, ms)."""
+    body = {"input_prefix": prefix, "input_suffix": suffix, "n_predict": n_predict, "top_k": 1,
+            "temperature": 0.0, "cache_prompt": True, **options}
+    sent = time.perf_counter()
+    call = urllib.request.Request(f"{url}/infill", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(call, timeout=timeout_s) as response:
+        content = json.load(response)["content"]
+    return content, (time.perf_counter() - sent) * 1000
+
+
 @contextmanager
 def llama_server(binary: Path, gguf: Path, log: Path, threads: int = 2, api_key: str | None = None):
     """A running llama-server on loopback (one slot, prompt cache on); yields its base URL."""

@@ -27,12 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .llama_server import llama_server, llama_server_binary
+from .llama_server import infill, llama_server, llama_server_binary
 from .lsp_process import LspProcess, notification, request
 from .report import BenchResult, machine_info
 from .soak import ANSWER_TIMEOUT_S
@@ -194,17 +193,10 @@ class _LspAsker:
 
 
 def _infill(url: str, hole: Hole) -> tuple[str, float]:
-    body = {"input_prefix": hole.before, "input_suffix": hole.after, "n_predict": 128, "top_k": 1,
-            "temperature": 0.0, "cache_prompt": True}
-    if hole.kind == "single-line":
-        body["stop"] = ["\n"]
-    else:
-        body["n_indent"] = hole.indent
-    sent = time.perf_counter()
-    call = urllib.request.Request(f"{url}/infill", json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(call, timeout=ANSWER_TIMEOUT_S) as response:
-        content = json.load(response)["content"]
-    return content.rstrip(), (time.perf_counter() - sent) * 1000
+    """As llama.vscode asks: single lines stop at the newline, the others at `n_indent`."""
+    stop = {"stop": ["\n"]} if hole.kind == "single-line" else {"n_indent": hole.indent}
+    content, ms = infill(url, hole.before, hole.after, 128, ANSWER_TIMEOUT_S, **stop)
+    return content.rstrip(), ms
 
 
 def _row(number: int, hole: Hole, engine: str, text: str, ms: float) -> dict:

@@ -87,8 +87,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "default: the index's default)")
     bench.add_argument("--llama-bench", help="decode: llama.cpp's llama-bench binary, the reference column "
                        "(default: $CODEASSIST_LLAMA_BENCH)")
-    bench.add_argument("--llama-server", help="engines, quality, context: llama.cpp's llama-server binary, started on the "
-                       "same GGUF when --engine is not given (default: $CODEASSIST_LLAMA_SERVER, "
+    bench.add_argument("--llama-server", help="engines, quality, context, session: llama.cpp's llama-server "
+                       "binary, started on the same GGUF when --engine is not given (default: $CODEASSIST_LLAMA_SERVER, "
                        "then where .ci/install_llama_server.sh builds it)")
     bench.add_argument("--trust-remote-code", action="store_true",
                        help="search: allow an encoder that ships its own code")

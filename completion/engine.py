@@ -118,27 +118,37 @@ class CompletionEngine:
     def warm(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
              session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
         """Encode the prompt `complete` would build for `request` into the session of
-        `session_key`, without decoding: the next request near that place reuses it. Stops
-        between encoding passes when `cancelled()`, keeping what was encoded. Returns what
-        was done (tokens, reused, encoded, ms, finished)."""
-        settings = settings or self.settings
+        `session_key`, without decoding: the next request near that place reuses it. At a
+        place far from the warm session that is the first window, which the first key there
+        answers from (`window`: "short"; its whole prompt is `grow`'s). Stops between
+        encoding passes when `cancelled()`, keeping what was encoded. Returns what was done
+        (tokens, reused, encoded, ms, finished, window)."""
+        return self._warm(request, cancelled, session_key, settings or self.settings, first_window=True)
+
+    def _warm(self, request: CompletionRequest, cancelled: Callable[[], bool] | None, session_key: str | None,
+              settings: EngineSettings, first_window: bool) -> dict:
         start = time.perf_counter()
         prompt, _, _ = self._prompt(request, settings)
+        window = "full"
+        if first_window and self._far_from_warm(session_key, prompt, Recall(None, "", None), settings):  # nothing typed yet
+            prompt, _, _ = self._prompt(request, _first_window(settings))
+            window = "short"
         session = self.kv.sessions.peek(session_key) if session_key is not None else None
         if session is not None and session.ids == prompt.ids:
-            return {"tokens": len(prompt.ids), "finished": True, "ms": 0.0, "encoded": 0}  # warm already
+            return {"tokens": len(prompt.ids), "finished": True, "ms": 0.0, "encoded": 0, "window": window}
         try:
             built = self.kv.build(session_key, prompt.ids, settings, cancelled)
         except EncodingCancelled as stopped:
             logger.info("warm %s: %s", request.path or "<buffer>", stopped)
-            return {"tokens": len(prompt.ids), "finished": False, "ms": (time.perf_counter() - start) * 1000}
+            return {"tokens": len(prompt.ids), "finished": False, "ms": (time.perf_counter() - start) * 1000,
+                    "window": window}
         self.kv.keep(session_key, built)
         stats = built.stats()
         elapsed = (time.perf_counter() - start) * 1000
-        logger.info("warm %s: prompt %d tok in %.0f ms (%s: reused %d, rotated %d, encoded %d)",
-                    request.path or "<buffer>", len(built.ids), elapsed, stats["mode"], stats["reused"],
-                    stats["rotated"], stats["encoded"])
-        return {"tokens": len(built.ids), "finished": True, "ms": elapsed, **stats}
+        logger.info("warm %s: %s prompt %d tok in %.0f ms (%s: reused %d, rotated %d, encoded %d)",
+                    request.path or "<buffer>", "first-window" if window == "short" else "whole", len(built.ids),
+                    elapsed, stats["mode"], stats["reused"], stats["rotated"], stats["encoded"])
+        return {"tokens": len(built.ids), "finished": True, "ms": elapsed, "window": window, **stats}
 
     def grow(self, request: CompletionRequest, cancelled: Callable[[], bool] | None = None,
              session_key: str | None = None, settings: EngineSettings | None = None) -> dict:
@@ -154,7 +164,7 @@ class CompletionEngine:
             # The window's session, shared: building from it copies what it reuses, so the
             # window's own cache stays as it is.
             self.kv.sessions.put(side, window)
-        result = self.warm(request, cancelled, side, settings)
+        result = self._warm(request, cancelled, side, settings or self.settings, first_window=False)
         if result.get("finished"):
             self.kv.move(side, session_key)
         return result
@@ -185,9 +195,8 @@ class CompletionEngine:
         prompt, healing, head, base = self._prompt_for(request, recall, settings)
         window = "full"
         if self._far_from_warm(session_key, prompt, recall, settings):
-            short = replace(settings, max_prompt_tokens=settings.first_window_tokens, context_budget_tokens=0)
             full_tokens = len(prompt.ids)
-            prompt, healing, head, base = self._prompt_for(request, recall, short)
+            prompt, healing, head, base = self._prompt_for(request, recall, _first_window(settings))
             window = "short"
             logger.info("complete %s: far from the warm session: the first %d of %d prompt tokens answer first",
                         request.path or "<buffer>", len(prompt.ids), full_tokens)
@@ -424,3 +433,9 @@ def _describe_spec(spec: dict) -> str:
 def _whole_prompt_key(session_key: str) -> str:
     """The side session `grow` fills for `session_key`."""
     return f"{session_key}\x00whole-prompt"
+
+
+def _first_window(settings: EngineSettings) -> EngineSettings:
+    """The settings of a far place's first answer: its nearest `first_window_tokens`, no
+    repository context."""
+    return replace(settings, max_prompt_tokens=settings.first_window_tokens, context_budget_tokens=0)

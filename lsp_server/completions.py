@@ -5,6 +5,7 @@ warm-up of places the cursor rests at in lane 2, and the idle refresh after an a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -164,6 +165,7 @@ class CompletionService:
         not their session: another scheduler key)."""
         uri = prepared.uri
         encode = engine.grow if whole_prompt else engine.warm
+        loop = asyncio.get_running_loop()
 
         def work(cancelled):
             if self._stale(prepared):
@@ -171,6 +173,10 @@ class CompletionService:
             result = encode(self._with_context(prepared), cancelled, session_key=uri,
                             settings=prepared.settings.engine_settings())
             self.warm_up.record(result)
+            if result and result.get("finished") and result.get("window") == "short":
+                # a far place warmed as its first window: the whole prompt grows behind it
+                with contextlib.suppress(RuntimeError):  # the server closed meanwhile
+                    loop.call_soon_threadsafe(self._queue_warm_up, prepared, engine, True)
             return result
 
         self.server.scheduler.warm(f"{uri}#whole-prompt" if whole_prompt else uri, work)

@@ -302,11 +302,16 @@ def test_background_work_runs_last_and_yields_to_a_warm_up_between_layers(host):
     assert running.future.result(timeout=30) == "stopped" and seen == [True]
 
 
+def _far_text() -> tuple[str, int]:
+    """A long file and a cursor mid-way through it."""
+    long_source = SOURCE * 12
+    return long_source, long_source.index("** 2", len(long_source) // 2) + 4
+
+
 def _far_place(model):
     """(source, cursor, request, settings, engine): a place mid-way through a long file, an
     engine whose first window (256 tokens) is a quarter of its prompt budget."""
-    long_source = SOURCE * 12
-    cursor = long_source.index("** 2", len(long_source) // 2) + 4
+    long_source, cursor = _far_text()
     request = CompletionRequest(long_source, cursor, "python", "shapes.py", "repo")
     settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=1024, first_window_tokens=256)
     return long_source, cursor, request, settings, CompletionEngine(model, settings)
@@ -347,3 +352,41 @@ def test_keys_typed_while_the_whole_prompt_grows_reuse_the_window(tiny_engine_mo
     assert resumed["finished"] and resumed["reused"] >= 256  # the first pass, kept
     after = engine.complete(typed, session_key="doc")
     assert after.window == "full" and after.kv["encoded"] <= 1
+
+
+def test_a_warm_up_at_a_far_place_encodes_the_first_window_the_key_answers_from(tiny_engine_model):
+    """Reading time goes into what the first key needs: at a place far from the warm session
+    the warm-up encodes the first window, and the first key typed there reuses it."""
+    long_source, cursor, request, settings, engine = _far_place(tiny_engine_model)
+    warmed = engine.warm(request, session_key="doc")
+    assert warmed["finished"] and warmed["window"] == "short" and warmed["tokens"] <= 300
+    typed = CompletionRequest(long_source[:cursor] + " " + long_source[cursor:], cursor + 1, "python",
+                              "shapes.py", "repo")
+    first = engine.complete(typed, session_key="doc")
+    assert first.window == "short" and first.kv["encoded"] < 128  # the warm window, reused (but the edit's margin)
+    cold = CompletionEngine(tiny_engine_model, settings).complete(typed, session_key="doc")
+    assert cold.window == "short" and cold.kv["encoded"] == cold.prompt_tokens > 200
+    near = engine.warm(typed, session_key="doc")  # the session covers the place now
+    assert near["window"] == "short" and near["encoded"] == 0
+
+
+async def test_a_hint_at_a_far_place_warms_its_window_then_grows_the_whole_prompt(tmp_path, tiny_model_dir):
+    """Through LSP: a cursor hint far from the warm session warms the first window, and the
+    whole prompt of that place grows behind it without another hint."""
+    client, _ = await start_server(tmp_path, tmp_path / "server.log",
+                                   {"model": str(tiny_model_dir("qwen2.5-coder")), "dtype": "fp32",
+                                    "contextTokens": 1024, "firstWindowTokens": 256})
+    try:
+        await wait_until_ready(client)
+        long_source, cursor = _far_text()
+        uri = open_document(client, tmp_path / "shapes.py", long_source)
+        line = long_source.count("\n", 0, cursor)
+        position = types.Position(line, cursor - (long_source.rfind("\n", 0, cursor) + 1))
+        await client.text_document_document_highlight_async(
+            types.DocumentHighlightParams(types.TextDocumentIdentifier(uri), position))
+        state = await _status_until(client, lambda state: (state["warmUp"]["last"] or {}).get("tokens", 0) > 900)
+        assert state["warmUp"]["last"]["finished"] and state["warmUp"]["last"]["window"] == "full"
+        log = (tmp_path / "server.log").read_text()
+        assert "first-window prompt" in log and "whole prompt" in log
+    finally:
+        await client.shutdown_session()

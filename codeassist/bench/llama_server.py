@@ -48,11 +48,13 @@ def infill(url: str, prefix: str, suffix: str, n_predict: int, timeout_s: float,
 
 
 @contextmanager
-def llama_server(binary: Path, gguf: Path, log: Path, threads: int = 2, api_key: str | None = None):
-    """A running llama-server on loopback (one slot, prompt cache on); yields its base URL."""
+def llama_server(binary: Path, gguf: Path, log: Path, threads: int = 2, api_key: str | None = None,
+                 extra: tuple[str, ...] = ()):
+    """A running llama-server on loopback (one slot, prompt cache on; `extra`: more of its
+    options); yields its base URL."""
     port = free_port()
     command = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-               "-t", str(threads), "-c", "4096", "-np", "1", "--no-webui"]
+               "-t", str(threads), "-c", "4096", "-np", "1", "--no-webui", *extra]
     if api_key:
         command += ["--api-key", api_key]
     with log.open("w") as out:

@@ -13,7 +13,9 @@ take turns jump by jump, each on its own copy of the file (its own KV session).
 
 Per key: the latency of each answered request (cancelled ones are not timed). Per jump:
 the first key's wait, from the key to the first suggestion of that place. Quality: the
-share of answers whose first line is exactly the rest of the real line.
+share of answers whose first line is exactly the rest of the real line. Then the same visits
+against llama-server, as the llama.vscode extension drives it (session_llama.py), after
+codeassist's server has stopped.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .llama_server import llama_server, llama_server_binary
 from .lsp_process import LspProcess, notification, request
 from .report import BenchResult, machine_info
+from .session_llama import SERVER_OPTIONS, InfillCall, infill_body
 from .soak import ANSWER_TIMEOUT_S, _Answers
 
 SOURCE = Path("json") / "decoder.py"
@@ -38,6 +42,7 @@ MODES = {  # name -> the server settings it runs with
     "warm_only": {"warmUp": True, "firstWindowTokens": 0},
     "neither": {"warmUp": False, "firstWindowTokens": 0},
 }
+LLAMA = "llama_server"  # the peer's rows (session_llama.py)
 
 
 def run_bench(args) -> BenchResult:
@@ -53,12 +58,58 @@ def run_bench(args) -> BenchResult:
         try:
             rows = _session(server, root, text, jumps)
         finally:
-            server.close()
+            server.close()  # before llama-server starts: never two engines on the cores
+    rows += _llama_session(args, text, jumps)
     windows = _window_quality(args, 6 if args.quick else 24)
     machine = {**machine_info(), "model": args.model, "file": str(SOURCE), "jumps_per_mode": jumps,
                "read_s": READ_S, "key_s": KEY_S, "keys_per_jump": KEYS}
     return BenchResult({**_summary(rows), **windows}, rows,
                        ["mode", "jump", "key", "line", "ms", "first_key_ms", "completes"], machine, _plot(rows))
+
+
+def _llama_session(args, text: str, jumps: int) -> list[dict]:
+    """The same visits against llama-server, as the llama.vscode extension sends them (see
+    session_llama.py); none where there is no llama-server binary or GGUF file (said)."""
+    from completion.embedded import EMBEDDED_MODELS, ensure_gguf
+    from completion.models import resolve_model
+
+    model = resolve_model(args.model, args.device)
+    binary = llama_server_binary(getattr(args, "llama_server", None))
+    gguf = ensure_gguf(EMBEDDED_MODELS[model]) if model in EMBEDDED_MODELS else Path(model)
+    if binary is None or gguf.suffix != ".gguf":
+        print("bench session: no llama-server binary or GGUF file; its rows are skipped")
+        return []
+    lines = text.split("\n")
+    rows: list[dict] = []
+    start = time.monotonic()
+    with llama_server(binary, gguf, Path(args.out).resolve() / "session-llama-server.log",
+                      extra=SERVER_OPTIONS) as url:
+        for jump, (number, cut) in enumerate(_places(lines, jumps)):
+            _llama_visit(url, lines, number, cut, rows, jump)
+    print(f"bench session: llama-server visits took {time.monotonic() - start:.0f} s")
+    return rows
+
+
+def _llama_visit(url: str, lines: list[str], number: int, cut: int, rows: list[dict], jump: int) -> None:
+    """`_visit` for llama-server: read (it gets nothing meanwhile), then a request per key,
+    each aborting the one still open."""
+    time.sleep(READ_S)
+    calls: list[tuple[InfillCall, int, float]] = []  # (call, typed, sent at)
+    for typed in range(cut + 1, cut + KEYS + 1):
+        if calls:
+            calls[-1][0].abort()
+        edited = [*lines[:number], lines[number][:typed], *lines[number + 1:]]
+        calls.append((InfillCall(url, infill_body(edited, number, typed), ANSWER_TIMEOUT_S), typed, time.monotonic()))
+        time.sleep(KEY_S)
+    for call, _, _ in calls:
+        call.join(ANSWER_TIMEOUT_S)
+    answered = [(key, call, typed, sent_at) for key, (call, typed, sent_at) in enumerate(calls) if call.answered()]
+    for order, (key, call, typed, sent_at) in enumerate(answered):
+        suggestion = call.text.split("\n", 1)[0]
+        rows.append({"mode": LLAMA, "jump": jump, "key": key + 1, "line": number + 1,
+                     "ms": round((call.at - sent_at) * 1000, 1),
+                     "first_key_ms": round((call.at - calls[0][2]) * 1000, 1) if order == 0 else None,
+                     "completes": bool(suggestion) and suggestion.rstrip() == lines[number][typed:].rstrip()})
 
 
 def _window_quality(args, holes: int) -> dict:
@@ -186,7 +237,7 @@ def _with_line(lines: list[str], number: int, new: str) -> str:
 
 def _summary(rows: list[dict]) -> dict:
     summary: dict = {}
-    for mode in MODES:
+    for mode in [*MODES, LLAMA]:
         times = sorted(r["ms"] for r in rows if r["mode"] == mode)
         firsts = sorted(r["first_key_ms"] for r in rows if r["mode"] == mode and r["first_key_ms"] is not None)
         if not times:
@@ -198,19 +249,20 @@ def _summary(rows: list[dict]) -> dict:
         summary[f"{mode}_first_key_max_ms"] = max(firsts) if firsts else None
         summary[f"{mode}_completes_line_share"] = round(
             sum(r["completes"] for r in rows if r["mode"] == mode) / len(times), 3)
-    baseline = summary.get("neither_first_key_p50_ms")
-    for mode in ("default", "warm_only"):
-        if baseline and summary.get(f"{mode}_first_key_p50_ms") is not None:
-            summary[f"first_key_{mode}_over_neither"] = round(summary[f"{mode}_first_key_p50_ms"] / baseline, 3)
+    for baseline in ("neither", LLAMA):
+        base = summary.get(f"{baseline}_first_key_p50_ms")
+        for mode in ("default", "warm_only"):
+            if base and summary.get(f"{mode}_first_key_p50_ms") is not None:
+                summary[f"first_key_{mode}_over_{baseline}"] = round(summary[f"{mode}_first_key_p50_ms"] / base, 3)
     return summary
 
 
 def _plot(rows: list[dict]):
     def draw(figure):
         keys, firsts = figure.subplots(1, 2)
-        for offset, (mode, colour) in enumerate(zip(MODES, ("tab:blue", "tab:green", "tab:orange"))):
+        for offset, (mode, colour) in enumerate(zip([*MODES, LLAMA], ("tab:blue", "tab:green", "tab:orange", "tab:red"))):
             mine = [r for r in rows if r["mode"] == mode]
-            keys.scatter([r["key"] + 0.15 * (offset - 1) for r in mine], [r["ms"] for r in mine],
+            keys.scatter([r["key"] + 0.15 * (offset - 1.5) for r in mine], [r["ms"] for r in mine],
                          s=10, color=colour, label=mode)
             points = [(r["jump"], r["first_key_ms"]) for r in mine if r["first_key_ms"] is not None]
             if points:

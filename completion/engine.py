@@ -130,9 +130,10 @@ class CompletionEngine:
         start = time.perf_counter()
         prompt, _, _ = self._prompt(request, settings)
         window = "full"
-        if first_window and self._far_from_warm(session_key, prompt, Recall(None, "", None), settings):  # nothing typed yet
-            prompt, _, _ = self._prompt(request, _first_window(settings))
-            window = "short"
+        short = self._first_window_prompt(session_key, request, Recall(None, "", None), prompt, settings) \
+            if first_window else None  # (nothing typed yet)
+        if short is not None:
+            prompt, window = short[0], "short"
         session = self.kv.sessions.peek(session_key) if session_key is not None else None
         if session is not None and session.ids == prompt.ids:
             return {"tokens": len(prompt.ids), "finished": True, "ms": 0.0, "encoded": 0, "window": window}
@@ -194,10 +195,10 @@ class CompletionEngine:
         stages.lap("plan")
         prompt, healing, head, base = self._prompt_for(request, recall, settings)
         window = "full"
-        if self._far_from_warm(session_key, prompt, recall, settings):
+        short = self._first_window_prompt(session_key, request, recall, prompt, settings)
+        if short is not None:
             full_tokens = len(prompt.ids)
-            prompt, healing, head, base = self._prompt_for(request, recall, _first_window(settings))
-            window = "short"
+            (prompt, healing, head, base), window = short, "short"
             logger.info("complete %s: far from the warm session: the first %d of %d prompt tokens answer first",
                         request.path or "<buffer>", len(prompt.ids), full_tokens)
         stages.lap("prompt")
@@ -273,17 +274,26 @@ class CompletionEngine:
                                 cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits
 
-    def _far_from_warm(self, session_key: str | None, prompt: FimPrompt, recall: Recall,
-                       settings: EngineSettings) -> bool:
-        """Whether the first window answers first: the session is far from this prompt (more
-        than twice the window's tokens to encode) and the user is not typing into a suggestion."""
+    def _first_window_prompt(self, session_key: str | None, request: CompletionRequest, recall: Recall,
+                             prompt: FimPrompt, settings: EngineSettings):
+        """`_prompt_for`'s answer for the first window when it answers first, else None (the
+        whole `prompt`). It does where the session is far from this place: the whole prompt
+        would encode more than the window's tokens, and at least a window's more than the
+        window itself would (a window that is already warm is reused, also where the whole
+        prompt shares its start); never while the user types into a suggestion."""
         window = settings.first_window_tokens
         if not window or session_key is None or recall.typed is not None or len(prompt.ids) <= 2 * window:
-            return False
+            return None
         session = self.kv.sessions.peek(session_key)
-        if session is not None and len(prompt.ids) - common_prefix(session.ids, prompt.ids) <= 2 * window:
-            return False  # typing near the cached place: no diff needed on this keystroke
-        return self.kv.tokens_to_encode(session_key, prompt.ids, settings) > 2 * window
+        if session is not None and len(prompt.ids) - common_prefix(session.ids, prompt.ids) <= window:
+            return None  # typing near the cached place: no diff needed on this keystroke
+        whole = self.kv.tokens_to_encode(session_key, prompt.ids, settings)
+        if whole <= window:
+            return None
+        short = self._prompt_for(request, recall, _first_window(settings))
+        if self.kv.tokens_to_encode(session_key, short[0].ids, settings) + window > whole:
+            return None
+        return short
 
     def _prompt_for(self, request: CompletionRequest, recall: Recall, settings: EngineSettings):
         """(prompt, healing, head, base): after typing into the last suggestion, its own

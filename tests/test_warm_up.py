@@ -390,3 +390,21 @@ async def test_a_hint_at_a_far_place_warms_its_window_then_grows_the_whole_promp
         assert "first-window prompt" in log and "whole prompt" in log
     finally:
         await client.shutdown_session()
+
+
+def test_a_warm_first_window_answers_where_the_whole_prompt_shares_its_start(tiny_engine_model):
+    """A prompt a little over two windows (a short file: the header and the file's start in
+    both prompts) still answers its first key from the warm window, not from a whole prompt
+    that would encode most of itself again."""
+    source = SOURCE * 3
+    cursor = source.index("** 2", len(source) // 2) + 4
+    settings = EngineSettings(max_new_tokens=6, max_prompt_tokens=1024, first_window_tokens=256)
+    engine = CompletionEngine(tiny_engine_model, settings)
+    request = CompletionRequest(source, cursor, "python", "shapes.py", "repo")
+    warmed = engine.warm(request, session_key="doc")
+    assert warmed["window"] == "short" and warmed["finished"]
+    typed = CompletionRequest(source[:cursor] + " " + source[cursor:], cursor + 1, "python", "shapes.py", "repo")
+    first = engine.complete(typed, session_key="doc")
+    assert first.window == "short" and first.kv["encoded"] < 128
+    whole = CompletionEngine(tiny_engine_model, replace(settings, first_window_tokens=0)).complete(typed)
+    assert 512 < whole.prompt_tokens < 700  # the case: a whole prompt of a little over two windows

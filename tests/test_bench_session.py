@@ -36,3 +36,18 @@ def test_a_newer_key_aborts_the_open_request(tmp_path):
         second.join(300)
     assert not first.answered() and first.text is None
     assert second.answered() and second.text
+
+
+def test_rows_and_summary_of_a_visit():
+    from codeassist.bench.session import LLAMA, _answer_rows, _summary
+
+    line = "    return value + 1"
+    # keys 1-3 typed at 10.0, 10.15, 10.3; key 1 cancelled, keys 2 and 3 answered
+    rows = _answer_rows("default", 0, 4, line, 10.0, [(1, 6, 10.15, 11.0, "turn value + 1\nmore"),
+                                                      (2, 7, 10.3, 11.5, "wrong")])
+    assert [(r["key"], r["ms"], r["first_key_ms"], r["completes"]) for r in rows] == [
+        (2, 850.0, 1000.0, True), (3, 1200.0, None, False)]
+    rows += _answer_rows(LLAMA, 0, 4, line, 10.0, [(0, 5, 10.0, 14.0, "eturn value + 1")])
+    summary = _summary(rows)
+    assert summary["default_first_key_p50_ms"] == 1000.0 and summary[f"{LLAMA}_first_key_p50_ms"] == 4000.0
+    assert summary[f"first_key_default_over_{LLAMA}"] == 0.25 and summary["default_completes_line_share"] == 0.5

@@ -103,13 +103,24 @@ def _llama_visit(url: str, lines: list[str], number: int, cut: int, rows: list[d
         time.sleep(KEY_S)
     for call, _, _ in calls:
         call.join(ANSWER_TIMEOUT_S)
-    answered = [(key, call, typed, sent_at) for key, (call, typed, sent_at) in enumerate(calls) if call.answered()]
-    for order, (key, call, typed, sent_at) in enumerate(answered):
-        suggestion = call.text.split("\n", 1)[0]
-        rows.append({"mode": LLAMA, "jump": jump, "key": key + 1, "line": number + 1,
-                     "ms": round((call.at - sent_at) * 1000, 1),
-                     "first_key_ms": round((call.at - calls[0][2]) * 1000, 1) if order == 0 else None,
-                     "completes": bool(suggestion) and suggestion.rstrip() == lines[number][typed:].rstrip()})
+    answers = [(key, typed, sent_at, call.at, call.text) for key, (call, typed, sent_at) in enumerate(calls)
+               if call.answered()]
+    rows.extend(_answer_rows(LLAMA, jump, number, lines[number], calls[0][2], answers))
+
+
+def _answer_rows(mode: str, jump: int, number: int, line: str, first_sent: float,
+                 answers: list[tuple[int, int, float, float, str]]) -> list[dict]:
+    """The rows of one visit's answered keys, given as (key index, characters typed, sent at,
+    answered at, text); `first_sent`: when the visit's first key was sent."""
+    rows = []
+    for order, (key, typed, sent_at, at, text) in enumerate(answers):
+        suggestion = text.split("\n", 1)[0]
+        rows.append({"mode": mode, "jump": jump, "key": key + 1, "line": number + 1,
+                     "ms": round((at - sent_at) * 1000, 1),
+                     # the user's wait at this place: from the first key to its first suggestion
+                     "first_key_ms": round((at - first_sent) * 1000, 1) if order == 0 else None,
+                     "completes": bool(suggestion) and suggestion.rstrip() == line[typed:].rstrip()})
+    return rows
 
 
 def _window_quality(args, holes: int) -> dict:
@@ -214,16 +225,9 @@ def _visit(server, uri, lines, number, cut, version, ids, start, rows, mode, jum
         time.sleep(KEY_S)
     tracker.wait(keys[-1][0])
     answers = {row["id"]: row for row in tracker.answers}
-    answered = [(key, msg_id, typed, sent_at) for key, (msg_id, typed, sent_at) in enumerate(keys)
-                if msg_id in answers]
-    for order, (key, msg_id, typed, sent_at) in enumerate(answered):
-        answer = answers[msg_id]
-        suggestion = answer["text"].split("\n", 1)[0]
-        rows.append({"mode": mode, "jump": jump, "key": key + 1, "line": number + 1,
-                     "ms": round((answer["at"] - sent_at) * 1000, 1),
-                     # the user's wait at this place: from the first key to its first suggestion
-                     "first_key_ms": round((answer["at"] - keys[0][2]) * 1000, 1) if order == 0 else None,
-                     "completes": bool(suggestion) and suggestion.rstrip() == line[typed:].rstrip()})
+    rows.extend(_answer_rows(mode, jump, number, line, keys[0][2], [
+        (key, typed, sent_at, answers[msg_id]["at"], answers[msg_id]["text"])
+        for key, (msg_id, typed, sent_at) in enumerate(keys) if msg_id in answers]))
     # Back to the real text: the next visit starts from the file as it was.
     version += 1
     server.send(notification("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
@@ -260,7 +264,8 @@ def _summary(rows: list[dict]) -> dict:
 def _plot(rows: list[dict]):
     def draw(figure):
         keys, firsts = figure.subplots(1, 2)
-        for offset, (mode, colour) in enumerate(zip([*MODES, LLAMA], ("tab:blue", "tab:green", "tab:orange", "tab:red"))):
+        colours = ("tab:blue", "tab:green", "tab:orange", "tab:red")
+        for offset, (mode, colour) in enumerate(zip([*MODES, LLAMA], colours)):
             mine = [r for r in rows if r["mode"] == mode]
             keys.scatter([r["key"] + 0.15 * (offset - 1.5) for r in mine], [r["ms"] for r in mine],
                          s=10, color=colour, label=mode)

@@ -59,7 +59,7 @@ void sum_groups_of_16(QuantizedRows& rows) {
 }
 
 // 32 signed weights of one row, as bytes, and their scale per int32 lane (each lane sums 4
-// consecutive weights).
+// consecutive weights). Q8_0 is the one signed format left: the others have their own dot.
 struct Slice {
     __m256i w;
     __m256 scale;
@@ -102,7 +102,7 @@ struct DecodeQ6_K : layout::Q6_K {
     static constexpr int kOffset = 0;
 };
 
-// C input rows times one packed weight row of a signed format: out[c] = dot(x row c, w row),
+// C input rows times one packed weight row of a signed format (Q8_0): out[c] = dot(x row c, w row),
 // each output accumulating its slices in k order whatever C. (Tiles of several weight rows, as
 // the fp32 path uses, spill registers here and ran 2x slower on the project's CPU.)
 template <typename D, int C>

@@ -219,7 +219,7 @@ class CompletionEngine:
         if drafter is not None:
             drafter.finish()
         stages.lap("decode")
-        final = finalize(decoded.text, policy) if decoded.reason != "cancelled" else ""
+        final = finalize(decoded.text, policy, decoded.reason) if decoded.reason != "cancelled" else ""
         others = self._alternatives(built, decoded, final, alternatives, policy, settings, cancelled, healing) \
             if alternatives and decoded.ids and decoded.reason != "cancelled" else ()
         self.kv.keep(session_key, built)
@@ -259,7 +259,7 @@ class CompletionEngine:
             if len(branch.ids) <= healed or branch.reason == "cancelled":
                 break
             tried.append(branch.ids[healed])
-            text = finalize(branch.text, policy)
+            text = finalize(branch.text, policy, branch.reason)
             if text and text != final and text not in found:
                 found.append(text)
         crop_to(built.cache, len(built.ids))

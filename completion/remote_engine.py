@@ -132,7 +132,7 @@ class RemoteEngine:
             self._failed(str(error))
             return self._answer("", "engine_down", prompt.tokens, start, stream, policy.multiline)
         self._succeeded(stream, reason)
-        final = finalize(text, policy) if reason != "cancelled" else ""
+        final = finalize(text, policy, reason) if reason != "cancelled" else ""
         self.memory.remember(session_key, request, recall, final, "", None, [])
         logger.info("complete %s via %s: prompt %d %s (engine cached %s), %d chunks, first after "
                     "%.0f ms, stop=%s", request.path or "<buffer>", self.config.url, prompt.tokens,

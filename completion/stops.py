@@ -4,8 +4,11 @@ Mid-line, a suggestion finishes the line. On a blank line inside a block (or rig
 line that opens one) it is a block: it ends at the first line that dedents below the
 block's indentation, at a line that repeats the code below the cursor, or at `max_lines`.
 A blank line with code below it at the cursor's column or deeper is a place between
-statements: there it is one line when the code below is indented deeper (a header whose body
-is already there), else one statement (with the body it opens, if any).
+statements. Where the code below is indented deeper (a header whose body is below, or lines
+missing at the top of a body) the model decides: lines after the first are kept where they
+rejoin the code below (the model goes on with that code's first line, or ends the middle
+itself within a few lines); otherwise only the first line is. Where the code below is at the
+cursor's column, one statement (with the body it opens, if any).
 Either ends where the model leaks a markdown fence or a special token's text; a finished
 suggestion that is junk (completion/junk.py) is dropped.
 """
@@ -38,6 +41,13 @@ class StopPolicy:
     lines_below: tuple[str, ...] = ()  # the nearest non-blank lines below, stripped, nearest first
     fences_allowed: bool = False  # the document has markdown fences of its own
     one_statement: bool = False  # a line back at min_indent - 1 ends it (closing brackets kept)
+    rejoin_below: bool = False  # lines after the first only where they lead into the code below
+
+
+_REJOIN_LINES = 4  # lines after the first a rejoining suggestion may add
+# Ends where the model had not finished: lines past the first that have not rejoined the
+# code below are dropped.
+UNFINISHED = frozenset({"max_tokens", "length", "time_budget", "max_lines", "cancelled"})
 
 
 _CLOSERS = frozenset(")]};,")
@@ -60,11 +70,12 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     lines_above = _nonblank_lines_before(text, line_start, _NEARBY_LINES)
     fences = FENCE in text
 
-    def policy(multiline: bool, min_indent: int = 0, one_statement: bool = False) -> StopPolicy:
+    def policy(multiline: bool, min_indent: int = 0, one_statement: bool = False,
+               rejoin: bool = False) -> StopPolicy:
         block = min_indent - 1 if one_statement else min_indent  # the enclosing block's indentation
         closed = any(line.strip() and _indent_of(line) < block for line in below)
         return StopPolicy(multiline, min_indent, after, next_code, max_lines, closed, before, lines_above,
-                          lines_below, fences, one_statement)
+                          lines_below, fences, one_statement, rejoin)
 
     if after.strip():
         return policy(False)  # code right of the cursor: complete within the line
@@ -75,7 +86,7 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     column = len(before.expandtabs(4))
     next_indent = next((_indent_of(line) for line in below if line.strip()), -1)
     if column > 0 and next_indent > column:
-        return policy(False)  # a header whose body is below: one line
+        return policy(True, column + 1, rejoin=True)  # a header whose body is below
     if column > 0 and next_indent == column:
         return policy(True, column + 1, one_statement=True)  # between two statements
     if column > 0:
@@ -129,6 +140,8 @@ def _check_lines(generated: str, policy: StopPolicy) -> StopCheck:
         return StopCheck(False, generated)
     lines = generated.split("\n")
     complete = lines[:-1]  # the last line may still grow
+    if policy.rejoin_below:
+        return _check_rejoin(lines, policy)
     seen_blank = False
     for index, line in enumerate(complete):
         if index == 0:
@@ -152,16 +165,31 @@ def _check_lines(generated: str, policy: StopPolicy) -> StopCheck:
     return StopCheck(False, generated)
 
 
-def finalize(text: str, policy: StopPolicy) -> str:
+def _check_rejoin(lines: list[str], policy: StopPolicy) -> StopCheck:
+    """A header over its body: the lines before the one that repeats the code below, or only
+    the first line where the model leaves the block or writes more than _REJOIN_LINES."""
+    for index, line in enumerate(lines[1:-1], start=1):
+        stripped = line.strip()
+        if stripped and stripped == policy.next_code_line:
+            return StopCheck(True, "\n".join(lines[:index]), "reached_suffix")
+        if stripped and _indent_of(line) < policy.min_indent or index > _REJOIN_LINES:
+            return StopCheck(True, lines[0], "one_line")
+    return StopCheck(False, "\n".join(lines))
+
+
+def finalize(text: str, policy: StopPolicy, reason: str = "") -> str:
     """Trim trailing blank lines and whatever repeats the text right of the cursor; empty
-    when what is left is junk (logged)."""
+    when what is left is junk (logged). `reason`: why decoding ended (for a header over its
+    body, lines past the first are kept only where the model ended them itself)."""
+    if policy.rejoin_below and reason in UNFINISHED:
+        text = text.split("\n", 1)[0]
     if policy.multiline:
         text = text.rstrip()
     else:
         text = text.rstrip("\r")
         if not policy.line_suffix.strip():
             text = text.rstrip()
-    text = trim_suffix_overlap(text, policy.line_suffix)
+    text = trim_suffix_overlap(text, policy.line_suffix, policy.line_prefix)
     if not text:
         return text
     reason = junk_reason(text, policy.line_prefix, policy.lines_above, policy.lines_below, policy.line_suffix)
@@ -201,13 +229,32 @@ def cut_at_line_suffix(text: str, line_suffix: str) -> str | None:
     return None
 
 
-def trim_suffix_overlap(text: str, line_suffix: str) -> str:
+def _unmatched(text: str) -> int:
+    """Brackets of `text` that match none (closers without an opener, openers left open)."""
+    open_brackets: list[str] = []
+    stray = 0
+    for char in text:
+        if char in "([{":
+            open_brackets.append(char)
+        elif char in _PAIRS:
+            if open_brackets and open_brackets[-1] == _PAIRS[char]:
+                open_brackets.pop()
+            else:
+                stray += 1
+    return stray + len(open_brackets)
+
+
+def trim_suffix_overlap(text: str, line_suffix: str, line_prefix: str = "") -> str:
     """Drop the longest end of `text` that the cursor line's suffix already starts with
-    (the model typed the `)` or `:` that is already there)."""
+    (the model typed the `)` or `:` that is already there), unless the line's brackets match
+    better with it kept (`set(x)` before `), x)`: the `)` closes what the text opened)."""
     suffix = line_suffix.rstrip()
     if not suffix:
         return text
     for size in range(min(len(text), len(suffix)), 0, -1):
         if text.endswith(suffix[:size]):
+            kept = _unmatched(line_prefix + text + line_suffix)
+            if kept < _unmatched(line_prefix + text[:-size] + line_suffix):
+                return text
             return text[:-size]
     return text

@@ -23,7 +23,7 @@ class ServerSettings:
     engine_api_key_env: str = "CODEASSIST_ENGINE_API_KEY"
     device: str = "auto"
     dtype: str = "auto"
-    max_new_tokens: int = 64
+    max_new_tokens: int = 128  # as llama.vscode's n_predict: room for a block of 16 lines
     context_tokens: int = 1024
     first_window_tokens: int = 256  # a place far from the warm session answers first from this many (0: off)
     time_budget_ms: float = 5000.0

@@ -49,8 +49,40 @@ def test_indented_cursor_uses_its_column():
 def test_a_header_over_a_body_that_is_below_is_one_line():
     text = "def f(x):\n    if x:\n        return 1\n    \n        return 2\n"
     policy = decide_policy(text, _at(3, 4, text), "python")
-    assert not policy.multiline
-    assert check_text("else:\n        return 2\n", policy).text == "else:"
+    assert policy.rejoin_below
+    check = check_text("else:\n        return 2\n", policy)
+    assert check.stop and check.text == "else:"
+
+
+def test_lines_that_lead_into_the_code_below_are_kept():
+    text = "def to_base(x, base):\n    ret = ''\n    \n        x //= base\n    return ret\n"
+    policy = decide_policy(text, _at(2, 4, text), "python")
+    generated = "while x > 0:\n        ret = str(x % base) + ret\n        x //= base\n"
+    check = check_text(generated, policy)
+    assert check.stop and check.reason == "reached_suffix"
+    assert finalize(check.text, policy, check.reason) == "while x > 0:\n        ret = str(x % base) + ret"
+
+
+def test_lines_that_never_rejoin_the_code_below_are_dropped():
+    text = "def to_base(x, base):\n    ret = ''\n    \n        x //= base\n    return ret\n"
+    policy = decide_policy(text, _at(2, 4, text), "python")
+    left = check_text("while x > 0:\n        ret = str(x) + ret\n    return ret\n", policy)
+    assert left.stop and left.text == "while x > 0:"  # the model left the block
+    long_body = "while x > 0:\n" + "".join(f"        y{i} = {i}\n" for i in range(6))
+    assert check_text(long_body, policy).text == "while x > 0:"
+    # The model ended the middle itself after a body line: kept; cut by the budget: not.
+    unfinished = "while x > 0:\n        ret = str(x % base) + ret"
+    assert finalize(unfinished, policy, "eos") == unfinished
+    assert finalize(unfinished, policy, "time_budget") == "while x > 0:"
+
+
+def test_a_closing_bracket_the_text_opened_is_not_taken_for_the_suffix():
+    text = "def f(words):\n    return sorted(words, key=lambda ), x))[0]\n"
+    cursor = text.index("lambda ") + len("lambda ")
+    policy = decide_policy(text, cursor, "python")
+    assert finalize("x: (-len(set(x)", policy) == "x: (-len(set(x)"
+    assert trim_suffix_overlap("x: (-len(set(x)), x))", "), x))[0]", "    return sorted(words, key=lambda ") == \
+        "x: (-len(set(x)"
 
 
 def test_between_two_statements_is_one_statement():

@@ -70,6 +70,11 @@ class Vocabulary:
         while end < len(self._texts) and self._texts[end].startswith(pending):
             end += 1
         ids = self._ids[start:end]
+        if not pending.strip():
+            # Indentation then a line end is a blank line's trailing spaces, not code: the
+            # model, seeing the indentation as one token, would often choose it and leave
+            # the cursor's line empty.
+            ids = [i for i, text in zip(ids, self._texts[start:end]) if not text[len(pending):].startswith(("\n", "\r"))]
         for cut in range(1, len(pending)):
             if prefixes is None or pending[:cut] in prefixes:
                 ids += self._by_text.get(pending[:cut], [])

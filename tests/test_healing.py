@@ -15,6 +15,14 @@ def test_allowed_tokens_extend_or_start_the_pending_text():
     assert vocabulary.allowed("q") == []
 
 
+def test_healed_indentation_is_not_ended_by_a_line_break():
+    # "    \n" after four spaces of indentation would leave the cursor's line blank.
+    texts = ["    ", "    \n", "     ", "    \r\n", "   ", "\n", "\n\n"]
+    vocabulary = Vocabulary(texts)
+    assert sorted(texts[i] for i in vocabulary.allowed("    ")) == ["   ", "    ", "     "]
+    assert sorted(texts[i] for i in vocabulary.allowed("\n")) == ["\n"]
+
+
 def test_healing_is_written_first_then_stripped():
     import torch
 

@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -97,9 +98,23 @@ class SmallBatchGemm:
         self._decoder_layer = library.decoder_layer_rows
         self._decoder_layer.argtypes = [ctypes.POINTER(DecoderLayerWeights), _PTR, _PTR, _LONG, _PTR, _PTR, _PTR, _PTR,
                                         _LONG, _LONG, _PTR, _INT]
+        self._int8_peak = library.int8_peak_probe
+        self._int8_peak.argtypes = [_LONG, _INT]
+        self._int8_peak.restype = ctypes.c_double
         for function in (self._fp32, self._packed, self._dequantize, self._rms_norm, self._rope, self._attend,
                          self._silu_mul, self._decoder_layer):
             function.restype = ctypes.c_int
+
+    def int8_peak(self, threads: int | None = None, seconds: float = 0.3) -> float:
+        """This build's int8 multiply-adds per second on `threads` threads (default: torch's),
+        its product step run for about `seconds` in registers; 0.0 for a build without an
+        int8 path."""
+        threads = threads or torch.get_num_threads()
+        began = time.perf_counter()
+        if self._int8_peak(100_000, threads) <= 0:  # also wakes the threads and the clock
+            return 0.0
+        iterations = int(100_000 * seconds / max(time.perf_counter() - began, 1e-6))
+        return self._int8_peak(max(iterations, 100_000), threads)
 
     def takes(self, rows: int, weight: torch.Tensor) -> bool:
         out_features, in_features = weight.shape

@@ -181,6 +181,16 @@ def test_packed_embedding_dequantizes_the_rows_looked_up(kernel_dir, isa, name):
 
 
 @pytest.mark.parametrize("isa", every_build())
+def test_int8_peak_is_measured_where_a_build_has_an_int8_path(kernel_dir, isa):
+    gemm = cpu_gemm.load(kernel_dir, isa)
+    peak = gemm.int8_peak(seconds=0.05)
+    if gemm.int8_activations:
+        assert 1e8 < peak < 1e15  # multiply-adds per second: some, and a finite count
+    else:
+        assert peak == 0.0
+
+
+@pytest.mark.parametrize("isa", every_build())
 def test_rms_norm_rows_match_transformers(kernel_dir, isa):
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 

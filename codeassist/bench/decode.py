@@ -2,10 +2,13 @@
 path and llama.cpp on the same file, threads and machine, in one run.
 
 Rows, per model and path:
-- prefill tokens/s over 512 and 2048 tokens of real code (a fresh cache, one pass);
+- prefill tokens/s over 128, 512 and 2048 tokens of real code (a fresh cache, one pass),
+  and the share of the machine's int8 peak its linear layers reach (their multiply-adds per
+  token times tokens/s, over the peak the kernel library measures for its own int8 product
+  step on all threads: `SmallBatchGemm.int8_peak`; attention not counted);
 - decode tokens/s: greedy steps one token at a time after a 512-token prompt (median step),
   in ROUNDS rounds (the median is reported);
-- for llama.cpp, `llama-bench` on the same GGUF (pp512, pp2048, and tg64 at depth 512 once
+- for llama.cpp, `llama-bench` on the same GGUF (pp128, pp512, pp2048, and tg64 at depth 512 once
   after each decode round of the packed path: a shared machine's speed drifts, and both
   sides then see the same drifts), found through `--llama-bench PATH` or
   `$CODEASSIST_LLAMA_BENCH` (the column is skipped, with a message, when absent).
@@ -16,6 +19,8 @@ cache holds the hole's sibling modules, as the server fills it for an open docum
 speculative runs alternate with llama-bench decode runs and are compared with them), the
 time from an empty CODEASSIST_HOME to the first suggestion (`codeassist complete` in a fresh
 process), and the resident memory of `codeassist serve` once its model is loaded.
+Written as `decode.json` from an AVX-512 machine, `decode_<isa>.json` from another kernel
+build's (the stored runs of both kinds of machine are kept).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from completion.growing_cache import growing_cache
 from .report import BenchResult, machine_info
 from .speculative import _holes, _source_files, open_folder
 
-PROMPTS = (512, 2048)
+PROMPTS = (128, 512, 2048)
 DEPTH = 512  # decode steps run after a prompt of this many tokens
 ROUNDS = 5  # decode measurements alternating with llama-bench's (the median is reported)
 SPECULATIVE_ROUNDS = 3  # speculative engine runs over the holes, each between llama-bench runs
@@ -70,14 +75,16 @@ def run_bench(args) -> BenchResult:
             rows.append(row)
         if llama:
             rows.append(llama)
-    summary = _speed_summary(rows)
+    peak = _int8_peak()
+    summary = _speed_summary(rows, peak)
     summary.update(_exactness(quick, llama_bench))
     summary["first_suggestion_s_fresh_home"] = _first_suggestion_s()
     summary["serve_rss_mb_after_load"] = _serve_rss_mb()
-    columns = ["model", "path", "prefill_512_tok_s", "prefill_2048_tok_s", "decode_tok_s", "load_s"]
+    columns = ["model", "path", *(f"prefill_{n}_tok_s" for n in PROMPTS), "decode_tok_s", "load_s"]
     machine = machine_info()
     machine["kernel_isa"] = _kernel_isa()
-    return BenchResult(summary, rows, columns, machine, _plot(rows))
+    name = "decode" if machine["kernel_isa"] == "avx512" else f"decode_{machine['kernel_isa']}"
+    return BenchResult(summary, rows, columns, machine, _plot(rows), name)
 
 
 def _code_tokens(tokenizer, count: int) -> torch.Tensor:
@@ -96,7 +103,8 @@ def _pass_speed(model: str, path: str, repeats: int, steps: int, rounds: int,
     llama-bench decode run, so both see the same drifts of a shared machine's speed."""
     loaded = load_model(model, dtype=path)
     ids = _code_tokens(loaded.tokenizer, max(PROMPTS))
-    row = {"model": model, "path": path, "load_s": round(loaded.load_ms / 1000, 1)}
+    row = {"model": model, "path": path, "load_s": round(loaded.load_ms / 1000, 1),
+           "linear_macs_per_token": linear_macs_per_token(loaded.model.config)}
     with torch.inference_mode():
         loaded.model(input_ids=ids[:, :16], use_cache=True, logits_to_keep=1)  # warm-up, untimed
         for count in PROMPTS:
@@ -170,13 +178,41 @@ def _llama_decode(binary: str, model: str) -> float | None:
     return tests[0]["avg_ts"] if tests else None
 
 
-def _speed_summary(rows: list[dict]) -> dict:
-    summary = {}
+def linear_macs_per_token(config) -> int:
+    """Multiply-adds of a decoder's linear layers per token (q, k, v, o, gate, up, down)."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    key_value = config.num_key_value_heads * head_dim
+    return layers * (2 * hidden * hidden + 2 * hidden * key_value + 3 * hidden * config.intermediate_size)
+
+
+def _int8_peak() -> float:
+    """The kernel library's int8 multiply-adds per second on torch's threads (0: no int8 build)."""
+    from completion.home import codeassist_home
+    from kernels import cpu_gemm
+
+    gemm = cpu_gemm.load(codeassist_home() / "kernels")
+    return gemm.int8_peak() if gemm is not None else 0.0
+
+
+def _speed_summary(rows: list[dict], peak: float) -> dict:
+    summary = {"int8_peak_gmacs": round(peak / 1e9, 1)}
+    macs = {row["model"]: row["linear_macs_per_token"] for row in rows if row.get("linear_macs_per_token")}
     for row in rows:
-        stem = f"{row['model'].removeprefix('qwen2.5-coder-')}_{row['path'].replace('.', '')}"
-        for key in ("decode_tok_s", "prefill_512_tok_s", "prefill_2048_tok_s"):
+        size = row["model"].removeprefix("qwen2.5-coder-")
+        stem = f"{size}_{row['path'].replace('.', '')}"
+        for key in ("decode_tok_s", *(f"prefill_{n}_tok_s" for n in PROMPTS)):
             if row.get(key) is not None:
                 summary[f"{key}_{stem}"] = row[key]
+        for count in PROMPTS:
+            speed = row.get(f"prefill_{count}_tok_s")
+            if speed and peak and row["model"] in macs:
+                summary[f"prefill_{count}_int8_peak_share_{stem}"] = round(speed * macs[row["model"]] / peak, 3)
+    for size in ("0.5b", "1.5b"):
+        for count in PROMPTS:
+            packed, llama = (summary.get(f"prefill_{count}_tok_s_{size}_{p}") for p in ("packed", "llamacpp"))
+            if packed and llama:
+                summary[f"prefill_{count}_packed_vs_llamacpp_{size}"] = round(packed / llama, 2)
     for size in ("0.5b", "1.5b"):
         packed, fp32, llama = (summary.get(f"decode_tok_s_{size}_{p}") for p in ("packed", "fp32", "llamacpp"))
         if packed and fp32:
@@ -349,8 +385,8 @@ def _plot(rows: list[dict]):
                   for r in rows]
         axes[0].bar(labels, [r.get("decode_tok_s") or 0 for r in rows], color=colors)
         axes[0].set(ylabel="tokens/s", title=f"greedy decode after {DEPTH} tokens")
-        width = 0.4
-        for offset, count in zip((-width / 2, width / 2), PROMPTS):
+        width = 0.8 / len(PROMPTS)
+        for offset, count in zip((width * (i - (len(PROMPTS) - 1) / 2) for i in range(len(PROMPTS))), PROMPTS):
             axes[1].bar([i + offset for i in range(len(rows))], [r.get(f"prefill_{count}_tok_s") or 0 for r in rows],
                         width, label=f"{count} tokens")
         axes[1].set_xticks(range(len(rows)), labels)

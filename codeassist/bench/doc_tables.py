@@ -47,13 +47,30 @@ def quality_table() -> str:
     return _indented(lines)
 
 
-def decode_table() -> str:
-    lines = ["| model | path | prefill 512 | prefill 2048 | decode (after 512) |", "|---|---|---:|---:|---:|"]
-    for r in stored("decode")["rows"]:
-        size = r["model"].rsplit("-", 1)[-1].upper()
-        lines.append(f"| {size} | {r['path']} | {r['prefill_512_tok_s']:.1f} | {r['prefill_2048_tok_s']:.1f} | "
-                     f"{r['decode_tok_s']:.1f} |")
+def _decode_table(name: str) -> str:
+    """Tokens/s per model and path; prefill sizes the stored run measured, with the share of
+    the machine's int8 peak where it has one."""
+    run = stored(name)
+    sizes = [n for n in (128, 512, 2048) if any(f"prefill_{n}_tok_s" in r for r in run["rows"])]
+    lines = ["| model | path | " + " | ".join(f"prefill {n}" for n in sizes) + " | decode (after 512) |",
+             "|---|---|" + "---:|" * (len(sizes) + 1)]
+    for r in run["rows"]:
+        size = r["model"].rsplit("-", 1)[-1]
+        stem = f"{size}_{r['path'].replace('.', '')}"
+        cells = []
+        for n in sizes:
+            share = run["summary"].get(f"prefill_{n}_int8_peak_share_{stem}")
+            cells.append(f"{r[f'prefill_{n}_tok_s']:.1f}" + (f" ({share:.0%} of peak)" if share else ""))
+        lines.append(f"| {size.upper()} | {r['path']} | {' | '.join(cells)} | {r['decode_tok_s']:.1f} |")
     return _indented(lines)
+
+
+def decode_table() -> str:
+    return _decode_table("decode")
+
+
+def decode_avx2_table() -> str:
+    return _decode_table("decode_avx2")
 
 
 def _edits_table(name: str) -> str:

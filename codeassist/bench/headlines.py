@@ -74,6 +74,7 @@ PARTS = {
     "README.md": {"headlines": headlines},
     "docs/benchmarks.md": {
         "quality table": doc_tables.quality_table, "decode table": doc_tables.decode_table,
+        "decode avx2 table": doc_tables.decode_avx2_table,
         "edits table": doc_tables.edits_table, "packed edits table": doc_tables.edits_packed_table,
         "speculative table": doc_tables.speculative_table, "search tables": doc_tables.search_tables,
     },

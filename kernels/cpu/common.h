@@ -78,4 +78,9 @@ void parallel_rows(long n_len, int threads, Body body) {
 bool int8_gemm(int format, const float* x, const uint8_t* w, const float* bias, float* out, long m_len, long n_len,
                long k_len, int threads);
 
+// Integer multiply-adds per second of this build's int8 product step on `threads` threads
+// (`iterations` rounds of independent chains in registers, nothing read from memory): the
+// machine's int8 peak that prefill and decode are measured against. 0 where there is no int8 path.
+double int8_peak_macs(long iterations, int threads);
+
 }  // namespace codeassist

@@ -256,6 +256,9 @@ extern "C" int attend_rows(const float* q, long q_row, long q_head, const float*
     return 0;
 }
 
+// This build's int8 multiply-adds per second (see common.h): the peak bench decode reports against.
+extern "C" double int8_peak_probe(long iterations, int threads) { return int8_peak_macs(iterations, threads); }
+
 // Rows [0, n_len) of a packed tensor -> out (n_len x k_len floats): prefill tiles.
 extern "C" int dequantize_rows(int format, const uint8_t* w, float* out, long n_len, long k_len, int threads) {
     const BlockShape shape = block_shape(format);

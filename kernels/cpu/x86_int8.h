@@ -3,12 +3,17 @@
 #pragma once
 
 #include <immintrin.h>
+#include <omp.h>
 
+#include <atomic>
+#include <chrono>
 #include <vector>
 
 #include "common.h"
 
 namespace codeassist {
+
+inline std::atomic<int> peak_sink{0};  // where int8_peak_macs leaves its sums
 
 // Converting every weight to float costs ~1 uop per weight, which bounds a decode step on a
 // small CPU long before memory does. Instead, as llama.cpp does, each activation row is

@@ -1,6 +1,8 @@
 """When a suggestion ends, and what of it to keep.
 
-Mid-line, a suggestion finishes the line. On a blank line inside a block (or right after a
+Mid-line, a suggestion finishes the line; with code right of the cursor it may go past the
+line end where the model's lines lead into that code (it retypes it) or the model ends the
+middle itself, within a few lines (a hole that spans a line end). On a blank line inside a block (or right after a
 line that opens one) it is a block: it ends at the first line that dedents below the
 block's indentation, at a line that repeats the code below the cursor, or at `max_lines`.
 A blank line with code below it at the cursor's column or deeper is a place between
@@ -42,12 +44,15 @@ class StopPolicy:
     fences_allowed: bool = False  # the document has markdown fences of its own
     one_statement: bool = False  # a line back at min_indent - 1 ends it (closing brackets kept)
     rejoin_below: bool = False  # lines after the first only where they lead into the code below
+    past_line_end: bool = False  # code right of the cursor: lines after the first only where they lead into it
 
 
 _REJOIN_LINES = 4  # lines after the first a rejoining suggestion may add
+_PAST_LINE_END = 2  # lines after the first a mid-line suggestion may add
 # Ends where the model had not finished: lines past the first that have not rejoined the
-# code below are dropped.
+# code after the cursor are dropped, and a block's unfinished last line.
 UNFINISHED = frozenset({"max_tokens", "length", "time_budget", "max_lines", "cancelled"})
+CUT_SHORT = frozenset({"max_tokens", "length", "time_budget"})  # mid-line, maybe
 
 
 _CLOSERS = frozenset(")]};,")
@@ -71,14 +76,14 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
     fences = FENCE in text
 
     def policy(multiline: bool, min_indent: int = 0, one_statement: bool = False,
-               rejoin: bool = False) -> StopPolicy:
+               rejoin: bool = False, past_line_end: bool = False) -> StopPolicy:
         block = min_indent - 1 if one_statement else min_indent  # the enclosing block's indentation
         closed = any(line.strip() and _indent_of(line) < block for line in below)
         return StopPolicy(multiline, min_indent, after, next_code, max_lines, closed, before, lines_above,
-                          lines_below, fences, one_statement, rejoin)
+                          lines_below, fences, one_statement, rejoin, past_line_end)
 
     if after.strip():
-        return policy(False)  # code right of the cursor: complete within the line
+        return policy(False, past_line_end=True)  # code right of the cursor: complete within the line
     if before.strip():
         if before.rstrip().endswith(_BLOCK_OPENERS):
             return policy(True, _indent_of(before) + 1)  # the body of what this line opens
@@ -136,7 +141,8 @@ def _check_lines(generated: str, policy: StopPolicy) -> StopCheck:
         if cut is not None:
             return StopCheck(True, cut, "reached_suffix")
         if "\n" in generated:
-            return StopCheck(True, line, "end_of_line")
+            return _check_past_line_end(generated, policy) if policy.past_line_end else \
+                StopCheck(True, line, "end_of_line")
         return StopCheck(False, generated)
     lines = generated.split("\n")
     complete = lines[:-1]  # the last line may still grow
@@ -177,12 +183,28 @@ def _check_rejoin(lines: list[str], policy: StopPolicy) -> StopCheck:
     return StopCheck(False, "\n".join(lines))
 
 
+def _check_past_line_end(generated: str, policy: StopPolicy) -> StopCheck:
+    """Past the cursor line's end: up to where a line retypes the code right of the cursor,
+    or only the first line once the model wrote more than _PAST_LINE_END lines after it."""
+    lines = generated.split("\n")
+    for index in range(1, len(lines)):
+        cut = cut_at_line_suffix(lines[index], policy.line_suffix)
+        if cut is not None:
+            return StopCheck(True, "\n".join([*lines[:index], cut]), "reached_suffix")
+    if len(lines) - 1 > _PAST_LINE_END:
+        return StopCheck(True, lines[0], "end_of_line")
+    return StopCheck(False, generated)
+
+
 def finalize(text: str, policy: StopPolicy, reason: str = "") -> str:
     """Trim trailing blank lines and whatever repeats the text right of the cursor; empty
     when what is left is junk (logged). `reason`: why decoding ended (for a header over its
-    body, lines past the first are kept only where the model ended them itself)."""
-    if policy.rejoin_below and reason in UNFINISHED:
+    body or code right of the cursor, lines past the first are kept only where the model
+    ended them itself; a block cut short loses its unfinished last line)."""
+    if (policy.rejoin_below or policy.past_line_end) and reason in UNFINISHED:
         text = text.split("\n", 1)[0]
+    elif policy.multiline and reason in CUT_SHORT and "\n" in text.rstrip():
+        text = text[: text.rstrip().rfind("\n")]
     if policy.multiline:
         text = text.rstrip()
     else:

@@ -182,6 +182,27 @@ def test_single_line_stops_where_the_rest_of_the_line_is_retyped():
     assert check.stop and check.reason == "reached_suffix" and check.text == "f(x)"
 
 
+def test_a_hole_across_a_line_end_is_filled_where_the_model_leads_into_the_code_after_it():
+    text = "def f(numbers):\n    result = []\n    for n in numbers:\n        relt.append(0)\n"
+    cursor = text.index("relt") + 2
+    policy = decide_policy(text, cursor, "python")
+    assert policy.past_line_end and not policy.multiline
+    check = check_text("sult.append(n)\n        result.append(0)", policy)  # retypes "lt.append(0)"
+    assert check.stop and check.reason == "reached_suffix" and check.text == "sult.append(n)\n        resu"
+    assert check_text("sult.append(n)\n        x = 1\n        y = 2\n        z", policy).text == "sult.append(n)"
+    ended = "sult.append(n)\n        resu"
+    assert finalize(ended, policy, "eos") == ended  # the model ended the middle itself
+    assert finalize(ended, policy, "time_budget") == "sult.append(n)"
+
+
+def test_a_block_cut_short_loses_its_unfinished_last_line():
+    text = "def f(x):\n    \n"
+    policy = decide_policy(text, len("def f(x):\n    "), "python")
+    cut = "if x:\n        return 1\n    if x =="
+    assert finalize(cut, policy, "time_budget") == "if x:\n        return 1"
+    assert finalize(cut, policy, "max_lines") == cut
+
+
 def test_finalize_single_line_trims_repeated_suffix():
     text = "print(fib())\n"
     policy = decide_policy(text, len("print(fib("), "python")
@@ -196,5 +217,6 @@ def test_stop_text_is_always_a_prefix_of_generated(generated, cursor_seed):
     check = check_text(generated, policy)
     assert generated.startswith(check.text)
     final = finalize(check.text, policy)
-    if not policy.multiline:
-        assert "\n" not in final
+    if not policy.multiline:  # past the line end only with code right of the cursor, a few lines
+        assert final.count("\n") <= (2 if policy.past_line_end else 0)
+    assert "\n" not in finalize(check.text, policy, "time_budget").strip("\n") or policy.multiline

@@ -2,9 +2,10 @@
 
 Mid-line, a suggestion finishes the line; with code right of the cursor it may go past the
 line end where the model's lines lead into that code (it retypes it) or the model ends the
-middle itself, within a few lines (a hole that spans a line end). On a blank line inside a block (or right after a
-line that opens one) it is a block: it ends at the first line that dedents below the
-block's indentation, at a line that repeats the code below the cursor, or at `max_lines`.
+middle itself, within a few lines (a hole that spans a line end). On a blank line inside a
+block (or right after a line that opens one) it is a block: it ends at the first line that
+dedents below the block's indentation, at a line that repeats the code below the cursor, or
+at `max_lines`.
 A blank line with code below it at the cursor's column or deeper is a place between
 statements. Where the code below is indented deeper (a header whose body is below, or lines
 missing at the top of a body) the model decides: lines after the first are kept where they
@@ -49,10 +50,9 @@ class StopPolicy:
 
 _REJOIN_LINES = 4  # lines after the first a rejoining suggestion may add
 _PAST_LINE_END = 2  # lines after the first a mid-line suggestion may add
-# Ends where the model had not finished: lines past the first that have not rejoined the
-# code after the cursor are dropped, and a block's unfinished last line.
-UNFINISHED = frozenset({"max_tokens", "length", "time_budget", "max_lines", "cancelled"})
-CUT_SHORT = frozenset({"max_tokens", "length", "time_budget"})  # mid-line, maybe
+# Ends before the model finished (mid-line, maybe): lines past the first that have not
+# rejoined the code after the cursor are dropped, and a block's unfinished last line.
+CUT_SHORT = frozenset({"max_tokens", "length", "time_budget"})
 
 
 _CLOSERS = frozenset(")]};,")
@@ -83,7 +83,7 @@ def decide_policy(text: str, cursor: int, language: str | None, max_lines: int =
                           lines_below, fences, one_statement, rejoin, past_line_end)
 
     if after.strip():
-        return policy(False, past_line_end=True)  # code right of the cursor: complete within the line
+        return policy(False, past_line_end=True)  # code right of the cursor: finish the line
     if before.strip():
         if before.rstrip().endswith(_BLOCK_OPENERS):
             return policy(True, _indent_of(before) + 1)  # the body of what this line opens
@@ -201,7 +201,7 @@ def finalize(text: str, policy: StopPolicy, reason: str = "") -> str:
     when what is left is junk (logged). `reason`: why decoding ended (for a header over its
     body or code right of the cursor, lines past the first are kept only where the model
     ended them itself; a block cut short loses its unfinished last line)."""
-    if (policy.rejoin_below or policy.past_line_end) and reason in UNFINISHED:
+    if (policy.rejoin_below or policy.past_line_end) and reason in CUT_SHORT:
         text = text.split("\n", 1)[0]
     elif policy.multiline and reason in CUT_SHORT and "\n" in text.rstrip():
         text = text[: text.rstrip().rfind("\n")]

@@ -12,6 +12,7 @@ from pytest_lsp import client_capabilities
 from pytest_lsp.client import make_test_lsp_client
 
 from completion import CompletionEngine, CompletionRequest, EngineSettings, load_model
+from lsp_server.settings import ServerSettings
 
 
 async def start_server(root: Path, log_file: Path, options: dict, encodings=None, client_spec="neovim"):
@@ -77,7 +78,9 @@ def expected_text(model_dir: Path, text: str, cursor: int, path: str, repo: str,
 
 def expected_completion(model_dir: Path, text: str, cursor: int, path: str, repo: str, alternatives: int = 0,
                         **settings):
-    """The engine's whole answer in this process, with up to `alternatives` others."""
+    """The engine's whole answer in this process, with up to `alternatives` others (the
+    server's token limit unless `settings` name one)."""
+    settings.setdefault("max_new_tokens", ServerSettings.max_new_tokens)
     engine = CompletionEngine(load_model(str(model_dir), device="cpu", dtype="fp32"),
                               EngineSettings(**settings))
     return engine.complete(CompletionRequest(text, cursor, "python", path, repo), alternatives=alternatives)

@@ -319,15 +319,12 @@ double int8_peak_macs(long iterations, int threads) {
     // The step every product above takes per 32 weights: maddubs, madd against ones, add.
     // Six chains with their own weights; the empty asm makes the compiler treat the inputs as
     // changed each round, so nothing is hoisted out of the loop.
-    int used = 1;
-    const auto began = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(std::max(1, threads))
-    {
+    return peak_rate(iterations, threads, 6.0 * 32.0, [](long rounds) {
         __m256i w0 = _mm256_set1_epi8(1), w1 = _mm256_set1_epi8(2), w2 = _mm256_set1_epi8(3);
         __m256i w3 = _mm256_set1_epi8(4), w4 = _mm256_set1_epi8(5), w5 = _mm256_set1_epi8(6);
         const __m256i x = _mm256_set1_epi8(7), ones = _mm256_set1_epi16(1);
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-        for (long i = 0; i < iterations; ++i) {
+        for (long i = 0; i < rounds; ++i) {
             asm volatile("" : "+x"(w0), "+x"(w1), "+x"(w2), "+x"(w3), "+x"(w4), "+x"(w5));
             a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x), ones));
             a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x), ones));
@@ -338,12 +335,8 @@ double int8_peak_macs(long iterations, int threads) {
         }
         const __m256i all = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
                                              _mm256_add_epi32(a4, a5));
-        peak_sink += _mm256_extract_epi32(all, 0);  // kept: the sums are not dead code
-#pragma omp single
-        used = omp_get_num_threads();
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-    return 6.0 * 32.0 * double(iterations) * used / seconds;
+        return _mm256_extract_epi32(all, 0);
+    });
 }
 
 }  // namespace codeassist

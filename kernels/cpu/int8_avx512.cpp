@@ -352,26 +352,19 @@ double int8_peak_macs(long iterations, int threads) {
     // The step every product above takes per 64 weights: one dpbusd, in twelve independent
     // chains (its latency times its throughput); the empty asm makes the compiler treat the
     // weights as changed each round, so nothing is hoisted out of the loop.
-    int used = 1;
-    const auto began = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(std::max(1, threads))
-    {
+    return peak_rate(iterations, threads, 12.0 * 64.0, [](long rounds) {
         __m512i w = _mm512_set1_epi8(3);
         const __m512i x = _mm512_set1_epi8(5);
         __m512i acc[12];
         for (auto& a : acc) a = _mm512_setzero_si512();
-        for (long i = 0; i < iterations; ++i) {
+        for (long i = 0; i < rounds; ++i) {
             asm volatile("" : "+v"(w));
             for (auto& a : acc) a = _mm512_dpbusd_epi32(a, w, x);
         }
         __m512i all = acc[0];
         for (int c = 1; c < 12; ++c) all = _mm512_add_epi32(all, acc[c]);
-        peak_sink += _mm_extract_epi32(_mm512_castsi512_si128(all), 0);  // kept: the sums are not dead code
-#pragma omp single
-        used = omp_get_num_threads();
-    }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-    return 12.0 * 64.0 * double(iterations) * used / seconds;
+        return _mm_extract_epi32(_mm512_castsi512_si128(all), 0);
+    });
 }
 
 }  // namespace codeassist

@@ -13,7 +13,23 @@
 
 namespace codeassist {
 
-inline std::atomic<int> peak_sink{0};  // where int8_peak_macs leaves its sums
+// int8_peak_macs' timing, shared by both builds: `chains(iterations)` runs a build's product
+// step `iterations` rounds (`macs_per_round` multiply-adds each) on every thread and returns
+// a value of its sums, kept so that they are not dead code. Multiply-adds per second.
+template <typename Chains>
+double peak_rate(long iterations, int threads, double macs_per_round, Chains chains) {
+    static std::atomic<int> sink{0};
+    int used = 1;
+    const auto began = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(std::max(1, threads))
+    {
+        sink += chains(iterations);
+#pragma omp single
+        used = omp_get_num_threads();
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    return macs_per_round * double(iterations) * used / seconds;
+}
 
 // Converting every weight to float costs ~1 uop per weight, which bounds a decode step on a
 // small CPU long before memory does. Instead, as llama.cpp does, each activation row is
